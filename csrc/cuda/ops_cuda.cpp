@@ -1,0 +1,158 @@
+// CUDA registrations of the diffaccel ops: argument checks (shared with the CPU side), the
+// stream, and the launchers of kernels.cu. The weight gradient of stroke_blur is a small
+// reduction over block means, written with ATen ops here.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../checks.h"
+#include "cuda_kernels.h"
+
+namespace diffaccel {
+namespace {
+
+using at::Tensor;
+
+#define DA_CHECK_LAUNCH(expr)                                                         \
+  do {                                                                                \
+    const cudaError_t err_ = (expr);                                                  \
+    TORCH_CHECK(err_ == cudaSuccess, "diffaccel CUDA launch failed: ", cudaGetErrorString(err_)); \
+  } while (0)
+
+cudaStream_t stream_of(const Tensor& t) {
+  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+}
+
+Tensor philox_uint32_cuda(const Tensor& seeds, at::IntArrayRef shape, int64_t offset) {
+  check_offset(offset);
+  auto [B, D] = batch_layout(shape);
+  const bool per_sample = check_seeds(seeds, B);
+  const c10::cuda::CUDAGuard guard(seeds.device());
+  std::vector<int64_t> out_shape(shape.begin(), shape.end());
+  out_shape.push_back(4);
+  Tensor out = at::empty(out_shape, seeds.options().dtype(at::kLong));
+  const Tensor s = seeds.contiguous();
+  DA_CHECK_LAUNCH(cuda::philox_uint32(s.data_ptr<int64_t>(), per_sample, B, D,
+                                      static_cast<uint64_t>(offset), out.data_ptr<int64_t>(),
+                                      stream_of(s)));
+  return out;
+}
+
+Tensor noise_cuda(const Tensor& seeds, at::IntArrayRef shape, int64_t offset, int64_t dist,
+                  at::ScalarType dtype) {
+  check_offset(offset);
+  check_dist(dist);
+  auto [B, D] = batch_layout(shape);
+  const bool per_sample = check_seeds(seeds, B);
+  const c10::cuda::CUDAGuard guard(seeds.device());
+  Tensor out = at::empty(shape, seeds.options().dtype(dtype));
+  check_float_input(out, "dtype");
+  const Tensor s = seeds.contiguous();
+  DA_DISPATCH_FLOATS(dtype, "diffaccel::noise", [&] {
+    DA_CHECK_LAUNCH(cuda::noise<scalar_t>(s.data_ptr<int64_t>(), per_sample, B, D,
+                                          static_cast<uint64_t>(offset), static_cast<int32_t>(dist),
+                                          out.data_ptr<scalar_t>(), stream_of(s)));
+  });
+  return out;
+}
+
+Tensor block_means(const Tensor& x, const cuda::ScaleGrid& grid) {
+  Tensor means = at::empty({x.size(0) * x.size(1), grid.total}, x.options().dtype(at::kFloat));
+  DA_DISPATCH_FLOATS(x.scalar_type(), "diffaccel::stroke_means", [&] {
+    DA_CHECK_LAUNCH(cuda::stroke_means<scalar_t>(x.data_ptr<scalar_t>(), grid,
+                                                 x.size(0) * x.size(1), x.size(2), x.size(3),
+                                                 means.data_ptr<float>(), stream_of(x)));
+  });
+  return means;
+}
+
+Tensor blur_with_means(const Tensor& x, const Tensor& w, const Tensor& means,
+                       const cuda::ScaleGrid& grid) {
+  Tensor y = at::empty_like(x);
+  DA_DISPATCH_FLOATS(x.scalar_type(), "diffaccel::stroke_blur", [&] {
+    DA_CHECK_LAUNCH(cuda::stroke_blur<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<float>(),
+                                                means.data_ptr<float>(), grid, x.size(0),
+                                                x.size(1), x.size(2), x.size(3),
+                                                y.data_ptr<scalar_t>(), stream_of(x)));
+  });
+  return y;
+}
+
+Tensor stroke_blur_cuda(const Tensor& x_in, const Tensor& weights, at::IntArrayRef scales) {
+  check_image(x_in, "x");
+  check_scales(scales);
+  check_weights(weights, x_in, scales, "weights");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const Tensor x = x_in.contiguous(), w = weights.contiguous();
+  const auto grid = cuda::make_grid(scales.data(), static_cast<int>(scales.size()), x.size(2), x.size(3));
+  return blur_with_means(x, w, block_means(x, grid), grid);
+}
+
+std::tuple<Tensor, Tensor> stroke_blur_backward_cuda(const Tensor& grad_in, const Tensor& x_in,
+                                                     const Tensor& weights,
+                                                     at::IntArrayRef scales) {
+  check_stroke_blur_backward(grad_in, x_in, weights, scales);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const Tensor x = x_in.contiguous(), g = grad_in.contiguous(), w = weights.contiguous();
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const auto grid = cuda::make_grid(scales.data(), static_cast<int>(scales.size()), H, W);
+  const Tensor mx = block_means(x, grid), mg = block_means(g, grid);
+  Tensor gx = blur_with_means(g, w, mg, grid);
+  // grad_w[b, j] = sum_{c, blocks of scale j} n_blk mean_x mean_g - <x, g>_b
+  const Tensor xg = (x.to(at::kDouble) * g.to(at::kDouble)).reshape({B, -1}).sum(1);
+  const Tensor prod = (mx.to(at::kDouble) * mg.to(at::kDouble)).reshape({B, C, grid.total});
+  std::vector<Tensor> cols;
+  for (int j = 0; j < grid.J; ++j) {
+    std::vector<double> counts;
+    for (int64_t I = 0; I < grid.hk[j]; ++I)
+      for (int64_t Jb = 0; Jb < grid.wk[j]; ++Jb)
+        counts.push_back(double(block_extent(H, grid.k[j], I) * block_extent(W, grid.k[j], Jb)));
+    const Tensor n = at::tensor(counts, x.options().dtype(at::kDouble));
+    cols.push_back((prod.narrow(2, grid.off[j], grid.hk[j] * grid.wk[j]) * n).sum({1, 2}) - xg);
+  }
+  return {gx, at::stack(cols, 1).to(at::kFloat)};
+}
+
+std::tuple<Tensor, Tensor> stroke_noise_cuda(const Tensor& x0_in, const Tensor& alpha,
+                                             const Tensor& sigma, const Tensor& data_weights,
+                                             const Tensor& noise_weights, at::IntArrayRef scales,
+                                             const Tensor& seeds, int64_t offset, int64_t dist,
+                                             int64_t target) {
+  const bool per_sample = check_stroke_noise(x0_in, alpha, sigma, data_weights, noise_weights,
+                                             scales, seeds, offset, dist, target);
+  const c10::cuda::CUDAGuard guard(x0_in.device());
+  const Tensor x0 = x0_in.contiguous(), sd = seeds.contiguous();
+  const Tensor a = alpha.contiguous(), s = sigma.contiguous();
+  const Tensor wx = data_weights.contiguous(), we = noise_weights.contiguous();
+  const int64_t B = x0.size(0), C = x0.size(1), H = x0.size(2), W = x0.size(3);
+  const auto grid = cuda::make_grid(scales.data(), static_cast<int>(scales.size()), H, W);
+  const Tensor mx = block_means(x0, grid);
+  Tensor me = at::empty_like(mx);
+  DA_CHECK_LAUNCH(cuda::stroke_noise_means(sd.data_ptr<int64_t>(), per_sample,
+                                           static_cast<uint64_t>(offset), static_cast<int32_t>(dist),
+                                           grid, B, C, H, W, me.data_ptr<float>(), stream_of(x0)));
+  Tensor xt = at::empty_like(x0), tgt = at::empty_like(x0);
+  DA_DISPATCH_FLOATS(x0.scalar_type(), "diffaccel::stroke_noise", [&] {
+    DA_CHECK_LAUNCH(cuda::stroke_noise<scalar_t>(
+        x0.data_ptr<scalar_t>(), a.data_ptr<float>(), s.data_ptr<float>(), wx.data_ptr<float>(),
+        we.data_ptr<float>(), mx.data_ptr<float>(), me.data_ptr<float>(), grid, B, C, H, W,
+        sd.data_ptr<int64_t>(), per_sample, static_cast<uint64_t>(offset),
+        static_cast<int32_t>(dist), static_cast<int32_t>(target), xt.data_ptr<scalar_t>(),
+        tgt.data_ptr<scalar_t>(), stream_of(x0)));
+  });
+  return {xt, tgt};
+}
+
+}  // namespace
+}  // namespace diffaccel
+
+TORCH_LIBRARY_IMPL(diffaccel, CUDA, m) {
+  m.impl("philox_uint32", &diffaccel::philox_uint32_cuda);
+  m.impl("noise", &diffaccel::noise_cuda);
+  m.impl("stroke_blur", &diffaccel::stroke_blur_cuda);
+  m.impl("stroke_blur_backward", &diffaccel::stroke_blur_backward_cuda);
+  m.impl("stroke_noise", &diffaccel::stroke_noise_cuda);
+}

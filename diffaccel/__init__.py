@@ -1,0 +1,15 @@
+"""diffaccel: compiled kernels (C++, Triton, CUDA) for the hot paths of diffusion models.
+
+Every op has a plain PyTorch reference (``diffaccel.reference``, the numerics contract of
+MATH.md) and fast backends tested against it; see ``diffaccel.backends`` for how one is chosen.
+Importing diffaccel compiles and loads nothing; the extension loads on first use.
+"""
+from .backends import BACKENDS, BackendUnavailable, use_backend
+from .info import info
+from .random import noise, philox_uint32
+from .stroke import stroke_blur, stroke_noise, stroke_weights
+
+__version__ = "0.1.0"
+
+__all__ = ["BACKENDS", "BackendUnavailable", "use_backend", "info", "noise", "philox_uint32",
+           "stroke_blur", "stroke_noise", "stroke_weights", "__version__"]

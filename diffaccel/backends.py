@@ -1,0 +1,130 @@
+"""Backend selection: ``reference`` (PyTorch), ``cpu`` (C++), ``triton``, ``cuda`` (C++/CUDA).
+
+The backend of a call is, in order: its ``backend=`` argument, the innermost
+``use_backend(name)`` block, the ``DIFFACCEL_BACKEND`` environment variable, else ``auto``:
+``cuda`` then ``triton`` for CUDA tensors, ``cpu`` then ``reference`` for CPU tensors. A backend
+asked for by name that cannot run raises ``BackendUnavailable`` saying why; ``auto`` falls back
+quietly.
+"""
+import contextlib
+import importlib.util
+import os
+import threading
+
+import torch
+
+from . import _ext
+
+BACKENDS = ("reference", "cpu", "triton", "cuda")
+_AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
+_local = threading.local()
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend was asked for by name but cannot run this call."""
+
+
+def _check_name(name):
+    if name != "auto" and name not in BACKENDS:
+        raise ValueError(f"backend: expected 'auto' or one of {BACKENDS}, got {name!r}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Run the enclosed calls on backend ``name`` (or ``"auto"``)."""
+    _check_name(name)
+    stack = _local.__dict__.setdefault("stack", [])
+    stack.append(name)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def requested(backend=None):
+    """The backend name in force for a call (``"auto"`` if none was asked for)."""
+    if backend is not None:
+        return _check_name(backend)
+    stack = getattr(_local, "stack", None)
+    if stack:
+        return stack[-1]
+    return _check_name(os.environ.get("DIFFACCEL_BACKEND", "auto") or "auto")
+
+
+def triton_interpret():
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _has_kernel(op, key):
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"diffaccel::{op}", key)
+
+
+def availability(name, device_type, op="stroke_blur"):
+    """(available, reason) of backend ``name`` for tensors on ``device_type`` running ``op``."""
+    if name == "reference":
+        return True, "pure PyTorch, any device"
+    if name == "cpu":
+        if device_type != "cpu":
+            return False, f"the cpu backend runs on CPU tensors, got {device_type} tensors"
+        if _ext.load() is None:
+            return False, _ext.error()
+        if not _has_kernel(op, "CPU"):
+            return False, f"diffaccel::{op} has no CPU kernel in the extension"
+        return True, "C++ kernels in diffaccel._C"
+    if name == "cuda":
+        if device_type != "cuda":
+            return False, f"the cuda backend runs on CUDA tensors, got {device_type} tensors"
+        if not torch.cuda.is_available():
+            return False, "no CUDA device is available"
+        if _ext.load() is None:
+            return False, _ext.error()
+        if not _ext.with_cuda() or not _has_kernel(op, "CUDA"):
+            return False, "diffaccel._C was built without CUDA kernels"
+        return True, f"CUDA kernels in diffaccel._C (archs {_ext.cuda_archs()})"
+    if name == "triton":
+        if importlib.util.find_spec("triton") is None:
+            return False, "triton is not installed"
+        if device_type == "cuda":
+            if not torch.cuda.is_available():
+                return False, "no CUDA device is available"
+            return True, "Triton kernels on the GPU"
+        if device_type == "cpu":
+            if not triton_interpret():
+                return False, "Triton runs CPU tensors only under TRITON_INTERPRET=1"
+            return True, "Triton interpreter (TRITON_INTERPRET=1) on CPU tensors"
+        return False, f"no Triton support for {device_type} tensors"
+    raise ValueError(f"backend: unknown backend {name!r}")
+
+
+_cache = {}
+
+
+def _resolve(req, device_type, op):
+    key = (req, device_type, op)
+    if key not in _cache:
+        if req == "auto":
+            order = _AUTO_ORDER.get(device_type, ("reference",))
+            _cache[key] = (next(n for n in order if availability(n, device_type, op)[0]), "")
+        else:
+            ok, why = availability(req, device_type, op)
+            _cache[key] = (req, "") if ok else ("", f"backend {req!r} is unavailable for {op}: {why}")
+    return _cache[key]
+
+
+def select(backend, device, op):
+    """The backend that runs ``op`` on ``device`` for this call; raises if a named one can't."""
+    device_type = torch.device(device).type
+    choice, why = _resolve_compiled(requested(backend), device_type, op)
+    if not choice:
+        raise BackendUnavailable(why)
+    return choice
+
+
+# Under torch.compile the choice is made once while tracing and baked into the graph.
+_resolve_compiled = torch._dynamo.assume_constant_result(_resolve)
+
+
+def clear_cache():
+    """Forget cached choices (after changing TRITON_INTERPRET or loading the extension)."""
+    _cache.clear()

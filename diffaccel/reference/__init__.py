@@ -1,0 +1,10 @@
+"""The PyTorch reference path: the numerics contract of MATH.md, written plainly.
+
+Every compiled kernel is tested against these functions. They run on any device, support
+autograd where the op is differentiable, and favour clarity over speed.
+"""
+from .random import philox_uint32, uniform_from, draw, noise
+from .stroke import block_means, stroke_project, stroke_blur, stroke_noise
+
+__all__ = ["philox_uint32", "uniform_from", "draw", "noise", "block_means", "stroke_project",
+           "stroke_blur", "stroke_noise"]

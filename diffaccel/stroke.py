@@ -1,0 +1,98 @@
+"""Stroke size (MATH.md Section 2): multi-scale block blur and the fused stroke noising.
+
+    A_w x = (1 - sum_j w_j) x + sum_j w_j S_{k_j} x,   S_k = U_k P_k (k x k block means, upsampled)
+    x_t   = alpha A_{w^x} x0 + sigma A_{w^e} eps
+"""
+import math
+
+import torch
+
+from . import _ext, _validate, reference
+from .backends import select
+from .library import op
+
+
+def _run(name, backend, *args):
+    if backend in ("cpu", "cuda"):
+        _ext.load()
+    return op(name, backend)(*args)
+
+
+def stroke_blur(x, weights, scales, *, backend=None):
+    """A_w x for ``x`` (B, C, H, W), per-sample ``weights`` (B, J) (or (J,) shared), integer
+    ``scales`` (k_1..k_J), each >= 2; H and W need not be multiples of the scales.
+
+    Differentiable in ``x`` and ``weights``. Returns x's dtype (float32 arithmetic inside).
+    """
+    x = _validate.image(x, "x")
+    scales = _validate.scales(scales)
+    w = _validate.weights(weights, x, len(scales), "weights")
+    name = select(backend, x.device, "stroke_blur")
+    if name == "reference":
+        return reference.stroke_blur(x, w, scales)
+    _validate.fast_dtype(x, "x", name)
+    return _run("stroke_blur", name, x, w.to(torch.float32), list(scales))
+
+
+def stroke_noise(x0, alpha, sigma, *, scales, data_weights, noise_weights, seed, offset=0,
+                 dist="normal", target="eps", backend=None):
+    """Fused stroke noising: returns ``(x_t, target)``, both shaped and typed like ``x0``.
+
+    x0: (B, C, H, W); alpha, sigma: numbers or (B,) tensors; data_weights, noise_weights: (B, J);
+    seed: int or (B,) integer tensor and ``offset`` for the noise stream (MATH.md Section 1);
+    dist: normal | laplace | uniform | rademacher; target: "eps" (A_{w^e} eps), "x0"
+    (A_{w^x} x0) or "v" (alpha A_{w^e} eps - sigma A_{w^x} x0).
+
+    The compiled backends draw the noise inside the kernel and never store it. Gradients flow
+    to ``x0`` (on the reference backend, to every floating-point input).
+    """
+    x0 = _validate.image(x0, "x0")
+    scales = _validate.scales(scales)
+    wx = _validate.weights(data_weights, x0, len(scales), "data_weights")
+    we = _validate.weights(noise_weights, x0, len(scales), "noise_weights")
+    a = _validate.per_sample(alpha, x0, "alpha")
+    s = _validate.per_sample(sigma, x0, "sigma")
+    seeds = _validate.seeds(seed, x0.shape[0], x0.device)
+    offset = _validate.offset(offset)
+    dist_code = _validate.dist(dist)
+    target_code = _validate.target(target)
+    name = select(backend, x0.device, "stroke_noise")
+    if name == "reference":
+        return reference.stroke_noise(x0, a, s, wx, we, scales, seeds, offset, dist, target)
+    _validate.fast_dtype(x0, "x0", name)
+    if torch.is_grad_enabled():
+        for arg, t in (("alpha", a), ("sigma", s), ("data_weights", wx), ("noise_weights", we)):
+            if t.requires_grad:
+                raise ValueError(f"{arg}: backend {name!r} differentiates stroke_noise in x0 only; "
+                                 "detach it or use backend='reference'")
+    return _run("stroke_noise", name, x0, a.to(torch.float32), s.to(torch.float32),
+                wx.to(torch.float32), we.to(torch.float32), list(scales), seeds, offset,
+                dist_code, target_code)
+
+
+def stroke_weights(logsnr, scales, *, w_max=0.5, center=0.0, width=2.0):
+    """Default roughness schedule: per-sample stroke weights (B, J) from the log-SNR (B,).
+
+    The paper's own schedule is not public; this one is documented and monotone:
+
+        g(lambda)   = sigmoid((center - lambda) / width)      (1 at low SNR, 0 at high SNR)
+        total       = w_max * g(lambda)                        (<= w_max < 1)
+        share_j     ∝ k_j ** (2 g(lambda))                     (coarser strokes weigh more)
+        w_j         = total * share_j
+
+    so every weight falls as the SNR rises, coarser scales always weigh at least as much as finer
+    ones, and the preference for coarse strokes grows as the SNR falls. ``logsnr`` is
+    ``log(alpha^2 / sigma^2)`` (a number or a tensor of any shape; the result adds a last axis J).
+    """
+    scales = _validate.scales(scales)
+    if not (isinstance(w_max, (int, float)) and 0 <= w_max < 1):
+        raise ValueError(f"w_max: expected 0 <= w_max < 1, got {w_max!r}")
+    if not (isinstance(width, (int, float)) and width > 0 and math.isfinite(width)):
+        raise ValueError(f"width: expected a positive number, got {width!r}")
+    lam = torch.as_tensor(logsnr, dtype=torch.float32)
+    if lam.is_floating_point() and _validate.eager() and not bool(torch.isfinite(lam).all()):
+        raise ValueError("logsnr: expected finite values")
+    g = torch.sigmoid((center - lam) / width)[..., None]
+    logk = torch.log(torch.tensor(scales, dtype=torch.float32, device=lam.device))
+    share = torch.softmax(2.0 * g * logk, dim=-1)
+    return w_max * g * share

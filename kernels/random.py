@@ -1,0 +1,96 @@
+"""Counter-based noise in Triton (MATH.md Section 1): Triton's own Philox and laws."""
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+NORMAL, LAPLACE, UNIFORM, RADEMACHER = 0, 1, 2, 3
+BLOCK = 1024
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_SQRT12 = math.sqrt(12.0)
+
+
+@triton.jit
+def draw(seed, pos, DIST: tl.constexpr):
+    """One zero-mean, unit-variance draw per element at stream position (seed, pos).
+
+    normal: Triton's randn; laplace: -sign(u-1/2) ln(max(1e-7, 1-2|u-1/2|))/sqrt(2);
+    uniform: (u-1/2) sqrt(12); rademacher: +1 if i1 odd else -1, with i1 = randint, u = rand.
+    """
+    if DIST == 0:
+        z = tl.randn(seed, pos)
+    elif DIST == 1:
+        d = tl.rand(seed, pos) - 0.5
+        mag = -tl.log(tl.maximum(1.0 - 2.0 * tl.abs(d), 1.0e-7)) * 0.7071067811865476
+        z = tl.where(d > 0.0, mag, tl.where(d < 0.0, -mag, 0.0))
+    elif DIST == 2:
+        z = (tl.rand(seed, pos) - 0.5) * 3.4641016151377544
+    else:
+        i1 = tl.randint(seed, pos)
+        z = tl.where((i1 & 1) == 1, 1.0, -1.0)
+    return z
+
+
+@triton.jit
+def stream_position(seeds_ptr, b, i, D, offset, PER_SAMPLE: tl.constexpr):
+    """(seed, offset) of element i of sample b: per-sample seeds use offset + i, one seed
+    uses offset + b*D + i (64-bit)."""
+    if PER_SAMPLE:
+        seed = tl.load(seeds_ptr + b)
+        pos = offset + i
+    else:
+        seed = tl.load(seeds_ptr)
+        pos = offset + b * D + i
+    return seed, pos
+
+
+@triton.jit
+def _philox_kernel(seeds_ptr, out_ptr, N, D, offset, PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr):
+    """out[n, 0:4] = tl.randint4x at element n of a (B, D) layout, as int64."""
+    t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = t < N
+    b = t // D
+    seed, pos = stream_position(seeds_ptr, b, t - b * D, D, offset, PER_SAMPLE)
+    r0, r1, r2, r3 = tl.randint4x(seed, pos)
+    tl.store(out_ptr + 4 * t, r0.to(tl.int64), mask=mask)
+    tl.store(out_ptr + 4 * t + 1, r1.to(tl.int64), mask=mask)
+    tl.store(out_ptr + 4 * t + 2, r2.to(tl.int64), mask=mask)
+    tl.store(out_ptr + 4 * t + 3, r3.to(tl.int64), mask=mask)
+
+
+@triton.jit
+def _noise_kernel(seeds_ptr, out_ptr, N, D, offset, DIST: tl.constexpr, PER_SAMPLE: tl.constexpr,
+                  BLOCK: tl.constexpr):
+    """out[b, i] = draw of law DIST at its stream position."""
+    t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = t < N
+    b = t // D
+    seed, pos = stream_position(seeds_ptr, b, t - b * D, D, offset, PER_SAMPLE)
+    z = draw(seed, pos, DIST)
+    tl.store(out_ptr + t, z.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _layout(shape):
+    B = shape[0]
+    return B, (math.prod(shape) // B if B else 0)
+
+
+def philox_uint32(seeds, shape, offset):
+    B, D = _layout(shape)
+    out = torch.empty((*shape, 4), dtype=torch.int64, device=seeds.device)
+    N = B * D
+    if N:
+        per_sample = seeds.numel() == B and B > 1
+        _philox_kernel[(triton.cdiv(N, BLOCK),)](seeds, out, N, D, offset, per_sample, BLOCK)
+    return out
+
+
+def noise(seeds, shape, offset, dist, dtype):
+    B, D = _layout(shape)
+    out = torch.empty(shape, dtype=dtype, device=seeds.device)
+    N = B * D
+    if N:
+        per_sample = seeds.numel() == B and B > 1
+        _noise_kernel[(triton.cdiv(N, BLOCK),)](seeds, out, N, D, offset, dist, per_sample, BLOCK)
+    return out
