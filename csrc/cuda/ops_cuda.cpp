@@ -10,6 +10,7 @@
 
 #include "../checks.h"
 #include "cuda_kernels.h"
+#include "diffaccel/stroke.h"
 
 namespace diffaccel {
 namespace {

@@ -1,0 +1,21 @@
+"""Samplers with in-place log-density tracking (MATH.md Section 3) on one fused step op.
+
+- :func:`fused_step` / :func:`make_coef`: the fused step (``torch.ops.diffaccel.sample_step``)
+  on the reference, cpu (C++), triton and cuda backends.
+- k-diffusion-style samplers: :func:`sample_euler`, :func:`sample_heun`,
+  :func:`sample_euler_maruyama`, :func:`sample_hd`, :func:`sample_ddim` (+ :class:`VPEpsDenoiser`
+  for eps-prediction models), and :func:`sample_interpolant` (Section 4's stochastic
+  interpolants, Euler in tau).
+- :func:`log_likelihood` (euler, heun, rk4, dopri5) and :func:`bits_per_dim`.
+"""
+from . import _ops  # noqa: F401  (fake and Triton registrations of the step ops)
+from .interpolant import sample_interpolant
+from .likelihood import SOLVERS, bits_per_dim, log_likelihood
+from .samplers import (PROBE_BASE, VPEpsDenoiser, ancestral_step, prior_logp, sample_ddim,
+                       sample_euler, sample_euler_maruyama, sample_hd, sample_heun)
+from .step import coef_width, fused_step, make_coef
+
+__all__ = ["fused_step", "make_coef", "coef_width", "sample_euler", "sample_heun",
+           "sample_euler_maruyama", "sample_hd", "sample_ddim", "sample_interpolant",
+           "VPEpsDenoiser", "ancestral_step", "prior_logp", "log_likelihood", "bits_per_dim",
+           "SOLVERS", "PROBE_BASE"]

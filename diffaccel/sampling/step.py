@@ -1,0 +1,220 @@
+"""The fused sampler step (MATH.md Section 3.1): one pass over x and the model outputs that
+writes the new x, draws the increment in the kernel, adds every sample's log-density terms in
+place and can write the next step's Hutchinson probes.
+
+Per sample b, with per-sample coefficients ``coef[b]`` (a (B, 7 + 3K) tensor, see
+:func:`make_coef`)::
+
+    x_new     = ax x + az z + sum_k am_k M_k
+    s         = sx x + sum_k sm_k M_k                    (score at the old x)
+    t_p       = sum_i v_{p,i} sum_k cw_k w_{k,p,i}        (Hutchinson, probe p, w = v^T J_k)
+    logp     += c0 + c1 |s|^2 + c2 (s . z) + c3 (x . s) + mean_p t_p
+    logp_var += var_p(t_p) / P                           (P >= 2)
+
+One kernel serves Euler, Heun (K = 2 model outputs), Euler-Maruyama, the high-density ODE, DDIM
+and Runge-Kutta / multistep solvers (K stage derivatives or past outputs). Coefficients stay
+tensors: a step has no host synchronization and compiles with ``torch.compile(fullgraph=True)``.
+"""
+import numbers
+
+import torch
+
+from .. import _ext, _validate
+from ..backends import select
+from ..library import DISTS, op
+from ..reference import step as _ref
+
+MAX_MODELS = 8
+MAX_PROBES = 64
+COEF_HEAD = _ref.COEF_HEAD
+coef_width = _ref.coef_width
+
+
+def make_coef(B, *, ax=1.0, az=0.0, sx=0.0, c0=0.0, c1=0.0, c2=0.0, c3=0.0, am=(), sm=None,
+              cw=None, device=None, dtype=torch.float32):
+    """The (B, 7 + 3K) coefficient tensor from numbers, 0-d or (B,) tensors (no host sync).
+
+    am, sm, cw: sequences of K values (sm / cw default to zeros)."""
+    K = len(am)
+    sm = (0.0,) * K if sm is None else tuple(sm)
+    cw = (0.0,) * K if cw is None else tuple(cw)
+    if len(sm) != K or len(cw) != K:
+        raise ValueError(f"sm, cw: expected {K} values each (one per model output), got "
+                         f"{len(sm)} and {len(cw)}")
+    cols = [ax, az, sx, c0, c1, c2, c3]
+    for k in range(K):
+        cols += [am[k], sm[k], cw[k]]
+    if device is None:
+        device = next((c.device for c in cols if isinstance(c, torch.Tensor)), torch.device("cpu"))
+    out = []
+    for c in cols:
+        if isinstance(c, torch.Tensor):
+            out.append(c.to(device=device, dtype=dtype).reshape(-1).expand(B))
+        else:
+            out.append(torch.full((B,), float(c), dtype=dtype, device=device))
+    return torch.stack(out, 1)
+
+
+def _tensor(t, name):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def _like_x(t, x, name):
+    _tensor(t, name)
+    if t.shape != x.shape:
+        raise ValueError(f"{name}: expected shape {tuple(x.shape)} (that of x), got {tuple(t.shape)}")
+    if t.device != x.device:
+        raise ValueError(f"{name}: expected a tensor on {x.device}, got {t.device}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
+    return t
+
+
+def _stack_like(t, x, P, name):
+    _tensor(t, name)
+    shape = (P, *x.shape) if P is not None else None
+    if t.dim() != x.dim() + 1 or tuple(t.shape[1:]) != tuple(x.shape) or (shape and tuple(t.shape) != shape):
+        raise ValueError(f"{name}: expected shape (P, {', '.join(map(str, x.shape))}), got {tuple(t.shape)}")
+    if t.device != x.device:
+        raise ValueError(f"{name}: expected a tensor on {x.device}, got {t.device}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
+    return t
+
+
+def _accumulator(t, x, name):
+    if t is None:
+        return None
+    _tensor(t, name)
+    if tuple(t.shape) != (x.shape[0],):
+        raise ValueError(f"{name}: expected shape ({x.shape[0]},) (one value per sample), got {tuple(t.shape)}")
+    if t.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{name}: expected float32 or float64, got {t.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"{name}: expected a tensor on {x.device}, got {t.device}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous tensor (it is updated in place)")
+    return t
+
+
+def fused_step(x, models, coef, *, logp=None, logp_var=None, z=None, seed=None, offset=0,
+               dist=None, probes=None, vjps=None, probes_out=None, probe_offset=0,
+               probe_dist="rademacher", out=None, backend=None):
+    """One fused sampler step; returns the new x (``x`` itself, updated in place, or ``out``).
+
+    x: (B, *S); models: K <= 8 tensors shaped like x (model outputs, stage derivatives, past
+    outputs); coef: (B, 7 + 3K) per-sample coefficients (:func:`make_coef`); logp, logp_var:
+    (B,) float32/float64 accumulators updated in place (None: not tracked); z: a given
+    increment, else draws of law ``dist`` (normal, laplace, uniform, rademacher; default normal
+    when ``seed`` is given) at ``seed``/``offset`` (MATH.md Section 1), else none;
+    probes: (P, B, *S) and vjps: K tensors (P, B, *S) (``v_p^T J_k``) for the Hutchinson term;
+    probes_out: (P', B, *S) buffer that receives the next step's probes of law ``probe_dist``
+    at ``probe_offset`` (it must not be ``probes``). ``out``: write the new x there, leave x.
+    """
+    x = _tensor(x, "x")
+    if x.dtype not in _validate.FLOAT_DTYPES + (torch.float64,):
+        raise TypeError(f"x: expected float32, float16, bfloat16 or float64, got {x.dtype}")
+    if x.dim() < 1:
+        raise ValueError("x: expected a (B, *S) tensor, got a 0-d tensor")
+    B = x.shape[0]
+    if isinstance(models, torch.Tensor):
+        models = [models]
+    if not isinstance(models, (list, tuple)):
+        raise TypeError(f"models: expected a list of tensors, got {type(models).__name__}")
+    if len(models) > MAX_MODELS:
+        raise ValueError(f"models: expected at most {MAX_MODELS} model outputs, got {len(models)}")
+    models = [_like_x(m, x, f"models[{k}]") for k, m in enumerate(models)]
+    K = len(models)
+    coef = _tensor(coef, "coef")
+    if tuple(coef.shape) != (B, coef_width(K)):
+        raise ValueError(f"coef: expected shape ({B}, {coef_width(K)}) for {K} model outputs, "
+                         f"got {tuple(coef.shape)}")
+    if not coef.is_floating_point() or coef.device != x.device:
+        raise TypeError(f"coef: expected a floating-point tensor on {x.device}, got {coef.dtype} on {coef.device}")
+    logp = _accumulator(logp, x, "logp")
+    logp_var = _accumulator(logp_var, x, "logp_var")
+    if logp_var is not None and logp is None:
+        raise ValueError("logp_var: needs logp (the variance of the log-density's estimate)")
+    if z is not None:
+        z = _like_x(z, x, "z")
+    if dist is None and seed is not None and z is None:
+        dist = "normal"
+    dist_code = -1 if (dist is None or z is not None) else _validate.dist(dist)
+    probe_code = _validate.choice(probe_dist, DISTS, "probe_dist")
+    offset = _validate.offset(offset)
+    probe_offset = _validate.offset(probe_offset)
+    vjps = [] if vjps is None else ([vjps] if isinstance(vjps, torch.Tensor) else list(vjps))
+    if probes is not None:
+        probes = _stack_like(probes, x, None, "probes")
+        if probes.shape[0] > MAX_PROBES:
+            raise ValueError(f"probes: expected at most {MAX_PROBES} probes, got {probes.shape[0]}")
+        if len(vjps) != K:
+            raise ValueError(f"vjps: expected {K} tensors (one per model output) with probes, got {len(vjps)}")
+        vjps = [_stack_like(w, x, probes.shape[0], f"vjps[{k}]") for k, w in enumerate(vjps)]
+    elif vjps:
+        raise ValueError("vjps: given without probes")
+    if probes_out is not None:
+        probes_out = _stack_like(probes_out, x, None, "probes_out")
+        if probes_out.shape[0] > MAX_PROBES:
+            raise ValueError(f"probes_out: expected at most {MAX_PROBES} probes, got {probes_out.shape[0]}")
+        if not probes_out.is_contiguous():
+            raise ValueError("probes_out: expected a contiguous tensor (it is written in place)")
+        if probes is not None and probes_out.data_ptr() == probes.data_ptr() and probes.numel():
+            raise ValueError("probes_out: must not be the probes tensor being read")
+    need_seed = dist_code >= 0 or (probes_out is not None and probes_out.shape[0] > 0)
+    if need_seed:
+        if seed is None:
+            raise ValueError("seed: required to draw the increment or the next probes")
+        seeds = _validate.seeds(seed, B, x.device)
+    else:
+        seeds = torch.zeros(1, dtype=torch.int64, device=x.device)
+    if out is not None:
+        out = _like_x(out, x, "out")
+        if out.dtype != x.dtype or not out.is_contiguous():
+            raise ValueError(f"out: expected a contiguous {x.dtype} tensor")
+    elif not x.is_contiguous():
+        raise ValueError("x: expected a contiguous tensor for an in-place step (or pass out=)")
+
+    name = select(backend, x.device, "sample_step")
+    if name == "reference":
+        n_out = 0 if probes_out is None else probes_out.shape[0]
+        empty = x.new_zeros(0, dtype=torch.float32)
+        xn, lp, lv, pout = _ref.sample_step(
+            x, empty if logp is None else logp, empty if logp_var is None else logp_var, models,
+            coef, z, seeds, offset, None if dist_code < 0 else DISTS[dist_code], probes, vjps,
+            n_out, probe_offset, probe_dist)
+        target = x if out is None else out
+        target.copy_(xn)
+        if logp is not None:
+            logp.copy_(lp)
+        if logp_var is not None:
+            logp_var.copy_(lv)
+        if n_out:
+            probes_out.copy_(pout)
+        return target
+    _validate.fast_dtype(x, "x", name)
+    dt = x.dtype
+    models = [m.to(dt).contiguous() for m in models]
+    empty = x.new_empty(0, dtype=torch.float32)
+    args = (empty if logp is None else logp, empty if logp_var is None else logp_var, models,
+            coef.to(torch.float32).contiguous(), None if z is None else z.to(dt).contiguous(),
+            seeds, offset, dist_code,
+            None if probes is None else probes.to(dt).contiguous(),
+            [w.to(dt).contiguous() for w in vjps],
+            x.new_empty((0, *x.shape)) if probes_out is None else probes_out,
+            probe_offset, probe_code)
+    if probes_out is not None and probes_out.dtype != dt:
+        raise TypeError(f"probes_out: expected {dt} (that of x), got {probes_out.dtype}")
+    if name in ("cpu", "cuda"):
+        _ext.load()
+    if out is None:
+        op("sample_step", name)(x, *args)
+        return x
+    op("sample_step_out", name)(x, out, *args)
+    return out
+
+
+def is_number(v):
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)

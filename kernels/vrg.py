@@ -1,0 +1,211 @@
+"""Variance-Reduction Guidance in Triton (MATH.md Section 5); the same formulas as
+``csrc/include/diffaccel/vrg.h``.
+
+- ``_error_moments_kernel``: one program per (sample, chunk of its elements) reads pred and
+  target once, sums ``e = pred - target`` (float32) and ``e^2`` in float64 lanes and adds
+  (count, sum e, sum e^2) to the sample's bin with float64 atomics.
+- ``_cumulative_error_kernel``: one program per block of candidate trajectories, the steps in
+  tiles of ``BLOCK_N``; cpe and its analytic gradient from a stencil over shifted loads of abar
+  (every step weight ``W_p`` depends on ``s_{p-2} .. s_{p+1}``, ``s = sqrt((1 - abar) / abar)``).
+"""
+import torch
+import triton
+import triton.language as tl
+
+MOMENT_BLOCK = 1024
+MOMENT_CHUNK = 16384
+CPE_BLOCK_K = 16
+CPE_MAX_BLOCK_N = 64
+
+
+@triton.jit
+def _error_moments_kernel(pred_ptr, target_ptr, bins_ptr, table_ptr, D, num_bins, CHUNK,
+                          BLOCK: tl.constexpr):
+    """Program (b, c): e_i = float(pred[b, i]) - float(target[b, i]) over i in
+    [c CHUNK, min(D, (c + 1) CHUNK)); table[bins[b]] += (count, sum e, sum e^2) (float64,
+    atomic). Bins outside [0, num_bins) are skipped (the Python API refuses them)."""
+    b = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1).to(tl.int64)
+    start = c * CHUNK
+    end = tl.minimum(start + CHUNK, D)
+    base = b * D
+    s1 = tl.zeros([BLOCK], dtype=tl.float64)
+    s2 = tl.zeros([BLOCK], dtype=tl.float64)
+    for i in range(start, end, BLOCK):
+        offs = i + tl.arange(0, BLOCK)
+        m = offs < end
+        p = tl.load(pred_ptr + base + offs, mask=m, other=0.0).to(tl.float32)
+        t = tl.load(target_ptr + base + offs, mask=m, other=0.0).to(tl.float32)
+        e = (p - t).to(tl.float64)
+        s1 += e
+        s2 += e * e
+    j = tl.load(bins_ptr + b)
+    ok = (j >= 0) & (j < num_bins)
+    row = table_ptr + j * 3
+    tl.atomic_add(row, (end - start).to(tl.float64), mask=ok)
+    tl.atomic_add(row + 1, tl.sum(s1, axis=0), mask=ok)
+    tl.atomic_add(row + 2, tl.sum(s2, axis=0), mask=ok)
+
+
+def error_moments(pred, target, bins, num_bins):
+    """(num_bins, 3) float64 table of (count, sum e, sum e^2); pred, target contiguous."""
+    B = pred.shape[0]
+    D = pred.numel() // B if B else 0
+    table = torch.zeros(num_bins, 3, dtype=torch.float64, device=pred.device)
+    if B == 0:
+        return table
+    chunks = max(1, triton.cdiv(D, MOMENT_CHUNK))
+    _error_moments_kernel[(B, chunks)](pred, target, bins, table, D, num_bins, MOMENT_CHUNK,
+                                       BLOCK=MOMENT_BLOCK)
+    return table
+
+
+# ----------------------------------------------------------------------------- cpe
+
+@triton.jit
+def _interp(grid_ptr, mse_ptr, M, x, ITERS: tl.constexpr):
+    """MSE(x) and its slope: linear on the increasing grid[M], constant beyond its ends."""
+    lo = tl.zeros(x.shape, dtype=tl.int32)
+    hi = lo + M
+    for _ in range(ITERS):  # binary search: number of grid points <= x
+        active = lo < hi
+        mid = (lo + hi) // 2
+        g = tl.load(grid_ptr + mid, mask=active, other=0.0)
+        right = active & (g <= x)
+        lo = tl.where(right, mid + 1, lo)
+        hi = tl.where(active & (g > x), mid, hi)
+    j = tl.minimum(tl.maximum(lo - 1, 0), M - 2)
+    g0 = tl.load(grid_ptr + j)
+    g1 = tl.load(grid_ptr + j + 1)
+    m0 = tl.load(mse_ptr + j)
+    m1 = tl.load(mse_ptr + j + 1)
+    slope = (m1 - m0) / (g1 - g0)
+    value = m0 + (x - g0) * slope
+    first = tl.load(grid_ptr)
+    last = tl.load(grid_ptr + M - 1)
+    below = x < first
+    above = x > last
+    value = tl.where(below, tl.load(mse_ptr), value)
+    value = tl.where(above, tl.load(mse_ptr + M - 1), value)
+    slope = tl.where(below | above, 0.0, slope)
+    return value, slope
+
+
+@triton.jit
+def _s_at(abar_ptr, rows, rmask, q, N):
+    """s = sqrt((1 - abar) / abar) at step positions q (2-d); s = 0 at q = -1 (abar = 1). Lanes
+    outside the rows or [-1, N) get s = q + 4: never read by a selected branch, but distinct, so
+    their (discarded) logarithms stay finite."""
+    inside = rmask & (q >= 0) & (q < N)
+    a = tl.load(abar_ptr + rows * N + q, mask=inside, other=0.5)
+    s = tl.sqrt((1.0 - a) / a)
+    s = tl.where(q == -1, 0.0, s)
+    return tl.where(inside | (rmask & (q == -1)), s, (q + 4).to(tl.float64))
+
+
+@triton.jit
+def _term(p, N, sm2, sm1, s0, sp1, SOLVER: tl.constexpr):
+    """Step weight W_p and its partials w.r.t. s_{p-2}, s_{p-1}, s_p, s_{p+1}:
+    ddim W_p = -(s_p - s_{p-1}); dpm2m W_p = -d_p (1 + c_p) + d_{p-1} c_{p-1} with
+    c_p = log(s_p / s_{p-1}) / (2 log(s_{p+1} / s_p)) for 1 <= p <= N-2, else 0."""
+    d = s0 - sm1
+    w = -d
+    dw0 = tl.zeros(s0.shape, dtype=tl.float64)
+    dw1 = dw0 + 1.0
+    dw2 = dw0 - 1.0
+    dw3 = dw0
+    if SOLVER == 1:
+        cur = (p >= 1) & (p <= N - 2)
+        xm1 = tl.where(cur, sm1, 1.0)
+        x0 = tl.where(cur, s0, 2.0)
+        xp1 = tl.where(cur, sp1, 4.0)
+        hp = tl.log(x0 / xm1)
+        hn = tl.log(xp1 / x0)
+        c = tl.where(cur, hp / (2.0 * hn), 0.0)
+        dc_m1 = tl.where(cur, -1.0 / (2.0 * hn * xm1), 0.0)
+        dc_0 = tl.where(cur, (1.0 / (2.0 * hn) + hp / (2.0 * hn * hn)) / x0, 0.0)
+        dc_p1 = tl.where(cur, -hp / (2.0 * hn * hn * xp1), 0.0)
+        w = w - d * c
+        dw1 = dw1 + c - d * dc_m1
+        dw2 = dw2 - c - d * dc_0
+        dw3 = dw3 - d * dc_p1
+        prv = (p >= 2) & (p <= N - 1)
+        ym2 = tl.where(prv, sm2, 1.0)
+        ym1 = tl.where(prv, sm1, 2.0)
+        y0 = tl.where(prv, s0, 4.0)
+        dp = tl.where(prv, ym1 - ym2, 0.0)
+        hp2 = tl.log(ym1 / ym2)
+        hn2 = tl.log(y0 / ym1)
+        c2 = tl.where(prv, hp2 / (2.0 * hn2), 0.0)
+        dc2_m2 = tl.where(prv, -1.0 / (2.0 * hn2 * ym2), 0.0)
+        dc2_m1 = tl.where(prv, (1.0 / (2.0 * hn2) + hp2 / (2.0 * hn2 * hn2)) / ym1, 0.0)
+        dc2_0 = tl.where(prv, -hp2 / (2.0 * hn2 * hn2 * y0), 0.0)
+        w = w + dp * c2
+        dw0 = dw0 - c2 + dp * dc2_m2
+        dw1 = dw1 + c2 + dp * dc2_m1
+        dw2 = dw2 + dp * dc2_0
+    return w, dw0, dw1, dw2, dw3
+
+
+@triton.jit
+def _cumulative_error_kernel(abar_ptr, grid_ptr, mse_ptr, cpe_ptr, grad_ptr, K, N, M,
+                             SOLVER: tl.constexpr, WITH_GRAD: tl.constexpr, ITERS: tl.constexpr,
+                             BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """cpe[k] = sum_p W_p^2 MSE(abar[k, p]); with WITH_GRAD
+    grad[k, q] = ds_q/dabar_q sum_{p=q-1}^{q+2} 2 W_p MSE_p dW_p/ds_q + W_q^2 MSE'(abar_q)."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    rmask = rows < K
+    rows2 = rows[:, None]
+    rmask2 = rmask[:, None]
+    acc = tl.zeros([BLOCK_K], dtype=tl.float64)
+    for n0 in range(0, N, BLOCK_N):
+        q = n0 + tl.arange(0, BLOCK_N)[None, :]
+        valid = rmask2 & (q < N)
+        a0 = tl.load(abar_ptr + rows2 * N + q, mask=valid, other=0.5)
+        s_m3 = _s_at(abar_ptr, rows2, rmask2, q - 3, N)
+        s_m2 = _s_at(abar_ptr, rows2, rmask2, q - 2, N)
+        s_m1 = _s_at(abar_ptr, rows2, rmask2, q - 1, N)
+        s_0 = _s_at(abar_ptr, rows2, rmask2, q, N)
+        s_p1 = _s_at(abar_ptr, rows2, rmask2, q + 1, N)
+        s_p2 = _s_at(abar_ptr, rows2, rmask2, q + 2, N)
+        s_p3 = _s_at(abar_ptr, rows2, rmask2, q + 3, N)
+        m0, dm0 = _interp(grid_ptr, mse_ptr, M, a0, ITERS)
+        w0, _, _, e2, _ = _term(q, N, s_m2, s_m1, s_0, s_p1, SOLVER)
+        acc += tl.sum(tl.where(valid, w0 * w0 * m0, 0.0), axis=1)
+        if WITH_GRAD:
+            # terms p = q - 1, q + 1, q + 2 and their MSE values
+            a_m1 = tl.load(abar_ptr + rows2 * N + q - 1, mask=valid & (q >= 1), other=0.5)
+            a_p1 = tl.load(abar_ptr + rows2 * N + q + 1, mask=valid & (q + 1 < N), other=0.5)
+            a_p2 = tl.load(abar_ptr + rows2 * N + q + 2, mask=valid & (q + 2 < N), other=0.5)
+            mm1, _ = _interp(grid_ptr, mse_ptr, M, a_m1, ITERS)
+            mp1, _ = _interp(grid_ptr, mse_ptr, M, a_p1, ITERS)
+            mp2, _ = _interp(grid_ptr, mse_ptr, M, a_p2, ITERS)
+            wm1, _, _, _, e3 = _term(q - 1, N, s_m3, s_m2, s_m1, s_0, SOLVER)
+            wp1, _, e1, _, _ = _term(q + 1, N, s_m1, s_0, s_p1, s_p2, SOLVER)
+            wp2, e0, _, _, _ = _term(q + 2, N, s_0, s_p1, s_p2, s_p3, SOLVER)
+            gs = 2.0 * w0 * m0 * e2
+            gs += tl.where(q >= 1, 2.0 * wm1 * mm1 * e3, 0.0)
+            gs += tl.where(q + 1 < N, 2.0 * wp1 * mp1 * e1, 0.0)
+            gs += tl.where(q + 2 < N, 2.0 * wp2 * mp2 * e0, 0.0)
+            ds = -0.5 / (s_0 * a0 * a0)
+            g = gs * ds + w0 * w0 * dm0
+            tl.store(grad_ptr + rows2 * N + q, g, mask=valid)
+    tl.store(cpe_ptr + rows, acc, mask=rmask)
+
+
+def cumulative_error(abar, grid, mse, solver, with_grad):
+    """(cpe (K,), grad (K, N) or an empty tensor) for contiguous float64 abar (K, N)."""
+    K, N = abar.shape
+    M = grid.shape[0]
+    cpe = torch.empty(K, dtype=torch.float64, device=abar.device)
+    grad = torch.empty_like(abar) if with_grad else abar.new_empty(0)
+    if K == 0 or N == 0:
+        if N == 0:
+            cpe.zero_()
+        return cpe, grad
+    block_n = min(CPE_MAX_BLOCK_N, triton.next_power_of_2(N))
+    _cumulative_error_kernel[(triton.cdiv(K, CPE_BLOCK_K),)](
+        abar, grid, mse, cpe, grad if with_grad else cpe, K, N, M, SOLVER=int(solver),
+        WITH_GRAD=bool(with_grad), ITERS=int(M).bit_length(), BLOCK_K=CPE_BLOCK_K,
+        BLOCK_N=block_n)
+    return cpe, grad
