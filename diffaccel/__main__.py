@@ -7,6 +7,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="diffaccel")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, backends and compiled CUDA architectures")
+    sub.add_parser("demo", help="the stroke-size noising step on every backend, checked against the reference")
     bench = sub.add_parser("bench", help="benchmark table: every backend beside the reference")
     from .bench import add_arguments
 
@@ -17,6 +18,10 @@ def main(argv=None):
 
         print(format_info())
         return 0
+    if args.command == "demo":
+        from .demo import main as demo
+
+        return demo()
     from .bench import run
 
     return run(args)

@@ -71,28 +71,27 @@ def stroke_noise(x0, alpha, sigma, *, scales, data_weights, noise_weights, seed,
 
 
 def stroke_weights(logsnr, scales, *, w_max=0.5, center=0.0, width=2.0):
-    """Default roughness schedule: per-sample stroke weights (B, J) from the log-SNR (B,).
+    """Default roughness schedule: per-sample stroke weights (..., J) from the log-SNR (...).
 
     The paper's own schedule is not public; this one is documented and monotone:
 
-        g(lambda)   = sigmoid((center - lambda) / width)      (1 at low SNR, 0 at high SNR)
-        total       = w_max * g(lambda)                        (<= w_max < 1)
-        share_j     ∝ k_j ** (2 g(lambda))                     (coarser strokes weigh more)
-        w_j         = total * share_j
+        g(lambda) = sigmoid((center - lambda) / width)     in (0, 1): 1 at low SNR, 0 at high SNR
+        w_j       = w_max * (k_j / sum_i k_i) * g(lambda) ** (k_max / k_j)
 
-    so every weight falls as the SNR rises, coarser scales always weigh at least as much as finer
-    ones, and the preference for coarse strokes grows as the SNR falls. ``logsnr`` is
-    ``log(alpha^2 / sigma^2)`` (a number or a tensor of any shape; the result adds a last axis J).
+    Every weight falls as the SNR rises; coarser scales always weigh at least as much as finer
+    ones (larger share, slower decay), so the blur is coarse at low SNR and vanishes at high SNR;
+    the total stays below ``w_max < 1``. ``logsnr`` is ``log(alpha^2 / sigma^2)``, a number or a
+    tensor of any shape (per-sample: (B,) gives (B, J), ready for stroke_noise).
     """
     scales = _validate.scales(scales)
     if not (isinstance(w_max, (int, float)) and 0 <= w_max < 1):
         raise ValueError(f"w_max: expected 0 <= w_max < 1, got {w_max!r}")
     if not (isinstance(width, (int, float)) and width > 0 and math.isfinite(width)):
         raise ValueError(f"width: expected a positive number, got {width!r}")
-    lam = torch.as_tensor(logsnr, dtype=torch.float32)
-    if lam.is_floating_point() and _validate.eager() and not bool(torch.isfinite(lam).all()):
+    lam = torch.as_tensor(logsnr)
+    lam = lam.to(torch.float64 if lam.dtype == torch.float64 else torch.float32)
+    if _validate.eager() and not bool(torch.isfinite(lam).all()):
         raise ValueError("logsnr: expected finite values")
+    k = torch.tensor(scales, dtype=lam.dtype, device=lam.device)
     g = torch.sigmoid((center - lam) / width)[..., None]
-    logk = torch.log(torch.tensor(scales, dtype=torch.float32, device=lam.device))
-    share = torch.softmax(2.0 * g * logk, dim=-1)
-    return w_max * g * share
+    return w_max * (k / k.sum()) * g ** (k.max() / k)
