@@ -8,33 +8,37 @@
 #include <cstdint>
 
 #include "diffaccel/philox.h"
+#include "philox_x16.h"
 
 namespace diffaccel {
 namespace cpu {
 
 constexpr int kChunk = 16;
 
+// Draws of law DIST at counters (c0 + i, hi), i < kChunk, into out[0..kChunk).
+template <int32_t DIST>
+inline void draw_chunk(uint32_t k0, uint32_t k1, uint32_t c0, uint32_t hi, float* out) {
+  alignas(32) uint32_t i1[kChunk], i2[kChunk];
+  philox_x16(k0, k1, c0, hi, i1, i2);
+#pragma omp simd
+  for (int i = 0; i < kChunk; ++i) out[i] = law_from<DIST>(i1[i], i2[i]);
+}
+
 template <int32_t DIST, typename T>
 void fill_draws(uint64_t seed, uint64_t base, int64_t n, T* out) {
   const uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  alignas(32) float buf[kChunk];
   int64_t done = 0;
   while (done < n) {
     const uint64_t pos = base + static_cast<uint64_t>(done);
     const uint32_t lo = static_cast<uint32_t>(pos), hi = static_cast<uint32_t>(pos >> 32);
     const int64_t run = std::min<int64_t>(n - done, (int64_t(1) << 32) - lo);
-    T* o = out + done;
-    const int64_t body = run - run % kChunk;
-    for (int64_t start = 0; start < body; start += kChunk) {
-      const uint32_t c = lo + static_cast<uint32_t>(start);
-#pragma omp simd
-      for (int i = 0; i < kChunk; ++i) o[start + i] = static_cast<T>(draw<DIST>(k0, k1, c + i, hi));
-    }
-    if (body < run) {
-      float tail[kChunk];
-      const uint32_t c = lo + static_cast<uint32_t>(body);
-#pragma omp simd
-      for (int i = 0; i < kChunk; ++i) tail[i] = draw<DIST>(k0, k1, c + i, hi);  // may run past the wrap: discarded
-      for (int64_t i = 0; i < run - body; ++i) o[body + i] = static_cast<T>(tail[i]);
+    for (int64_t start = 0; start < run; start += kChunk) {
+      // a ragged last chunk is drawn whole (past the counter wrap too) and cut
+      draw_chunk<DIST>(k0, k1, lo + static_cast<uint32_t>(start), hi, buf);
+      const int64_t m = std::min<int64_t>(kChunk, run - start);
+      T* o = out + done + start;
+      for (int64_t i = 0; i < m; ++i) o[i] = static_cast<T>(buf[i]);
     }
     done += run;
   }

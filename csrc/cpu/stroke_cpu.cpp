@@ -110,31 +110,36 @@ float keep_weight(const float* w, int J) {
   return 1.0f - s;
 }
 
-// acc[c] = (A_w p)[r, c] for row r, given the row p_r of the plane and its block means.
-template <typename T>
-void blur_row(const T* pr, int64_t r, const Grid& g, const float* means, const float* w,
-              float* acc) {
-  const float keep = keep_weight(w, g.J);
-#pragma omp simd
-  for (int64_t c = 0; c < g.W; ++c) acc[c] = keep * static_cast<float>(pr[c]);
+// comb[c] = sum_j w_j (S_{k_j} p)[r, c]: the block-mean part of row r of A_w p. It only changes
+// where r crosses a block boundary of some scale, so callers rebuild it there only.
+void weighted_means_row(int64_t r, const Grid& g, const float* means, const float* w, float* comb) {
+  std::fill(comb, comb + g.W, 0.0f);
   for (int j = 0; j < g.J; ++j) {
     const float* m = means + g.off[j] + (r / g.k[j]) * g.wk[j];
     const int32_t* idx = g.colidx.data() + j * g.W;
     const float wj = w[j];
 #pragma omp simd
-    for (int64_t c = 0; c < g.W; ++c) acc[c] += wj * m[idx[c]];
+    for (int64_t c = 0; c < g.W; ++c) comb[c] += wj * m[idx[c]];
   }
+}
+
+bool starts_block_row(int64_t r, const Grid& g) {
+  for (int j = 0; j < g.J; ++j)
+    if (r % g.k[j] == 0) return true;
+  return false;
 }
 
 // y = A_w p for one plane, given the block means of p.
 template <typename T>
 void blur_plane(const T* p, const Grid& g, const float* means, const float* w, Scratch& sc, T* y) {
-  float* acc = sc.row_a.data();
+  const float keep = keep_weight(w, g.J);
+  float* comb = sc.row_a.data();
   for (int64_t r = 0; r < g.H; ++r) {
-    blur_row(p + r * g.W, r, g, means, w, acc);
+    if (starts_block_row(r, g)) weighted_means_row(r, g, means, w, comb);
+    const T* pr = p + r * g.W;
     T* yr = y + r * g.W;
 #pragma omp simd
-    for (int64_t c = 0; c < g.W; ++c) yr[c] = static_cast<T>(acc[c]);
+    for (int64_t c = 0; c < g.W; ++c) yr[c] = static_cast<T>(keep * static_cast<float>(pr[c]) + comb[c]);
   }
 }
 
@@ -203,7 +208,7 @@ void stroke_noise(const T* x0, const float* alpha, const float* sigma, const flo
   at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> eps(HW), mx(g.total), me(g.total);
     Scratch sc(W);
-    float *ax = sc.row_a.data(), *ae = sc.row_b.data();
+    float *cx = sc.row_a.data(), *ce = sc.row_b.data();
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t b = plane / C, c = plane - b * C;
       const uint64_t seed = static_cast<uint64_t>(seeds[per_sample ? b : 0]);
@@ -213,15 +218,21 @@ void stroke_noise(const T* x0, const float* alpha, const float* sigma, const flo
       block_means(xp, g, sc, mx.data());
       block_means(eps.data(), g, sc, me.data());
       const float a = alpha[b], s = sigma[b];
+      const float keep_x = keep_weight(wx + b * J, J), keep_e = keep_weight(we + b * J, J);
       for (int64_t r = 0; r < H; ++r) {
-        blur_row(xp + r * W, r, g, mx.data(), wx + b * J, ax);
-        blur_row(eps.data() + r * W, r, g, me.data(), we + b * J, ae);
+        if (starts_block_row(r, g)) {
+          weighted_means_row(r, g, mx.data(), wx + b * J, cx);
+          weighted_means_row(r, g, me.data(), we + b * J, ce);
+        }
+        const T* xr = xp + r * W;
+        const float* er = eps.data() + r * W;
         T* xtr = xt + plane * HW + r * W;
         T* tr = tgt + plane * HW + r * W;
 #pragma omp simd
         for (int64_t col = 0; col < W; ++col) {
           float o_xt, o_t;
-          stroke_noise_outputs(ax[col], ae[col], a, s, target, o_xt, o_t);
+          stroke_noise_outputs(keep_x * static_cast<float>(xr[col]) + cx[col],
+                               keep_e * er[col] + ce[col], a, s, target, o_xt, o_t);
           xtr[col] = static_cast<T>(o_xt);
           tr[col] = static_cast<T>(o_t);
         }

@@ -73,16 +73,22 @@ DA_HOST_DEVICE float centered_uniform_from(uint32_t i1) {
 
 DA_HOST_DEVICE float rademacher_from(uint32_t i1) { return (i1 & 1u) ? 1.0f : -1.0f; }
 
-// One draw of law DIST at stream position (seed, offset). DIST is a template argument so that
-// CPU loops over it stay branch-free and vectorize.
+// The law DIST from the first two Philox outputs. DIST is a template argument so that CPU loops
+// over it stay branch-free and vectorize.
 template <int32_t DIST>
-DA_HOST_DEVICE float draw(uint32_t k0, uint32_t k1, uint32_t c0, uint32_t c1) {
-  uint32_t i1, i2, i3, i4;
-  philox4x32_10(k0, k1, c0, c1, i1, i2, i3, i4);
+DA_HOST_DEVICE float law_from(uint32_t i1, uint32_t i2) {
   if (DIST == kLaplace) return laplace_from(i1);
   if (DIST == kUniform) return centered_uniform_from(i1);
   if (DIST == kRademacher) return rademacher_from(i1);
   return normal_from(i1, i2);
+}
+
+// One draw of law DIST at stream position (key, counter).
+template <int32_t DIST>
+DA_HOST_DEVICE float draw(uint32_t k0, uint32_t k1, uint32_t c0, uint32_t c1) {
+  uint32_t i1, i2, i3, i4;
+  philox4x32_10(k0, k1, c0, c1, i1, i2, i3, i4);
+  return law_from<DIST>(i1, i2);
 }
 
 template <int32_t DIST>

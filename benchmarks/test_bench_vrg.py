@@ -1,0 +1,63 @@
+"""pytest-benchmark entries of the VRG ops (``pytest benchmarks/test_bench_vrg.py``).
+
+The full side-by-side table (every backend, the reference eager and compiled, the floor, and the
+paper's optimizer against optimize_trajectory) is ``python benchmarks/bench_vrg.py``.
+"""
+import pytest
+import torch
+
+import diffaccel.vrg as vrg
+from diffaccel.backends import availability
+from diffaccel.reference import vrg as R
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+FAST = [b for b in ("cpu", "triton", "cuda")
+        if availability(b, DEVICE, "vrg_error_moments")[0] and not (b == "triton" and DEVICE == "cpu")]
+
+
+@pytest.fixture(scope="module")
+def moments_inputs():
+    g = torch.Generator().manual_seed(0)
+    shape = (256, 4, 64, 64)
+    pred = torch.randn(shape, generator=g).to(DEVICE)
+    target = torch.randn(shape, generator=g).to(DEVICE)
+    bins = torch.randint(0, 1000, (256,), generator=g).to(DEVICE)
+    return pred, target, bins
+
+
+def _run(benchmark, fn):
+    def call():
+        out = fn()
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        return out
+    return benchmark(call)
+
+
+@pytest.mark.parametrize("backend", FAST + ["reference"])
+def test_error_moments(benchmark, moments_inputs, backend):
+    pred, target, bins = moments_inputs
+    benchmark.group = "vrg error_moments B=256 4x64x64"
+    table = _run(benchmark, lambda: vrg.error_moments(pred, target, bins, 1000, backend=backend))
+    assert table[:, 0].sum().item() == pred.numel()
+
+
+def test_error_moments_reference_compiled(benchmark, moments_inputs):
+    pred, target, bins = moments_inputs
+    benchmark.group = "vrg error_moments B=256 4x64x64"
+    compiled = torch.compile(R.error_moments)
+    compiled(pred, target, bins, 1000)
+    _run(benchmark, lambda: compiled(pred, target, bins, 1000))
+
+
+@pytest.mark.parametrize("backend", [b for b in FAST if b != "triton" or DEVICE == "cuda"] + ["reference"])
+def test_cumulative_error_grad(benchmark, backend):
+    g = torch.Generator().manual_seed(0)
+    lam = torch.sort(torch.rand(64, 10, generator=g, dtype=torch.float64) * 18 - 9, 1,
+                     descending=True).values + 0.1 * torch.arange(10, 0, -1)
+    abar = torch.sigmoid(lam).to(DEVICE)
+    table = vrg.MSETable(torch.linspace(0, 0.9999, 1000), torch.rand(1000, generator=g))
+    benchmark.group = "vrg cumulative_error + grad K=64 N=10"
+    cpe, grad = _run(benchmark, lambda: vrg.cumulative_error_and_grad(abar, table, "dpm2m",
+                                                                       backend=backend))
+    assert grad.shape == (64, 10)
