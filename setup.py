@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -112,7 +112,7 @@ def _cmdclass():
 
 
 setup(
-    packages=["diffaccel", "diffaccel.kernels"],
+    packages=find_packages(include=["diffaccel", "diffaccel.*"]) + ["diffaccel.kernels"],
     package_dir={"diffaccel": "diffaccel", "diffaccel.kernels": "kernels"},
     ext_modules=_extensions(),
     cmdclass=_cmdclass(),
