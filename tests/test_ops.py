@@ -9,40 +9,44 @@ from diffaccel.library import op
 
 from conftest import assert_close
 
-BACKENDS = ["cpu", "triton"]
+# (backend, device): the C++ op serves "cpu" and "cuda" through its dispatch keys
+BACKENDS = [("cpu", "cpu"), ("triton", "cpu")] + (
+    [("cuda", "cuda"), ("triton", "cuda")] if torch.cuda.is_available() else [])
+IDS = [f"{b}-{d}" for b, d in BACKENDS]
 
 
-def _samples():
+def _samples(device="cpu"):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 3, 9, 7, generator=g)
-    w = torch.rand(2, 2, generator=g) * 0.4
-    seeds = torch.tensor([11, 12])
+    x = torch.randn(2, 3, 9, 7, generator=g).to(device)
+    w = (torch.rand(2, 2, generator=g) * 0.4).to(device)
+    seeds = torch.tensor([11, 12], device=device)
     return {
         "philox_uint32": (seeds, [2, 5], 3),
         "noise": (seeds, [2, 3, 4], 2**33, 0, torch.float32),
         "stroke_blur": (x.requires_grad_(), w.requires_grad_(), [2, 3]),
-        "stroke_blur_backward": (torch.randn(2, 3, 9, 7, generator=g), x.detach(), w.detach(), [2, 4]),
-        "stroke_noise": (x.detach().requires_grad_(), torch.rand(2, generator=g), torch.rand(2, generator=g),
+        "stroke_blur_backward": (torch.randn(2, 3, 9, 7, generator=g).to(device), x.detach(), w.detach(), [2, 4]),
+        "stroke_noise": (x.detach().requires_grad_(), torch.rand(2, generator=g).to(device),
+                         torch.rand(2, generator=g).to(device),
                          w.detach(), w.detach().flip(0), [2, 4], seeds, 5, 0, 2),
     }
 
 
 @pytest.mark.parametrize("name", list(_samples()))
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_opcheck(name, backend):
-    if backend == "cpu" and _ext.load() is None:
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+def test_opcheck(name, backend, device):
+    if backend != "triton" and _ext.load() is None:
         pytest.skip(_ext.error())
-    args = _samples()[name]
+    args = _samples(device)[name]
     tests = ["test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"]
     if backend == "triton" and name == "stroke_blur_backward":
         tests.remove("test_aot_dispatch_dynamic")  # its reduction is plain PyTorch: nothing more to check
     torch.library.opcheck(op(name, backend), args, test_utils=tests)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_compile_fullgraph(backend):
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+def test_compile_fullgraph(backend, device):
     """A training-step-like function with every op compiles without graph breaks and matches eager."""
-    if backend == "cpu" and _ext.load() is None:
+    if backend != "triton" and _ext.load() is None:
         pytest.skip(_ext.error())
     torch._dynamo.reset()
 
@@ -54,8 +58,9 @@ def test_compile_fullgraph(backend):
         return ((pred - target) ** 2).mean() + z.mean()
 
     g = torch.Generator().manual_seed(1)
-    args = (torch.randn(2, 3, 8, 8, generator=g), torch.rand(2, 2, generator=g) * 0.4,
-            torch.rand(2, generator=g), torch.rand(2, generator=g), torch.tensor([5, 6]))
+    args = tuple(a.to(device) for a in (
+        torch.randn(2, 3, 8, 8, generator=g), torch.rand(2, 2, generator=g) * 0.4,
+        torch.rand(2, generator=g), torch.rand(2, generator=g), torch.tensor([5, 6])))
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     assert_close(compiled(*args), step(*args), atol=1e-6, what="compiled loss")
 
