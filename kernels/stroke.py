@@ -20,6 +20,20 @@ BLOCK = 1024
 MEANS_BLOCK = 256
 
 
+@triton.jit
+def _noise_outputs(ax, ae, alpha, sigma, TARGET: tl.constexpr):
+    """x_t = alpha ax + sigma ae and the target: ae ("eps", 0), ax ("x0", 1) or
+    alpha ae - sigma ax ("v", 2), from ax = A_{wx} x0 and ae = A_{we} eps."""
+    xt = alpha * ax + sigma * ae
+    if TARGET == 0:
+        tgt = ae
+    elif TARGET == 1:
+        tgt = ax
+    else:
+        tgt = alpha * ae - sigma * ax
+    return xt, tgt
+
+
 # ----------------------------------------------------------------------------- tile path
 
 @triton.jit
@@ -95,15 +109,7 @@ def _stroke_noise_tile_kernel(x0_ptr, alpha_ptr, sigma_ptr, wx_ptr, we_ptr, seed
     eps = tl.where(mask, draw(seed, pos, DIST), 0.0)
     ax = _tile_blur(x0, wx_ptr + b * J, r0, c0, H, W, K1, K2, K3, K4, T)
     ae = _tile_blur(eps, we_ptr + b * J, r0, c0, H, W, K1, K2, K3, K4, T)
-    alpha = tl.load(alpha_ptr + b)
-    sigma = tl.load(sigma_ptr + b)
-    xt = alpha * ax + sigma * ae
-    if TARGET == 0:
-        tgt = ae
-    elif TARGET == 1:
-        tgt = ax
-    else:
-        tgt = alpha * ae - sigma * ax
+    xt, tgt = _noise_outputs(ax, ae, tl.load(alpha_ptr + b), tl.load(sigma_ptr + b), TARGET)
     tl.store(xt_ptr + base + rc, xt.to(xt_ptr.dtype.element_ty), mask=mask)
     tl.store(tgt_ptr + base + rc, tgt.to(tgt_ptr.dtype.element_ty), mask=mask)
 
@@ -202,13 +208,7 @@ def _stroke_noise_kernel(x0_ptr, alpha_ptr, sigma_ptr, wx_ptr, we_ptr, seeds_ptr
     ae = ke * eps + se
     alpha = tl.load(alpha_ptr + b, mask=mask, other=0.0)
     sigma = tl.load(sigma_ptr + b, mask=mask, other=0.0)
-    xt = alpha * ax + sigma * ae
-    if TARGET == 0:
-        tgt = ae
-    elif TARGET == 1:
-        tgt = ax
-    else:
-        tgt = alpha * ae - sigma * ax
+    xt, tgt = _noise_outputs(ax, ae, alpha, sigma, TARGET)
     tl.store(xt_ptr + t, xt.to(xt_ptr.dtype.element_ty), mask=mask)
     tl.store(tgt_ptr + t, tgt.to(tgt_ptr.dtype.element_ty), mask=mask)
 
