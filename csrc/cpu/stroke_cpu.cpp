@@ -19,15 +19,13 @@ namespace cpu {
 namespace {
 
 // Block grid of every scale on an H x W plane. Block means of scale j live at
-// means[off[j] + I * wk[j] + J]; colidx[j * W + c] = c / k[j] (a gather index, so the
-// upsampling loops vectorize); a scale that is a multiple of the one before it is summed from
+// means[off[j] + I * wk[j] + J]; a scale that is a multiple of the one before it is summed from
 // that scale's block sums instead of from the plane.
 struct Grid {
   int J;
   int64_t H, W, k[kMaxScales], hk[kMaxScales], wk[kMaxScales], off[kMaxScales], total;
   bool from_previous[kMaxScales];
   std::vector<float> count;      // [total] elements per block
-  std::vector<int32_t> colidx;   // [J, W]
   Grid(const int64_t* scales, int J_, int64_t H_, int64_t W_) : J(J_), H(H_), W(W_), total(0) {
     for (int j = 0; j < J; ++j) {
       k[j] = scales[j];
@@ -38,13 +36,11 @@ struct Grid {
       from_previous[j] = j > 0 && k[j] % k[j - 1] == 0;
     }
     count.resize(total);
-    colidx.resize(J * W);
     for (int j = 0; j < J; ++j) {
       for (int64_t I = 0; I < hk[j]; ++I)
         for (int64_t Jb = 0; Jb < wk[j]; ++Jb)
           count[off[j] + I * wk[j] + Jb] =
               static_cast<float>(block_extent(H, k[j], I) * block_extent(W, k[j], Jb));
-      for (int64_t c = 0; c < W; ++c) colidx[j * W + c] = static_cast<int32_t>(c / k[j]);
     }
   }
 };
@@ -116,10 +112,14 @@ void weighted_means_row(int64_t r, const Grid& g, const float* means, const floa
   std::fill(comb, comb + g.W, 0.0f);
   for (int j = 0; j < g.J; ++j) {
     const float* m = means + g.off[j] + (r / g.k[j]) * g.wk[j];
-    const int32_t* idx = g.colidx.data() + j * g.W;
     const float wj = w[j];
-#pragma omp simd
-    for (int64_t c = 0; c < g.W; ++c) comb[c] += wj * m[idx[c]];
+    const int64_t k = g.k[j];
+    for (int64_t Jb = 0; Jb < g.wk[j]; ++Jb) {
+      const float v = wj * m[Jb];
+      float* cb = comb + Jb * k;
+      const int64_t e = block_extent(g.W, k, Jb);
+      for (int64_t c = 0; c < e; ++c) cb[c] += v;
+    }
   }
 }
 

@@ -10,22 +10,13 @@
 
 #include "../checks.h"
 #include "cuda_kernels.h"
+#include "launch.h"
 #include "diffaccel/stroke.h"
 
 namespace diffaccel {
 namespace {
 
 using at::Tensor;
-
-#define DA_CHECK_LAUNCH(expr)                                                         \
-  do {                                                                                \
-    const cudaError_t err_ = (expr);                                                  \
-    TORCH_CHECK(err_ == cudaSuccess, "diffaccel CUDA launch failed: ", cudaGetErrorString(err_)); \
-  } while (0)
-
-cudaStream_t stream_of(const Tensor& t) {
-  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
-}
 
 Tensor philox_uint32_cuda(const Tensor& seeds, at::IntArrayRef shape, int64_t offset) {
   check_offset(offset);
