@@ -80,7 +80,8 @@ def _interp(grid_ptr, mse_ptr, M, x, ITERS: tl.constexpr):
     m0 = tl.load(mse_ptr + j)
     m1 = tl.load(mse_ptr + j + 1)
     slope = (m1 - m0) / (g1 - g0)
-    value = m0 + (x - g0) * slope
+    t = (x - g0) / (g1 - g0)
+    value = (1.0 - t) * m0 + t * m1  # exact at both grid points of the interval
     first = tl.load(grid_ptr)
     last = tl.load(grid_ptr + M - 1)
     below = x < first

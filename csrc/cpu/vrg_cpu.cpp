@@ -15,7 +15,8 @@ namespace cpu {
 
 namespace {
 constexpr int64_t kMomentChunk = int64_t(1) << 15;  // elements per task (fixed: deterministic)
-constexpr int64_t kLanes = 16;                       // float32 staging block converted in one go
+constexpr int64_t kLanes = 16;                       // float32 / float64 accumulator lanes
+constexpr int64_t kRounds = 8;                       // float32 additions per lane before folding
 }  // namespace
 
 template <typename T>
@@ -33,17 +34,33 @@ int64_t vrg_error_moments(const T* pred, const T* target, const int64_t* bins, i
       const int64_t i0 = c * kMomentChunk, i1 = std::min(D, i0 + kMomentChunk);
       const T* p = pred + b * D;
       const T* t = target + b * D;
-      double s1 = 0.0, s2 = 0.0;
+      // 16 float32 lanes sum kRounds errors each, then fold into 16 float64 lanes: the float32
+      // partial sums stay short (error <= kRounds ulps of the block's |e| sums) and the loops
+      // vectorize without float64 conversions per element.
+      double d1[kLanes] = {}, d2[kLanes] = {};
       int64_t i = i0;
-      const int64_t body = i0 + (i1 - i0) / kLanes * kLanes;
-      for (; i < body; i += kLanes) {
-#pragma omp simd reduction(+ : s1, s2)
-        for (int64_t l = 0; l < kLanes; ++l) {
-          const double e = static_cast<double>(
-              vrg_error(static_cast<float>(p[i + l]), static_cast<float>(t[i + l])));
-          s1 += e;
-          s2 += e * e;
+      for (; i + kLanes * kRounds <= i1; i += kLanes * kRounds) {
+        float f1[kLanes] = {}, f2[kLanes] = {};
+        for (int64_t r = 0; r < kRounds; ++r) {
+          const T* pr = p + i + r * kLanes;
+          const T* tr = t + i + r * kLanes;
+#pragma omp simd
+          for (int64_t l = 0; l < kLanes; ++l) {
+            const float e = vrg_error(static_cast<float>(pr[l]), static_cast<float>(tr[l]));
+            f1[l] += e;
+            f2[l] += e * e;
+          }
         }
+#pragma omp simd
+        for (int64_t l = 0; l < kLanes; ++l) {
+          d1[l] += static_cast<double>(f1[l]);
+          d2[l] += static_cast<double>(f2[l]);
+        }
+      }
+      double s1 = 0.0, s2 = 0.0;
+      for (int64_t l = 0; l < kLanes; ++l) {
+        s1 += d1[l];
+        s2 += d2[l];
       }
       for (; i < i1; ++i) {
         const double e =

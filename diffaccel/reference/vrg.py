@@ -53,7 +53,8 @@ def interp_mse(abar, grid, mse):
     M = grid.shape[0]
     j = (torch.searchsorted(grid, abar.detach().contiguous(), right=True) - 1).clamp(0, M - 2)
     g0, g1 = grid[j], grid[j + 1]
-    inside = mse[j] + (abar - g0) * ((mse[j + 1] - mse[j]) / (g1 - g0))
+    t = (abar - g0) / (g1 - g0)
+    inside = (1 - t) * mse[j] + t * mse[j + 1]  # exact at both grid points of the interval
     return torch.where(abar < grid[0], mse[0], torch.where(abar > grid[-1], mse[-1], inside))
 
 

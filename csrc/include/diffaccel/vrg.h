@@ -50,8 +50,9 @@ DA_HOST_DEVICE void vrg_mse(const double* grid, const double* mse, int64_t M, do
   const double g0 = grid[j], g1 = grid[j + 1], m0 = mse[j], m1 = mse[j + 1];
   if (x < grid[0]) { value = mse[0]; slope = 0.0; return; }
   if (x > grid[M - 1]) { value = mse[M - 1]; slope = 0.0; return; }
+  const double t = (x - g0) / (g1 - g0);
   slope = (m1 - m0) / (g1 - g0);
-  value = m0 + (x - g0) * slope;
+  value = (1.0 - t) * m0 + t * m1;  // exact at both grid points of the interval
 }
 
 // s = sqrt((1 - abar) / abar) and ds / dabar = -1 / (2 s abar^2).
