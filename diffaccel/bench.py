@@ -107,6 +107,30 @@ def stroke_blur_rows(args, size):
                              (_plain_blur, (x, w, scales)), x, nbytes)
 
 
+@case("error_moments")
+def error_moments_rows(args, size):
+    """VRG error moments over (batch, channels, size, size) float32 pred and target, 1000 bins."""
+    from .reference import vrg as R
+    from .vrg import error_moments
+
+    dev, B, C, nb = args.device, args.batch, args.channels, 1000
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(B, C, size, size, generator=g).to(dev)
+    target = torch.randn(B, C, size, size, generator=g).to(dev)
+    bins = torch.randint(0, nb, (B,), generator=g).to(dev)
+    nbytes = 2 * pred.numel() * pred.element_size()  # read pred and target once
+    rows = [(f"diffaccel[{b}]", (lambda b=b: error_moments(pred, target, bins, nb, backend=b)), nbytes)
+            for b in _runnable(args, "vrg_error_moments")]
+    ref = lambda: R.error_moments(pred, target, bins, nb)  # noqa: E731
+    rows.append(("reference eager", ref, nbytes))  # cheap here: a few reductions
+    if not args.no_compile:
+        cref = torch.compile(R.error_moments)
+        rows.append(("reference compiled", lambda: cref(pred, target, bins, nb), nbytes))
+    # the floor: one read of the same bytes
+    rows.append(("floor: read same bytes", lambda: (pred.sum(), target.sum()), nbytes))
+    return rows
+
+
 def _runnable(args, op):
     out = []
     for b in args.backends:
@@ -152,7 +176,8 @@ def run(args):
         for size in args.sizes:
             rows = CASES[op](args, size)
             times = {label: timeit(fn, args.device, args.repeat) for label, fn, _ in rows}
-            print(f"\n{op}  B={args.batch} C={args.channels} {size}x{size} scales={tuple(args.scales)}")
+            scales = f" scales={tuple(args.scales)}" if op.startswith("stroke") else ""
+            print(f"\n{op}  B={args.batch} C={args.channels} {size}x{size}{scales}")
             print(format_table(rows, times))
     return 0
 

@@ -280,7 +280,7 @@ def optimize_trajectory(init, table, *, solver="ddim", candidates=64, lp=None, p
         pin_hard, pin_w = False, float(pin_last)
     else:
         raise ValueError(f"pin_last: expected True, False or a penalty weight >= 0, got {pin_last!r}")
-    K, N = candidates, init.numel()
+    K = candidates
     name = backends.select(backend, "cpu", "vrg_cumulative_error_grad")
     param = _Param(init, table, lp, pin_hard, K)
     gen = torch.Generator().manual_seed(int(seed))
