@@ -11,5 +11,17 @@ from .stroke import stroke_blur, stroke_noise, stroke_weights
 
 __version__ = "0.1.0"
 
+# Subpackages load on first use (``diffaccel.vrg``, ``diffaccel.sampling``, ...), keeping
+# ``import diffaccel`` light; ``import diffaccel.vrg`` works as usual.
+_SUBMODULES = ("vrg", "sampling", "schedules", "models", "reference", "library")
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = ["BACKENDS", "BackendUnavailable", "use_backend", "info", "noise", "philox_uint32",
-           "stroke_blur", "stroke_noise", "stroke_weights", "__version__"]
+           "stroke_blur", "stroke_noise", "stroke_weights", "__version__", *_SUBMODULES]

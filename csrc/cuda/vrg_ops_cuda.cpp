@@ -8,22 +8,13 @@
 #include <tuple>
 
 #include "../vrg_checks.h"
+#include "launch.h"
 #include "vrg_kernels.h"
 
 namespace diffaccel {
 namespace {
 
 using at::Tensor;
-
-#define DA_VRG_CHECK_LAUNCH(expr)                                                          \
-  do {                                                                                     \
-    const cudaError_t err_ = (expr);                                                       \
-    TORCH_CHECK(err_ == cudaSuccess, "diffaccel CUDA launch failed: ", cudaGetErrorString(err_)); \
-  } while (0)
-
-cudaStream_t vrg_stream(const Tensor& t) {
-  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
-}
 
 Tensor vrg_error_moments_cuda(const Tensor& pred_in, const Tensor& target_in,
                               const Tensor& bins_in, int64_t num_bins) {
@@ -33,9 +24,9 @@ Tensor vrg_error_moments_cuda(const Tensor& pred_in, const Tensor& target_in,
   const Tensor bins = bins_in.contiguous();
   Tensor table = at::zeros({num_bins, 3}, pred.options().dtype(at::kDouble));
   DA_DISPATCH_FLOATS(pred.scalar_type(), "diffaccel::vrg_error_moments", [&] {
-    DA_VRG_CHECK_LAUNCH(cuda::vrg_error_moments<scalar_t>(
+    DA_CHECK_LAUNCH(cuda::vrg_error_moments<scalar_t>(
         pred.data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), bins.data_ptr<int64_t>(),
-        pred.size(0), D, num_bins, table.data_ptr<double>(), vrg_stream(pred)));
+        pred.size(0), D, num_bins, table.data_ptr<double>(), stream_of(pred)));
   });
   return table;
 }
@@ -47,10 +38,10 @@ std::tuple<Tensor, Tensor> run_cpe_cuda(const Tensor& abar_in, const Tensor& gri
   const Tensor abar = abar_in.contiguous(), grid = grid_in.contiguous(), mse = mse_in.contiguous();
   Tensor cpe = at::empty({abar.size(0)}, abar.options());
   Tensor grad = with_grad ? at::empty_like(abar) : Tensor();
-  DA_VRG_CHECK_LAUNCH(cuda::vrg_cumulative_error(
+  DA_CHECK_LAUNCH(cuda::vrg_cumulative_error(
       abar.data_ptr<double>(), abar.size(0), abar.size(1), grid.data_ptr<double>(),
       mse.data_ptr<double>(), grid.size(0), static_cast<int32_t>(solver), cpe.data_ptr<double>(),
-      with_grad ? grad.data_ptr<double>() : nullptr, vrg_stream(abar)));
+      with_grad ? grad.data_ptr<double>() : nullptr, stream_of(abar)));
   return {cpe, grad};
 }
 
