@@ -78,7 +78,10 @@ class GaussianMixture:
         mu = self.means.to(x.device).flatten(1)
         c2 = (self.stds.to(x.device) ** 2)[None, :]
         v = a ** 2 * c2 + b ** 2  # (B, K)
-        sq = (xf[:, None, :] - a[:, :, None] * mu[None]).pow(2).sum(-1)  # (B, K)
+        # |x - a mu_k|^2 = |x|^2 - 2 a x.mu_k + a^2 |mu_k|^2 (float64: the cancellation costs
+        # at most log10(|x|^2 / |x - a mu|^2) of 16 digits)
+        sq = ((xf * xf).sum(1, keepdim=True) - 2 * a * (xf @ mu.T) + a ** 2 * (mu * mu).sum(1)[None])
+        sq = torch.clamp(sq, min=0)  # (B, K)
         D = self.dim
         logits = torch.log(self.weights.to(x.device))[None] - 0.5 * D * torch.log(2 * math.pi * v) - sq / (2 * v)
         logp = torch.logsumexp(logits, dim=1)
@@ -149,9 +152,10 @@ def _log_cosh(y):
 class CurieWeiss:
     """Curie-Weiss spins ``x_1`` in {-1, +1}^d as a mixture of two product measures with
     magnetization +-m, ``m = tanh(beta m)``, weights ``W_+- = e^{+-hm} / (2 cosh(hm))``,
-    ``h = log(p/(1-p)) / 2`` (MATH.md Section 4)."""
+    ``h = log(p/(1-p)) / 2`` (MATH.md Section 4). ``compute_dtype``: float64 (default) or
+    float32 for the posterior (large d and many samples; the log-density stays float64)."""
 
-    def __init__(self, d, beta, p=0.5):
+    def __init__(self, d, beta, p=0.5, *, compute_dtype=torch.float64):
         if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1:
             raise ValueError(f"d: expected a positive int, got {d!r}")
         if not (beta > 0 and math.isfinite(beta)):
@@ -164,6 +168,9 @@ class CurieWeiss:
             if abs(m_new - m) < 1e-15:
                 break
             m = m_new
+        if compute_dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"compute_dtype: expected float32 or float64, got {compute_dtype}")
+        self.compute_dtype = compute_dtype
         self.d, self.beta, self.p, self.m = int(d), float(beta), float(p), m
         self.dim = self.d
         self.event_shape = (self.d,)
@@ -176,19 +183,23 @@ class CurieWeiss:
         if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.d:
             raise ValueError(f"x: expected a (B, {self.d}) tensor, got {tuple(getattr(x, 'shape', ()))}")
 
-    def _posterior(self, x, a, b):
+    def _posterior(self, x, a, b, with_logp=True):
         self._check_x(x)
-        a = _per_sample(a, x, "a")[:, None]
-        b = _per_sample(b, x, "b")[:, None]
-        xf = x.to(torch.float64)
+        ct = torch.float64 if with_logp else self.compute_dtype
+        a = _per_sample(a, x, "a")[:, None].to(ct)
+        b = _per_sample(b, x, "b")[:, None].to(ct)
+        xf = x.to(ct)
         y = a * xf / b ** 2
         th = torch.tanh(y)
         m = self.m
         lp = torch.log1p(m * th)   # branch +
         lm = torch.log1p(-m * th)  # branch -
-        logits = self.log_w.to(x.device)[None] + torch.stack([lp.sum(1), lm.sum(1)], 1)
-        R = torch.softmax(logits, 1)
+        logits = self.log_w.to(x.device)[None] + torch.stack([lp.sum(1, dtype=torch.float64),
+                                                             lm.sum(1, dtype=torch.float64)], 1)
+        R = torch.softmax(logits, 1).to(ct)
         mean = R[:, :1] * (th + m) / (1 + m * th) + R[:, 1:] * (th - m) / (1 - m * th)
+        if not with_logp:
+            return None, R, mean, a, b
         base = (-0.5 * math.log(2 * math.pi) - torch.log(b) - xf ** 2 / (2 * b ** 2)
                 - a ** 2 / (2 * b ** 2) + _log_cosh(y)).sum(1)
         logp = base + torch.logsumexp(logits, 1)
@@ -207,7 +218,7 @@ class CurieWeiss:
         return self._posterior(x, a, b)[1]
 
     def posterior_mean(self, x, a, b):
-        return self._posterior(x, a, b)[2].to(x.dtype)
+        return self._posterior(x, a, b, with_logp=False)[2].to(x.dtype)
 
     def denoise(self, x, sigma):
         return self.posterior_mean(x, 1.0, sigma)
@@ -216,8 +227,8 @@ class CurieWeiss:
         return self.denoise(x, sigma)
 
     def score_ab(self, x, a, b):
-        _, _, mean, a_, b_ = self._posterior(x, a, b)
-        return ((a_ * mean - x.to(torch.float64)) / b_ ** 2).to(x.dtype)
+        _, _, mean, a_, b_ = self._posterior(x, a, b, with_logp=False)
+        return ((a_ * mean - x.to(mean.dtype)) / b_ ** 2).to(x.dtype)
 
     def score(self, x, sigma):
         return self.score_ab(x, 1.0, sigma)

@@ -133,10 +133,12 @@ def ddpm_sigmas(n, num_train_steps=1000, beta_start=1e-4, beta_end=0.02, *, appe
     return _finish(abar_to_sigma(abar[idx]), append_zero, dtype, device)
 
 
-def cosine_sigmas(n, s=0.008, t_max=0.9946, *, append_zero=True, dtype=torch.float32, device=None):
-    """n levels of the cosine schedule at t = linspace(t_max, 0, n) (t_max keeps sigma finite)."""
+def cosine_sigmas(n, s=0.008, t_max=0.9946, t_min=1e-3, *, append_zero=True, dtype=torch.float32,
+                  device=None):
+    """n levels of the cosine schedule at t = linspace(t_max, t_min, n) (t_max keeps sigma
+    finite, t_min > 0 keeps it positive)."""
     _check_n(n)
-    t = torch.linspace(t_max, 0, n, dtype=torch.float64)
+    t = torch.linspace(t_max, t_min, n, dtype=torch.float64)
     return _finish(abar_to_sigma(cosine_abar(t, s)), append_zero, dtype, device)
 
 

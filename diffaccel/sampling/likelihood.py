@@ -16,9 +16,8 @@ import math
 
 import torch
 
-from .samplers import PROBE_BASE, _Noise, _check_probes, denoise_with_vjps, prior_logp
+from .samplers import _Noise, _check_probes, denoise_with_vjps, draw_probes, prior_logp
 from .step import fused_step, make_coef
-from ..random import noise as _noise
 
 __all__ = ["log_likelihood", "bits_per_dim", "SOLVERS"]
 
@@ -48,6 +47,12 @@ def bits_per_dim(logp, dim, *, pixel_scale=None):
     return -logp / (dim * math.log(2.0))
 
 
+def _prior(prior, x, sigma_max):
+    if prior is None:
+        return prior_logp(x, sigma_max)
+    return torch.as_tensor(prior(x), dtype=torch.float64, device=x.device).reshape(x.shape[0])
+
+
 def _stage(model, x, t, extra_args, probes):
     """(k = x - Dn, Dn's vjps with the probes) at log-level t."""
     sigma = torch.exp(t).to(x.dtype) * x.new_ones(x.shape[0])
@@ -69,26 +74,28 @@ def _check_args(x, sigma_min, sigma_max, steps, solver):
 
 def log_likelihood(model, x, sigma_min, sigma_max, *, steps=None, solver="heun", probes=1,
                    seed=None, extra_args=None, probe_dist="rademacher", atol=1e-4, rtol=1e-4,
-                   max_steps=10000, backend=None):
+                   max_steps=10000, prior=None, backend=None):
     """``(logp, info)``: log p_{sigma_min}(x) (float64, (B,)) through the PF-ODE, and a dict
     with ``stderr`` (the Hutchinson estimate's standard error per sample, (B,); NaN with one
-    probe for dopri5, 0-variance steps count 0 with one probe for the fixed-step solvers),
+    probe, where no variance can be estimated),
     ``nfe`` (model evaluations, each with ``probes`` vector-Jacobian products), ``steps`` and
-    ``x_T`` (the encoded latent). ``steps`` is required for euler / heun / rk4."""
+    ``x_T`` (the encoded latent) and ``delta`` (the integral term). ``steps`` is required for
+    euler / heun / rk4. ``prior``: a callable giving log p_{sigma_max}(x_T) per sample (default
+    ``log N(x_T; 0, sigma_max^2 I)``, which ignores the data's spread at sigma_max: with data of
+    norm comparable to sigma_max it is off by O(|x_0| |x_T| / sigma_max^2) nats per sample)."""
     _check_args(x, sigma_min, sigma_max, steps, solver)
     _check_probes(probes)
     extra_args = {} if extra_args is None else extra_args
     if solver == "dopri5":
         return _dopri5(model, x, sigma_min, sigma_max, probes, seed, extra_args, probe_dist,
-                       atol, rtol, max_steps, backend)
+                       atol, rtol, max_steps, prior, backend)
     A, b, c = _TABLEAUS[solver]
     x = x.detach().clone().contiguous()
     B, D = x.shape[0], x[0].numel()
     noise = _Noise(seed, x)
     P = probes
-    v = _noise((B, P, *x.shape[1:]), seed=noise.seed, offset=noise.probe_offset(0, P),
-               dist=probe_dist, device=x.device, dtype=x.dtype, backend=backend)
-    cur, spare = v.transpose(0, 1).contiguous(), torch.empty((P, *x.shape), dtype=x.dtype, device=x.device)
+    cur = draw_probes(x, P, noise.seed, noise.probe_offset(0, P), probe_dist, backend)
+    spare = torch.empty_like(cur)
     delta = torch.zeros(B, dtype=torch.float64, device=x.device)
     var = torch.zeros_like(delta)
     t0, t1 = math.log(sigma_min), math.log(sigma_max)
@@ -116,9 +123,10 @@ def log_likelihood(model, x, sigma_min, sigma_max, *, steps=None, solver="heun",
                    probe_offset=noise.probe_offset(i + 1, P), probe_dist=probe_dist,
                    backend=backend)
         cur, spare = spare, cur
-    logp = prior_logp(x, sigma_max) - delta
+    logp = _prior(prior, x, sigma_max) - delta
     stderr = torch.sqrt(var) if P > 1 else torch.full_like(var, float("nan"))
-    return logp, {"stderr": stderr, "nfe": nfe, "steps": steps, "solver": solver, "x_T": x}
+    return logp, {"stderr": stderr, "nfe": nfe, "steps": steps, "solver": solver, "x_T": x,
+                  "delta": delta}
 
 
 def _rms(t):
@@ -126,14 +134,12 @@ def _rms(t):
 
 
 def _dopri5(model, x, sigma_min, sigma_max, P, seed, extra_args, probe_dist, atol, rtol,
-            max_steps, backend):
+            max_steps, prior, backend):
     """Adaptive Dormand-Prince 5(4) on y = (x, Delta_p) with one step size for the batch."""
     x = x.detach().clone().contiguous()
     B, D = x.shape[0], x[0].numel()
     noise = _Noise(seed, x)
-    v = _noise((B, P, *x.shape[1:]), seed=noise.seed, offset=noise.probe_offset(0, P),
-               dist=probe_dist, device=x.device, dtype=x.dtype, backend=backend)
-    v = v.transpose(0, 1).contiguous()
+    v = draw_probes(x, P, noise.seed, noise.probe_offset(0, P), probe_dist, backend)
     vf = v.double().reshape(P, B, -1)
 
     def f(xx, t):
@@ -192,7 +198,8 @@ def _dopri5(model, x, sigma_min, sigma_max, P, seed, extra_args, probe_dist, ato
         h = h * factor
     else:
         raise RuntimeError(f"dopri5: did not reach sigma_max within max_steps={max_steps}")
-    lp = prior_logp(x, sigma_max)[None] - delta  # (P, B)
+    lp = _prior(prior, x, sigma_max)[None] - delta  # (P, B)
     logp = lp.mean(0)
     stderr = lp.std(0, unbiased=True) / math.sqrt(P) if P > 1 else torch.full_like(logp, float("nan"))
-    return logp, {"stderr": stderr, "nfe": nfe, "steps": n_acc, "solver": "dopri5", "x_T": x}
+    return logp, {"stderr": stderr, "nfe": nfe, "steps": n_acc, "solver": "dopri5", "x_T": x,
+                  "delta": delta.mean(0)}

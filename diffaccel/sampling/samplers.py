@@ -89,6 +89,14 @@ def _check_probes(probes):
     return probes
 
 
+def draw_probes(x, P, seed, offset, dist, backend=None):
+    """(P, B, *S) probes shaped and typed like x: the (B, P, *S) noise at ``offset``."""
+    dt = torch.float32 if x.dtype == torch.float64 else x.dtype
+    v = _noise((x.shape[0], P, *x.shape[1:]), seed=seed, offset=offset, dist=dist,
+               device=x.device, dtype=dt, backend=backend)
+    return v.transpose(0, 1).contiguous().to(x.dtype)
+
+
 class _Probes:
     """Double-buffered Hutchinson probes: the fused step writes step i+1's into the spare."""
 
@@ -96,9 +104,7 @@ class _Probes:
         if dist not in ("rademacher", "normal"):
             raise ValueError(f"probe_dist: expected 'rademacher' or 'normal', got {dist!r}")
         self.P, self.noise, self.dist = P, noise, dist
-        v = _noise((x.shape[0], P, *x.shape[1:]), seed=noise.seed, offset=noise.probe_offset(0, P),
-                   dist=dist, device=x.device, dtype=x.dtype, backend=backend)
-        self.cur = v.transpose(0, 1).contiguous()
+        self.cur = draw_probes(x, P, noise.seed, noise.probe_offset(0, P), dist, backend)
         self.spare = torch.empty_like(self.cur)
 
     def step_kwargs(self, i, last):
@@ -138,9 +144,9 @@ def _callback(callback, x, i, sigma, denoised):
 
 
 def _ode_sampler(model, x, sigmas, extra_args, callback, disable, logp, probes, probe_dist, seed,
-                 backend, mode, switch=None):
+                 backend, mode, switch=None, sde_first=False, dist="normal"):
     """Euler steps of the PF-ODE (mode 'euler'), Heun ('heun'), or the high-density sampler
-    ('hd', switching below sigma ``switch``)."""
+    ('hd', switching below sigma ``switch``; Euler-Maruyama steps before it if ``sde_first``)."""
     extra_args = {} if extra_args is None else extra_args
     sigmas = _sigmas(sigmas, x)
     n = sigmas.numel() - 1
@@ -153,13 +159,23 @@ def _ode_sampler(model, x, sigmas, extra_args, callback, disable, logp, probes, 
     var = torch.zeros_like(lp) if lp is not None else None
     for i in trange(n, disable=disable):
         sig, nxt = sigmas[i], sigmas[i + 1]
-        den, w = _evaluate(model, x, sig, extra_args, pr)
+        sde_step = sde_first and levels[i] > switch and levels[i + 1] > 0
+        den, w = _evaluate(model, x, sig, extra_args, None if sde_step else pr)
         _callback(callback, x, i, sig, den)
         h = nxt - sig
         r = h / sig
         last = i == n - 1
         kw = {} if pr is None else dict(probes=pr.cur, **pr.step_kwargs(i, last))
-        if mode == "heun" and levels[i + 1] > 0:
+        if sde_step:
+            # reverse-SDE Euler-Maruyama step, zero-overhead log-density (no probes needed)
+            q = sig ** 2 - nxt ** 2
+            g = torch.sqrt(q)
+            coef = make_coef(B, ax=1 - q / sig ** 2, am=(q / sig ** 2,), az=g, sx=-1 / sig ** 2,
+                             sm=(1 / sig ** 2,), c1=q / 2, c2=g, device=x.device)
+            kw.pop("probes", None)
+            fused_step(x, [den], coef, logp=lp, logp_var=var, seed=noise.seed,
+                       offset=noise.offset(i), dist=dist, backend=backend, **kw)
+        elif mode == "heun" and levels[i + 1] > 0:
             x2 = ((1 + r) * x - r * den).to(x.dtype)
             den2, w2 = _evaluate(model, x2, nxt, extra_args, pr)
             rn = h / nxt
@@ -203,20 +219,26 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, 
 
 
 def sample_hd(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
-              sigma_switch=None, lambda_thr=None, logp=None, probes=1, probe_dist="rademacher",
-              seed=None, backend=None):
+              sigma_switch=None, lambda_thr=None, first="ode", dist="normal", logp=None, probes=1,
+              probe_dist="rademacher", seed=None, backend=None):
     """High-density sampler (MATH.md 3.5): PF-ODE Euler steps down to the switch level, then
     the high-density ODE ``dx/dsigma = 2 (x - Dn)/sigma`` (the score doubled). The switch is
     ``sigma_switch`` or the log-SNR ``lambda_thr`` (sigma = exp(-lambda_thr / 2)); steps that
     start at sigma <= switch are high-density steps, except a final step to sigma = 0, which is
-    the PF-ODE's (x = Dn; the HD ODE's Euler step to 0 would overshoot to 2 Dn - x)."""
+    the PF-ODE's (x = Dn; the HD ODE's Euler step to 0 would overshoot to 2 Dn - x).
+    ``first="sde"`` runs Euler-Maruyama steps (increments of law ``dist``) before the switch
+    instead of the PF-ODE, with the zero-overhead log-density there."""
+    if first not in ("ode", "sde"):
+        raise ValueError(f"first: expected 'ode' or 'sde', got {first!r}")
+    if dist not in DISTS:
+        raise ValueError(f"dist: expected one of {DISTS}, got {dist!r}")
     if (sigma_switch is None) == (lambda_thr is None):
         raise ValueError("sigma_switch, lambda_thr: give exactly one of them")
     switch = float(sigma_switch) if sigma_switch is not None else math.exp(-float(lambda_thr) / 2)
     if not switch > 0:
         raise ValueError(f"sigma_switch: expected a positive level, got {switch!r}")
     return _ode_sampler(model, x, sigmas, extra_args, callback, disable, logp, probes, probe_dist,
-                        seed, backend, "hd", switch=switch)
+                        seed, backend, "hd", switch=switch, sde_first=first == "sde", dist=dist)
 
 
 def sample_euler_maruyama(model, x, sigmas, extra_args=None, callback=None, disable=None, *,

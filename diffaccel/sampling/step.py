@@ -107,8 +107,8 @@ def fused_step(x, models, coef, *, logp=None, logp_var=None, z=None, seed=None, 
     x: (B, *S); models: K <= 8 tensors shaped like x (model outputs, stage derivatives, past
     outputs); coef: (B, 7 + 3K) per-sample coefficients (:func:`make_coef`); logp, logp_var:
     (B,) float32/float64 accumulators updated in place (None: not tracked); z: a given
-    increment, else draws of law ``dist`` (normal, laplace, uniform, rademacher; default normal
-    when ``seed`` is given) at ``seed``/``offset`` (MATH.md Section 1), else none;
+    increment, else draws of law ``dist`` (normal, laplace, uniform, rademacher) at
+    ``seed``/``offset`` (MATH.md Section 1), else (``dist=None``) none;
     probes: (P, B, *S) and vjps: K tensors (P, B, *S) (``v_p^T J_k``) for the Hutchinson term;
     probes_out: (P', B, *S) buffer that receives the next step's probes of law ``probe_dist``
     at ``probe_offset`` (it must not be ``probes``). ``out``: write the new x there, leave x.
@@ -139,8 +139,6 @@ def fused_step(x, models, coef, *, logp=None, logp_var=None, z=None, seed=None, 
         raise ValueError("logp_var: needs logp (the variance of the log-density's estimate)")
     if z is not None:
         z = _like_x(z, x, "z")
-    if dist is None and seed is not None and z is None:
-        dist = "normal"
     dist_code = -1 if (dist is None or z is not None) else _validate.dist(dist)
     probe_code = _validate.choice(probe_dist, DISTS, "probe_dist")
     offset = _validate.offset(offset)
@@ -161,7 +159,8 @@ def fused_step(x, models, coef, *, logp=None, logp_var=None, z=None, seed=None, 
             raise ValueError(f"probes_out: expected at most {MAX_PROBES} probes, got {probes_out.shape[0]}")
         if not probes_out.is_contiguous():
             raise ValueError("probes_out: expected a contiguous tensor (it is written in place)")
-        if probes is not None and probes_out.data_ptr() == probes.data_ptr() and probes.numel():
+        if (probes is not None and (probes_out is probes or (_validate.eager() and probes.numel()
+                and probes_out.data_ptr() == probes.data_ptr()))):
             raise ValueError("probes_out: must not be the probes tensor being read")
     need_seed = dist_code >= 0 or (probes_out is not None and probes_out.shape[0] > 0)
     if need_seed:

@@ -1,0 +1,61 @@
+// CUDA registrations of the fused sampler step (schemas: diffaccel/library.py): the shared
+// argument checks (csrc/step_checks.h), the device guard and stream, a zeroed float64 scratch
+// for the per-sample sums, and the launcher of step.cu. No host synchronization.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "../step_checks.h"
+#include "launch.h"
+#include "step_kernels.h"
+
+namespace diffaccel {
+namespace {
+
+using at::Tensor;
+
+void run_step_cuda(const Tensor& x, const Tensor& out, const Tensor& logp, const Tensor& logp_var,
+                   at::TensorList models, const Tensor& coef, const std::optional<Tensor>& z,
+                   const Tensor& seeds, int64_t offset, int64_t dist,
+                   const std::optional<Tensor>& probes, at::TensorList vjps,
+                   const Tensor& probes_out, int64_t probe_offset, int64_t probe_dist) {
+  TORCH_CHECK(x.is_contiguous(), "x: expected a contiguous tensor");
+  const StepInputs in = check_sample_step(x, out, logp, logp_var, models, coef, z, seeds, offset,
+                                          dist, probes, vjps, probes_out, probe_offset, probe_dist);
+  if (x.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(x.device());
+  Tensor scratch = at::zeros({x.size(0), 3 + in.P}, x.options().dtype(at::kDouble));
+  DA_DISPATCH_FLOATS(x.scalar_type(), "diffaccel::sample_step", [&] {
+    const auto args = make_step_args<scalar_t>(x, out, logp, logp_var, in, offset, dist,
+                                               probes_out, probe_offset, probe_dist);
+    DA_CHECK_LAUNCH(cuda::sample_step<scalar_t>(args, scratch.data_ptr<double>(), stream_of(x)));
+  });
+}
+
+void sample_step_cuda(const Tensor& x, const Tensor& logp, const Tensor& logp_var,
+                      at::TensorList models, const Tensor& coef, const std::optional<Tensor>& z,
+                      const Tensor& seeds, int64_t offset, int64_t dist,
+                      const std::optional<Tensor>& probes, at::TensorList vjps,
+                      const Tensor& probes_out, int64_t probe_offset, int64_t probe_dist) {
+  run_step_cuda(x, x, logp, logp_var, models, coef, z, seeds, offset, dist, probes, vjps,
+                probes_out, probe_offset, probe_dist);
+}
+
+void sample_step_out_cuda(const Tensor& x, const Tensor& out, const Tensor& logp,
+                          const Tensor& logp_var, at::TensorList models, const Tensor& coef,
+                          const std::optional<Tensor>& z, const Tensor& seeds, int64_t offset,
+                          int64_t dist, const std::optional<Tensor>& probes, at::TensorList vjps,
+                          const Tensor& probes_out, int64_t probe_offset, int64_t probe_dist) {
+  run_step_cuda(x.contiguous(), out, logp, logp_var, models, coef, z, seeds, offset, dist, probes,
+                vjps, probes_out, probe_offset, probe_dist);
+}
+
+}  // namespace
+}  // namespace diffaccel
+
+TORCH_LIBRARY_IMPL(diffaccel, CUDA, m) {
+  m.impl("sample_step", &diffaccel::sample_step_cuda);
+  m.impl("sample_step_out", &diffaccel::sample_step_out_cuda);
+}
