@@ -56,14 +56,17 @@ def _extensions():
     cuda = _want_cuda()
     march = os.environ.get("DIFFACCEL_CPU_ARCH", "native")
     # -ffast-math lets g++ use glibc's vector logf/cosf (libmvec) in `omp simd` loops.
-    cxx = ["-O3", "-std=c++20", "-fopenmp-simd", "-ffast-math"]
+    # -fopenmp: at::parallel_for is an inline `omp parallel` region in torch's OpenMP builds;
+    # without the flag it silently runs on one thread (libgomp is the one torch loaded).
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-ffast-math"]
+    link = ["-fopenmp"]
     if march != "none":
         cxx.append(f"-march={march}")
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")]
     if not cuda:
         return [cpp_extension.CppExtension("diffaccel._C", sources, include_dirs=include_dirs,
-                                           extra_compile_args={"cxx": cxx})]
+                                           extra_compile_args={"cxx": cxx}, extra_link_args=link)]
 
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or DEFAULT_ARCHS
     os.environ["TORCH_CUDA_ARCH_LIST"] = archs  # read by torch's build helper for -gencode flags
@@ -72,7 +75,8 @@ def _extensions():
     # No --use_fast_math: __logf/__cosf would break the 4e-6 agreement of normal draws (MATH.md 1).
     nvcc = ["-O3", "-std=c++20", "-lineinfo"]
     return [cpp_extension.CUDAExtension("diffaccel._C", sources, include_dirs=include_dirs,
-                                        extra_compile_args={"cxx": cxx, "nvcc": nvcc})]
+                                        extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+                                        extra_link_args=link)]
 
 
 REQUIRE_EXT = os.environ.get("DIFFACCEL_REQUIRE_EXT", "0") == "1"
