@@ -29,15 +29,6 @@ __device__ __forceinline__ int64_t thread_stride() {
   return static_cast<int64_t>(gridDim.x) * blockDim.x;
 }
 
-__device__ __forceinline__ float draw_any(uint64_t seed, uint64_t offset, int32_t dist) {
-  switch (dist) {
-    case kLaplace: return draw<kLaplace>(seed, offset);
-    case kUniform: return draw<kUniform>(seed, offset);
-    case kRademacher: return draw<kRademacher>(seed, offset);
-    default: return draw<kNormal>(seed, offset);
-  }
-}
-
 // Stream position of element (b, i) of a (B, D) layout (MATH.md Section 1).
 struct NoiseStream {
   const int64_t* seeds;

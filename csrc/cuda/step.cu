@@ -19,15 +19,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float step_draw(uint64_t seed, uint64_t pos, int32_t dist) {
-  switch (dist) {
-    case kLaplace: return draw<kLaplace>(seed, pos);
-    case kUniform: return draw<kUniform>(seed, pos);
-    case kRademacher: return draw<kRademacher>(seed, pos);
-    default: return draw<kNormal>(seed, pos);
-  }
-}
-
 // Sum over the block; the result is valid in thread 0. Every thread must call it.
 __device__ float block_sum(float v) {
   __shared__ float warp_sums[kThreads / 32];
@@ -57,7 +48,7 @@ __global__ void step_main_kernel(StepArgs<T> a, double* scratch) {
     float z = 0.0f;
     if (a.z != nullptr) z = static_cast<float>(a.z[e]);
     else if (a.dist != kNoIncrement)
-      z = step_draw(seed, step_noise_position(a.offset, a.per_sample, b, D, i), a.dist);
+      z = draw_any(seed, step_noise_position(a.offset, a.per_sample, b, D, i), a.dist);
     const float x = static_cast<float>(a.x[e]);
     float xn, s;
     step_init(c, x, z, xn, s);
@@ -94,7 +85,7 @@ __global__ void step_main_kernel(StepArgs<T> a, double* scratch) {
     for (int64_t i = start; i < D; i += stride) {
       const uint64_t pos = step_probe_position(a.probe_offset, a.per_sample, b, a.P_out, D, p, i);
       a.probes_out[(static_cast<int64_t>(p) * a.B + b) * D + i] =
-          static_cast<T>(step_draw(seed, pos, a.probe_dist));
+          static_cast<T>(draw_any(seed, pos, a.probe_dist));
     }
   }
 }

@@ -97,4 +97,15 @@ DA_HOST_DEVICE float draw(uint64_t seed, uint64_t offset) {
                     static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32));
 }
 
+// The same with the law as a runtime code: GPU kernels, where the branch is uniform across a
+// warp (CPU loops dispatch once, outside, to the template above).
+DA_HOST_DEVICE float draw_any(uint64_t seed, uint64_t offset, int32_t dist) {
+  switch (dist) {
+    case kLaplace: return draw<kLaplace>(seed, offset);
+    case kUniform: return draw<kUniform>(seed, offset);
+    case kRademacher: return draw<kRademacher>(seed, offset);
+    default: return draw<kNormal>(seed, offset);
+  }
+}
+
 }  // namespace diffaccel
