@@ -324,7 +324,10 @@ def test_paper_optimizer_short(rng):
     init = _random_trajectories(rng, 1, 5)[0]
     r = vrg.paper_optimizer(init, table, epochs=20, log_interval=5, seed=0)
     assert _valid(r.abar) and r.steps == 20
-    assert abs(r.init_cpe - vrg.cumulative_error(init, table).item()) < 1e-9
+    # the paper's method rebuilds abar as cumprod(alpha); the (sqrt(1 - abar) - sqrt(alpha - abar))^2
+    # terms of the cpe cancel and magnify that float64 rounding (seen: 5e-10 relative)
+    expected = vrg.cumulative_error(init, table).item()
+    assert abs(r.init_cpe - expected) < 1e-8 * abs(expected)
 
 
 def test_timesteps_and_sigmas():
