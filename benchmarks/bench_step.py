@@ -20,7 +20,6 @@ Section 1 in the kernel. The floor moves the same bytes with one PyTorch op
 Functions: :func:`step_rows`, :func:`likelihood_rows`, :func:`format_rows`, :func:`run`.
 """
 import argparse
-import math
 import os
 import statistics
 import sys

@@ -29,17 +29,8 @@ def step_inputs():
     return x, den, seeds, torch.tensor(2.0, device=DEVICE), torch.tensor(1.8, device=DEVICE)
 
 
-def _run(benchmark, fn):
-    def call():
-        out = fn()
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
-        return out
-    return benchmark(call)
-
-
 @pytest.mark.parametrize("backend", FAST)
-def test_em_step(benchmark, step_inputs, backend):
+def test_em_step(benchmark, synced_benchmark, step_inputs, backend):
     x, den, seeds, sig, nxt = step_inputs
     logp = torch.zeros(64, device=DEVICE)
     benchmark.group = GROUP
@@ -51,30 +42,30 @@ def test_em_step(benchmark, step_inputs, backend):
                            sm=(1 / sig ** 2,), c1=q / 2, c2=g)
         return S.fused_step(x, [den], coef, logp=logp, seed=seeds, dist="normal", backend=backend)
 
-    _run(benchmark, step)
+    synced_benchmark(step)
     assert torch.isfinite(logp).all()
 
 
-def test_em_step_plain_eager(benchmark, step_inputs):
+def test_em_step_plain_eager(benchmark, synced_benchmark, step_inputs):
     x, den, seeds, sig, nxt = step_inputs
     benchmark.group = GROUP
-    _run(benchmark, lambda: plain_em_step(x, den, sig, nxt, torch.zeros(64, device=DEVICE)))
+    synced_benchmark(lambda: plain_em_step(x, den, sig, nxt, torch.zeros(64, device=DEVICE)))
 
 
-def test_em_step_plain_compiled(benchmark, step_inputs):
+def test_em_step_plain_compiled(benchmark, synced_benchmark, step_inputs):
     x, den, seeds, sig, nxt = step_inputs
     benchmark.group = GROUP
     compiled = torch.compile(plain_em_step)
     lp = torch.zeros(64, device=DEVICE)
     compiled(x, den, sig, nxt, lp)
-    _run(benchmark, lambda: compiled(x, den, sig, nxt, lp))
+    synced_benchmark(lambda: compiled(x, den, sig, nxt, lp))
 
 
-def test_em_step_floor(benchmark, step_inputs):
+def test_em_step_floor(benchmark, synced_benchmark, step_inputs):
     x, den, *_ = step_inputs
     buf = torch.empty_like(x)
     benchmark.group = GROUP
-    _run(benchmark, lambda: torch.add(x, den, out=buf))
+    synced_benchmark(lambda: torch.add(x, den, out=buf))
 
 
 @pytest.mark.parametrize("solver,steps", [("rk4", 25), ("dopri5", None)])
