@@ -9,8 +9,9 @@ Fixed-step solvers (euler, heun, rk4) combine their stages and accumulate the Hu
 estimates in one fused step per ODE step, with fresh probes per step (drawn by the step), so the
 estimate's variance is the sum of the steps' variances (weights squared). ``dopri5`` is adaptive
 (Dormand-Prince 5(4), error control on x and Delta in the RMS norm, like torchdiffeq with
-``atol = rtol = 1e-4`` by default); it keeps one set of probes for the whole solve (needed by
-its FSAL stage reuse) and reports the standard error over probes (``probes >= 2``).
+``atol = rtol = 1e-4`` by default), also with fresh probes per accepted step; each stage
+combination, the solution with its Hutchinson accumulation, and the embedded error estimate are
+each one fused pass. With one probe no standard error can be estimated (NaN).
 """
 import math
 
@@ -79,8 +80,9 @@ def log_likelihood(model, x, sigma_min, sigma_max, *, steps=None, solver="heun",
     with ``stderr`` (the Hutchinson estimate's standard error per sample, (B,); NaN with one
     probe, where no variance can be estimated),
     ``nfe`` (model evaluations, each with ``probes`` vector-Jacobian products), ``steps`` and
-    ``x_T`` (the encoded latent) and ``delta`` (the integral term). ``steps`` is required for
-    euler / heun / rk4. ``prior``: a callable giving log p_{sigma_max}(x_T) per sample (default
+    ``x_T`` (the encoded latent) and ``delta`` (the integral term); dopri5 adds ``sigmas``
+    (the accepted levels, sigma_min to sigma_max) and ``errors`` (each accepted step's error
+    norm, <= 1; a host read per step attempt). ``steps`` is required for euler / heun / rk4. ``prior``: a callable giving log p_{sigma_max}(x_T) per sample (default
     ``log N(x_T; 0, sigma_max^2 I)``, which ignores the data's spread at sigma_max: with data of
     norm comparable to sigma_max it is off by O(|x_0| |x_T| / sigma_max^2) nats per sample)."""
     _check_args(x, sigma_min, sigma_max, steps, solver)
@@ -133,73 +135,107 @@ def _rms(t):
     return torch.sqrt((t.double() ** 2).mean())
 
 
+def _nonzero(coefs, items):
+    """The (coefficient, item) pairs with a nonzero coefficient: zero stages are not read."""
+    pairs = [(a, it) for a, it in zip(coefs, items) if a != 0.0]
+    return [a for a, _ in pairs], [it for _, it in pairs]
+
+
+def _initial_step(model, x, t0, k1, extra_args, atol, rtol):
+    """Hairer, Norsett & Wanner II.4 (as torchdiffeq): one extra model call, no vjps. One host
+    read (the step size is a Python float)."""
+    sx = atol + rtol * x.double().abs()
+    d0n, d1n = float(_rms(x / sx)), float(_rms(k1 / sx))
+    h0 = 0.01 * d0n / d1n if d0n > 1e-5 and d1n > 1e-5 else 1e-6
+    sigma = x.new_full((x.shape[0],), math.exp(t0 + h0))
+    with torch.no_grad():
+        x1 = x + h0 * k1
+        k2 = x1 - model(x1, sigma, **extra_args)
+    d2n = float(_rms((k2 - k1) / sx)) / h0
+    h1 = max(1e-6, h0 * 1e-3) if max(d1n, d2n) <= 1e-15 else (0.01 / max(d1n, d2n)) ** (1 / 5)
+    return min(100 * h0, h1)
+
+
 def _dopri5(model, x, sigma_min, sigma_max, P, seed, extra_args, probe_dist, atol, rtol,
             max_steps, prior, backend):
-    """Adaptive Dormand-Prince 5(4) on y = (x, Delta_p) with one step size for the batch."""
+    """Adaptive Dormand-Prince 5(4) on (x, Delta) with one step size for the batch.
+
+    Accepted step n draws fresh probes v^(n) (stream position ``probe_offset(n)``) and uses them
+    in all its stages, so its Delta increment is an unbiased Hutchinson estimate whose variance
+    the fused step reports; the steps' variances add up, as for the fixed-step solvers. Every
+    combination of stages is one fused pass (:func:`fused_step` with ``out=``): each stage
+    point; the 5th-order solution together with its Delta increment, variance and the next
+    step's probes; and the embedded error of x together with that of Delta. The last stage
+    (FSAL, the first stage of the next step) takes its vjps with both v^(n) and v^(n+1).
+    Accept/reject reads the error norm on the host once per step attempt.
+    """
     x = x.detach().clone().contiguous()
     B, D = x.shape[0], x[0].numel()
     noise = _Noise(seed, x)
     v = draw_probes(x, P, noise.seed, noise.probe_offset(0, P), probe_dist, backend)
-    vf = v.double().reshape(P, B, -1)
+    v_next = torch.empty_like(v)
 
-    def f(xx, t):
-        k, w = _stage(model, xx, torch.tensor(t, dtype=torch.float64), extra_args, v)
-        # per-probe derivative of Delta: v_p . w_p - D   (P, B)
-        dd = (vf * w.double().reshape(P, B, -1)).sum(-1) - D
-        return k, dd
+    def stage(xx, t, probes):
+        return _stage(model, xx, torch.tensor(t, dtype=torch.float64), extra_args, probes)
+
+    def coef(am=(), cw=None, c0=0.0, ax=1.0):
+        return make_coef(B, ax=ax, am=am, cw=cw, c0=c0, device=x.device)
 
     t0, t1 = math.log(sigma_min), math.log(sigma_max)
-    delta = torch.zeros(P, B, dtype=torch.float64, device=x.device)
-    k1, d1 = f(x, t0)
+    delta = torch.zeros(B, dtype=torch.float64, device=x.device)
+    var = torch.zeros_like(delta)
+    k1, w1 = stage(x, t0, v)
     nfe = 1
-    # initial step (Hairer, Norsett & Wanner II.4, as in torchdiffeq)
-    sx = atol + rtol * x.double().abs()
-    d0n, d1n = _rms(x / sx), _rms(k1 / sx)
-    h0 = 0.01 * d0n / d1n if d0n > 1e-5 and d1n > 1e-5 else torch.tensor(1e-6, dtype=torch.float64)
-    h0 = float(h0)
-    k2, _ = f(x + h0 * k1, t0 + h0)
+    h = min(_initial_step(model, x, t0, k1, extra_args, atol, rtol), t1 - t0)
     nfe += 1
-    d2n = float(_rms((k2 - k1) / sx)) / h0
-    if max(float(d1n), d2n) <= 1e-15:
-        h1 = max(1e-6, h0 * 1e-3)
-    else:
-        h1 = (0.01 / max(float(d1n), d2n)) ** (1 / 5)
-    h = min(100 * h0, h1, t1 - t0)
-    t, n_acc = t0, 0
+    t, n_acc, grid, errors = t0, 0, [t0], []
     for _ in range(max_steps):
         if t >= t1 - 1e-12:
             break
         h = min(h, t1 - t)
-        ks, ds = [k1], [d1]
-        for j in range(1, 7):
-            xj = x.clone()
-            dj = delta.clone()
-            for m, a in enumerate(_DP_A[j]):
-                if a:
-                    xj.add_(ks[m], alpha=h * a)
-                    dj = dj + h * a * ds[m]
-            kj, djv = f(xj, t + _DP_C[j] * h)
-            nfe += 1
+        ks, ws = [k1], [w1]
+        for j in range(1, 6):  # stages 2..6: x + h sum_m a_jm k_m
+            a, km = _nonzero([h * a for a in _DP_A[j]], ks)
+            xj = fused_step(x, km, coef(am=a), out=torch.empty_like(x), backend=backend)
+            kj, wj = stage(xj, t + _DP_C[j] * h, v)
             ks.append(kj)
-            ds.append(djv)
-            if j == 6:
-                x5, d5 = xj, dj  # the 7th stage point is the 5th-order solution (FSAL)
-        ex = sum(h * (bb - b4) * kk for bb, b4, kk in zip(_DP_B, _DP_B4, ks) if bb != b4)
-        ed = sum(h * (bb - b4) * dd for bb, b4, dd in zip(_DP_B, _DP_B4, ds) if bb != b4)
+            ws.append(wj)
+        # 5th-order solution (= the 7th stage point), its Delta increment h sum_j b_j (v.w_j - D)
+        # with the variance over probes, and the next step's probes: one pass
+        bw, kb = _nonzero([h * bj for bj in _DP_B[:6]], ks)
+        _, wb = _nonzero(_DP_B[:6], ws)
+        d5, var5 = delta.clone(), var.clone()
+        x5 = fused_step(x, kb, coef(am=bw, cw=bw, c0=-h * D), logp=d5, logp_var=var5, probes=v,
+                        vjps=wb, probes_out=v_next, seed=noise.seed,
+                        probe_offset=noise.probe_offset(n_acc + 1, P), probe_dist=probe_dist,
+                        out=torch.empty_like(x), backend=backend)
+        k7, w7 = stage(x5, t + h, torch.cat([v, v_next]))
+        nfe += 6
+        ks.append(k7)
+        ws.append(w7[:P])
+        # embedded error h sum_j (b_j - b4_j) (k_j, v.w_j - D); sum_j (b_j - b4_j) = 0, so no D term
+        e, ke = _nonzero([h * (bb - b4) for bb, b4 in zip(_DP_B, _DP_B4)], ks)
+        _, we = _nonzero([bb - b4 for bb, b4 in zip(_DP_B, _DP_B4)], ws)
+        ed = torch.zeros_like(delta)
+        ex = fused_step(ke[0], ke, coef(ax=0.0, am=e, cw=e), logp=ed, probes=v, vjps=we,
+                        out=torch.empty_like(x), backend=backend)
         tol_x = atol + rtol * torch.maximum(x.abs(), x5.abs())
         tol_d = atol + rtol * torch.maximum(delta.abs(), d5.abs())
-        err = max(float(_rms(ex / tol_x)), float(_rms(ed / tol_d)))
+        err = float(torch.maximum(_rms(ex / tol_x), _rms(ed / tol_d)))
         if err <= 1.0:
             t += h
-            x, delta = x5, d5
-            k1, d1 = ks[6], ds[6]
+            x, delta, var = x5, d5, var5
+            k1, w1 = k7, w7[P:]
+            v, v_next = v_next, v
             n_acc += 1
+            grid.append(t)
+            errors.append(err)
         factor = 10.0 if err == 0 else min(10.0, max(0.2, 0.9 * err ** -0.2))
         h = h * factor
     else:
         raise RuntimeError(f"dopri5: did not reach sigma_max within max_steps={max_steps}")
-    lp = _prior(prior, x, sigma_max)[None] - delta  # (P, B)
-    logp = lp.mean(0)
-    stderr = lp.std(0, unbiased=True) / math.sqrt(P) if P > 1 else torch.full_like(logp, float("nan"))
+    logp = _prior(prior, x, sigma_max) - delta
+    stderr = torch.sqrt(var) if P > 1 else torch.full_like(var, float("nan"))
     return logp, {"stderr": stderr, "nfe": nfe, "steps": n_acc, "solver": "dopri5", "x_T": x,
-                  "delta": delta.mean(0)}
+                  "delta": delta, "sigmas": torch.tensor(grid, dtype=torch.float64).exp(),
+                  "errors": errors}
