@@ -70,7 +70,7 @@ def plain_ode_step(x, den, v, w, sigma, sigma_next, logp):
 
 def step_rows(B=64, shape=(4, 64, 64), dtype=torch.float32, device=None, repeats=20,
               backends=None, kinds=("em", "ode")):
-    """Rows {name, kind, seconds, gbps, x_eager, x_compiled} per step kind: the plain step
+    """Rows {name, kind, seconds, gbps, x_compiled, x_ref_compiled} per step kind: the plain step
     eager and compiled, each fast backend that runs here (Triton under the interpreter is not
     timed), and the floor. GB/s counts the bytes the step must move."""
     import diffaccel.sampling as S
@@ -94,8 +94,8 @@ def step_rows(B=64, shape=(4, 64, 64), dtype=torch.float32, device=None, repeats
         spare = torch.empty_like(v)
         buf = torch.empty_like(x0)
 
-        def add(name, fn):
-            t = time_call(fn, device, repeats)
+        def add(name, fn, repeats=repeats):
+            t = time_call(fn, device, repeats, min_time=0.3 if repeats > 3 else 0.0)
             rows.append({"kind": kind, "name": name, "seconds": t, "gbps": nbytes / t / 1e9})
 
         if kind == "em":
@@ -130,6 +130,10 @@ def step_rows(B=64, shape=(4, 64, 64), dtype=torch.float32, device=None, repeats
 
         add("plain PyTorch eager", plain)
         add("plain PyTorch compiled", comp)
+        # the contract (diffaccel.reference.step, Philox in int64 tensor ops), eager and compiled
+        ref_comp = torch.compile(lambda: fast("reference"))
+        add("reference eager", lambda: fast("reference"), repeats=3)
+        add("reference compiled", ref_comp, repeats=3)
         for name in backends or ("cpu", "triton", "cuda"):
             ok, why = availability(name, device.type, "sample_step")
             if not ok or (name == "triton" and device.type == "cpu"):
@@ -139,26 +143,26 @@ def step_rows(B=64, shape=(4, 64, 64), dtype=torch.float32, device=None, repeats
             add(f"diffaccel {name}", lambda name=name: fast(name))
         add("floor (same bytes, one PyTorch op per output)", floor)
     for kind in kinds:
-        kr = [r for r in rows if r["kind"] == kind]
-        eager, comp = kr[0]["seconds"], kr[1]["seconds"]
-        for r in kr:
+        kr = {r["name"]: r for r in rows if r["kind"] == kind}
+        comp, refc = kr["plain PyTorch compiled"]["seconds"], kr["reference compiled"]["seconds"]
+        for r in kr.values():
             if r["seconds"]:
-                r["x_eager"], r["x_compiled"] = eager / r["seconds"], comp / r["seconds"]
+                r["x_compiled"], r["x_ref_compiled"] = comp / r["seconds"], refc / r["seconds"]
     return rows
 
 
 def format_rows(rows, title):
     out = [title]
     for kind in dict.fromkeys(r["kind"] for r in rows):
-        out.append(f"[{kind}] {'name':46s} {'time':>10s} {'x eager':>8s} {'x compiled':>11s} {'GB/s':>7s}")
+        out.append(f"[{kind}] {'name':46s} {'time':>10s} {'x plain comp.':>13s} {'x ref comp.':>11s} {'GB/s':>7s}")
         for r in rows:
             if r["kind"] != kind:
                 continue
             if r["seconds"] is None:
                 out.append(f"      {r['name']:46s} {'-':>10s}   ({r.get('note', '')})")
                 continue
-            out.append(f"      {r['name']:46s} {r['seconds'] * 1e3:8.3f}ms {r['x_eager']:8.2f} "
-                       f"{r['x_compiled']:11.2f} {r['gbps']:7.2f}")
+            out.append(f"      {r['name']:46s} {r['seconds'] * 1e3:8.3f}ms {r['x_compiled']:13.2f} "
+                       f"{r['x_ref_compiled']:11.2f} {r['gbps']:7.2f}")
     return "\n".join(out)
 
 
@@ -188,19 +192,42 @@ def likelihood_rows(B=64, d=3072, K=4, solvers=(("heun", 49), ("rk4", 25), ("dop
             lp, info = S.log_likelihood(gm, x, 0.01, 80.0, steps=steps, solver=solver,
                                         probes=probes, seed=1, backend=backend)
             _sync(device)
-            dt = time.perf_counter() - t0
-            e = (lp - exact).cpu()
-            rows.append({"solver": solver, "steps": info["steps"], "backend": backend, "seconds": dt,
-                         "nfe": info["nfe"], "mean_err": float(e.mean()),
-                         "mean_abs_err": float(e.abs().mean())})
+            rows.append(_likelihood_row(solver, info["steps"], backend, time.perf_counter() - t0,
+                                        info["nfe"], lp, exact))
+    kd = kdiffusion_row(gm, x, exact, device)
+    if kd:
+        rows.append(kd)
     return rows
 
 
+def _likelihood_row(solver, steps, backend, seconds, nfe, lp, exact):
+    e = (lp - exact).double().cpu()
+    return {"solver": solver, "steps": steps, "backend": backend, "seconds": seconds, "nfe": nfe,
+            "mean_err": float(e.mean()), "mean_abs_err": float(e.abs().mean())}
+
+
+def kdiffusion_row(gm, x, exact, device, atol=1e-4, rtol=1e-4):
+    """k-diffusion's own ``log_likelihood`` (torchdiffeq dopri5 in sigma, one Rademacher probe)
+    on the same data, when k-diffusion is installed (it is not a dependency: its imports pull
+    in clip, kornia, wandb, ...); else None."""
+    try:
+        from k_diffusion.sampling import log_likelihood as kd_log_likelihood
+    except Exception:  # noqa: BLE001 (absent, or a broken install of one of its many imports)
+        return None
+    torch.manual_seed(1)
+    t0 = time.perf_counter()
+    lp, info = kd_log_likelihood(gm, x.float(), 0.01, 80.0, atol=atol, rtol=rtol)
+    _sync(device)
+    return _likelihood_row("dopri5", 0, "k-diffusion", time.perf_counter() - t0,
+                           info["fevals"], lp, exact)
+
+
 def format_likelihood(rows, title):
-    out = [title, f"{'solver':8s} {'steps':>6s} {'backend':>10s} {'wall':>9s} {'nfe':>5s} "
+    out = [title, f"{'solver':8s} {'steps':>6s} {'backend':>12s} {'wall':>9s} {'nfe':>5s} "
                   f"{'mean err':>10s} {'mean |err|':>11s}"]
     for r in rows:
-        out.append(f"{r['solver']:8s} {r['steps']:6d} {r['backend']:>10s} {r['seconds']:8.2f}s "
+        steps = str(r['steps']) if r['steps'] else "-"
+        out.append(f"{r['solver']:8s} {steps:>6s} {r['backend']:>12s} {r['seconds']:8.2f}s "
                    f"{r['nfe']:5d} {r['mean_err']:10.3f} {r['mean_abs_err']:11.3f}")
     return "\n".join(out)
 

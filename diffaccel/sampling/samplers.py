@@ -10,7 +10,7 @@ callback=None, disable=None, ...)`` and returns ``x``, or ``(x, logp)`` when ``l
   estimate of the divergence with ``probes`` Rademacher (or Gaussian) probes per step; the
   sampler takes the vector-Jacobian products, the fused step does the rest and draws the next
   step's probes. Euler-Maruyama tracks ``logp`` at zero overhead (no divergence, no extra
-  model call).
+  model call); DDIM with eta > 0 combines both (its divergence weight vanishes as eta -> 1).
 
 Noise: ``seed`` (an int, or a (B,) integer tensor of per-sample seeds: then each sample's noise
 does not depend on the rest of the batch) and ``dist``. Step i draws its increment at offset
@@ -294,33 +294,55 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     :class:`VPEpsDenoiser`; a VP-space state ``x_vp`` is ``x sqrt(abar)``, so start from
     ``x_vp / sqrt(abar_0)`` and multiply the result by ``sqrt(abar)`` of the last level (1 at
     sigma = 0). Increments are drawn in the step (``seed``, ``dist``). With ``eta = 0`` it is the
-    PF-ODE's Euler step, and ``logp`` tracks the log-density of ``x`` (EDM coordinates; add
-    ``-D/2 log abar`` for the VP variable) as in :func:`sample_euler`."""
+    PF-ODE's Euler step. ``logp`` tracks the log-density of ``x`` (EDM coordinates; add
+    ``-D/2 log abar`` for the VP variable), from the identity of MATH.md 3.1 along the
+    eta-family of reverse processes (drift ``(1 + eta^2)/2 g^2 s``, noise ``eta g dW``):
+    ``d logp = eta^2 g^2/2 |s|^2 dtau - (1 - eta^2) g^2/2 div s dtau + eta g s.dW``. Matched to the
+    step's own drift ``A = sigma (sigma - sigma_down)`` and noise ``sigma_up``::
+
+        logp <- logp + sigma_up^2/2 |s|^2 + sigma_up (s . z) - (A - sigma_up^2) div s
+
+    with ``div s = (div Dn - D)/sigma^2`` from ``probes`` Hutchinson probes. At ``eta = 0`` this
+    is :func:`sample_euler`'s update; the divergence weight ``A - sigma_up^2`` is O(step^2) at
+    ``eta = 1`` (for a stochastic sampler with no divergence at all, see
+    :func:`sample_euler_maruyama`)."""
     if not eta >= 0:
         raise ValueError(f"eta: expected eta >= 0, got {eta!r}")
     if eta == 0:
         return _ode_sampler(model, x, sigmas, extra_args, callback, disable, logp, probes,
                             probe_dist, seed, backend, "euler")
-    if logp is not None and logp is not False:
-        raise ValueError("logp: tracked for eta = 0 only (use sample_euler_maruyama for a "
-                         "stochastic sampler with a log-density)")
     if dist not in DISTS:
         raise ValueError(f"dist: expected one of {DISTS}, got {dist!r}")
     extra_args = {} if extra_args is None else extra_args
     sigmas = _sigmas(sigmas, x)
     n = sigmas.numel() - 1
     x = x.clone().contiguous()
-    B = x.shape[0]
+    B, D = x.shape[0], x[0].numel()
+    lp = _init_logp(logp, x, sigmas[0])
     noise = _Noise(seed, x)
+    pr = _Probes(_check_probes(probes), x, noise, probe_dist, backend) if lp is not None else None
+    var = torch.zeros_like(lp) if lp is not None else None
     for i in trange(n, disable=disable):
         sig, nxt = sigmas[i], sigmas[i + 1]
-        den, _ = _evaluate(model, x, sig, extra_args, None)
+        den, w = _evaluate(model, x, sig, extra_args, pr)
         _callback(callback, x, i, sig, den)
         down, up = ancestral_step(sig, nxt, eta)
-        coef = make_coef(B, ax=down / sig, am=(1 - down / sig,), az=up, device=x.device)
-        fused_step(x, [den], coef, seed=noise.seed, offset=noise.offset(i), dist=dist,
-                   backend=backend)
-    return x
+        if pr is None:
+            coef = make_coef(B, ax=down / sig, am=(1 - down / sig,), az=up, device=x.device)
+            fused_step(x, [den], coef, seed=noise.seed, offset=noise.offset(i), dist=dist,
+                       backend=backend)
+            continue
+        wdiv = (sig * (sig - down) - up ** 2) / sig ** 2  # weight of div Dn - D
+        coef = make_coef(B, ax=down / sig, am=(1 - down / sig,), az=up, sx=-1 / sig ** 2,
+                         sm=(1 / sig ** 2,), c0=wdiv * D, c1=up ** 2 / 2, c2=up, cw=(-wdiv,),
+                         device=x.device)
+        last = i == n - 1
+        fused_step(x, [den], coef, logp=lp, logp_var=var, seed=noise.seed,
+                   offset=noise.offset(i), dist=dist, probes=pr.cur, vjps=[w], backend=backend,
+                   **pr.step_kwargs(i, last))
+        if not last:
+            pr.advance()
+    return x if lp is None else (x, lp)
 
 
 class VPEpsDenoiser:
