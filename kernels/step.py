@@ -1,11 +1,21 @@
 """The fused sampler step in Triton (MATH.md Section 3.1; contract: diffaccel/reference/step.py).
 
-One program per sample walks its D elements in blocks: it reads x and the K model outputs once,
-draws the increment in registers, writes the new x, keeps the three per-sample sums
-(|s|^2, s.z, x.s) in registers, then the Hutchinson dot products probe by probe, adds the
-log-density increment and the estimate's variance into the (B,) accumulators in place, and
-finally writes the next step's probes. No atomics, no second kernel.
+Two kernels, laid out like the CUDA one (csrc/cuda/step.cu):
+
+- ``_sample_step_kernel``, grid (num_splits, B): program (c, b) walks split c of sample b, a
+  contiguous range of its D elements (a multiple of BLOCK; the last split may be shorter) in
+  blocks. It reads x and the K model outputs once, draws the increment in registers, writes
+  the new x, sums |s|^2, s.z, x.s and then each probe's Hutchinson dot product t_p over its range
+  in float32, stores those 3 + P partial sums in its own row of a (B, num_splits, 3 + P) float32
+  scratch, and writes its range of the next step's probes.
+- ``_step_finish_kernel``, grid (B,): adds up sample b's partial sums in float64 and adds the
+  log-density increment and the estimate's variance into the (B,) accumulators in place.
+
+No atomics: every partial sum has its own slot and is reduced in a fixed order, so results are
+deterministic.
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -14,6 +24,9 @@ from .random import draw
 
 MAX_MODELS = 8
 HEAD = 7
+MIN_SPLIT_BLOCKS = 2  # a split covers at least this many BLOCKs: its prologue and row stay cheap
+PROGRAMS_PER_SM = 4   # on CUDA, aim at this many programs per SM in all
+SPLIT_BLOCK = 128     # splits reduced per iteration of the finish kernel
 
 
 @triton.jit
@@ -33,22 +46,27 @@ def _add_vjp(w_ptr, row, k: tl.constexpr, offs, mask, acc):
 
 
 @triton.jit
-def _sample_step_kernel(x_ptr, out_ptr, coef_ptr, z_ptr, seeds_ptr, logp_ptr, var_ptr, probes_ptr,
+def _sample_step_kernel(x_ptr, out_ptr, coef_ptr, z_ptr, seeds_ptr, partial_ptr, probes_ptr,
                         probes_out_ptr, m0, m1, m2, m3, m4, m5, m6, m7, w0, w1, w2, w3, w4, w5,
-                        w6, w7, B, D, offset, probe_offset, P, P_out, W,
+                        w6, w7, B, D, CHUNK, offset, probe_offset, P, P_out, W,
                         K: tl.constexpr, DIST: tl.constexpr, HAS_Z: tl.constexpr,
-                        TRACK: tl.constexpr, TRACK_VAR: tl.constexpr, HUTCH: tl.constexpr,
-                        PROBE_DIST: tl.constexpr, PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr):
-    """Sample b = program_id(0), coefficients c = coef[b]:
+                        TRACK: tl.constexpr, HUTCH: tl.constexpr, PROBE_DIST: tl.constexpr,
+                        PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr):
+    """Split c = program_id(0) (elements [c CHUNK, min(D, (c + 1) CHUNK))) of sample
+    b = program_id(1), coefficients c = coef[b]:
 
     x_new = ax x + az z + sum_k am_k M_k;   s = sx x + sum_k sm_k M_k
-    t_p   = sum_i v_{p,i} sum_k cw_k w_{k,p,i}
-    logp[b]     += c0 + c1 |s|^2 + c2 s.z + c3 x.s + mean_p t_p
-    logp_var[b] += sum_p (t_p - mean)^2 / (P (P - 1))
+    partial[b, c] = (sum |s|^2, sum s.z, sum x.s, t_0, .., t_{P-1}) over the split (TRACK),
+    t_p = sum_i v_{p,i} sum_k cw_k w_{k,p,i} (HUTCH; the row has 3 + P floats).
     z: loaded (HAS_Z), drawn at offset + (PER_SAMPLE ? 0 : b D) + i (DIST >= 0), or 0.
     """
-    b = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(0).to(tl.int64)
+    b = tl.program_id(1).to(tl.int64)
+    start = c * CHUNK
+    # CHUNK is a multiple of BLOCK, so blocks never straddle two splits: i < D is the only mask
+    end = tl.minimum(start + CHUNK, D)
     row = coef_ptr + b * W
+    part = partial_ptr + (b * tl.num_programs(0) + c) * (3 + P)
     ax = tl.load(row)
     az = tl.load(row + 1)
     sx = tl.load(row + 2)
@@ -60,7 +78,7 @@ def _sample_step_kernel(x_ptr, out_ptr, coef_ptr, z_ptr, seeds_ptr, logp_ptr, va
     sz = tl.zeros([BLOCK], dtype=tl.float32)
     xs = tl.zeros([BLOCK], dtype=tl.float32)
     lanes = tl.arange(0, BLOCK)
-    for i0 in range(0, D, BLOCK):
+    for i0 in range(start, end, BLOCK):
         i = i0 + lanes
         mask = i < D
         offs = b * D + i
@@ -99,18 +117,13 @@ def _sample_step_kernel(x_ptr, out_ptr, coef_ptr, z_ptr, seeds_ptr, logp_ptr, va
             sz += s * z
             xs += x * s
     if TRACK:
-        inc = (tl.load(row + 3).to(tl.float64) + tl.load(row + 4).to(tl.float64) * tl.sum(ss).to(tl.float64)
-               + tl.load(row + 5).to(tl.float64) * tl.sum(sz).to(tl.float64)
-               + tl.load(row + 6).to(tl.float64) * tl.sum(xs).to(tl.float64))
-        var = inc * 0.0
+        tl.store(part, tl.sum(ss))
+        tl.store(part + 1, tl.sum(sz))
+        tl.store(part + 2, tl.sum(xs))
         if HUTCH:
-            # shifted sums of t_p (shift = t_0) keep the variance free of cancellation
-            shift = inc * 0.0
-            s1 = inc * 0.0
-            s2 = inc * 0.0
             for p in range(0, P):
                 t = tl.zeros([BLOCK], dtype=tl.float32)
-                for i0 in range(0, D, BLOCK):
+                for i0 in range(start, end, BLOCK):
                     i = i0 + lanes
                     mask = i < D
                     offs = (p * B + b) * D + i
@@ -132,21 +145,9 @@ def _sample_step_kernel(x_ptr, out_ptr, coef_ptr, z_ptr, seeds_ptr, logp_ptr, va
                         acc = _add_vjp(w7, row, 7, offs, mask, acc)
                     v = tl.load(probes_ptr + offs, mask=mask, other=0.0).to(tl.float32)
                     t += v * acc
-                tp = tl.sum(t).to(tl.float64)
-                if p == 0:
-                    shift = tp
-                s1 += tp - shift
-                s2 += (tp - shift) * (tp - shift)
-            inc += shift + s1 / P
-            if P > 1:
-                var = (s2 - s1 * s1 / P) / (P * (P - 1))
-        lp = tl.load(logp_ptr + b).to(tl.float64)
-        tl.store(logp_ptr + b, (lp + inc).to(logp_ptr.dtype.element_ty))
-        if TRACK_VAR:
-            lv = tl.load(var_ptr + b).to(tl.float64)
-            tl.store(var_ptr + b, (lv + var).to(var_ptr.dtype.element_ty))
+                tl.store(part + 3 + p, tl.sum(t))
     for p in range(0, P_out):
-        for i0 in range(0, D, BLOCK):
+        for i0 in range(start, end, BLOCK):
             i = i0 + lanes
             mask = i < D
             if PER_SAMPLE:
@@ -157,15 +158,87 @@ def _sample_step_kernel(x_ptr, out_ptr, coef_ptr, z_ptr, seeds_ptr, logp_ptr, va
             tl.store(probes_out_ptr + (p * B + b) * D + i, v.to(probes_out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _split_sum(row, NS, RW, BLOCK_S: tl.constexpr):
+    """sum_c row[c RW] over the NS splits, in float64."""
+    acc = tl.zeros([BLOCK_S], dtype=tl.float64)
+    for c0 in range(0, NS, BLOCK_S):
+        c = c0 + tl.arange(0, BLOCK_S)
+        acc += tl.load(row + c * RW, mask=c < NS, other=0.0).to(tl.float64)
+    return tl.sum(acc)
+
+
+@triton.jit
+def _step_finish_kernel(partial_ptr, coef_ptr, logp_ptr, var_ptr, NS, P, W,
+                        TRACK_VAR: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Sample b = program_id(0), coefficients c = coef[b], sums over its NS splits (float64):
+
+    logp[b]     += c0 + c1 |s|^2 + c2 s.z + c3 x.s + mean_p t_p
+    logp_var[b] += sum_p (t_p - mean)^2 / (P (P - 1))          (P >= 2)
+    """
+    b = tl.program_id(0).to(tl.int64)
+    row = coef_ptr + b * W
+    RW = 3 + P
+    part = partial_ptr + b * NS * RW
+    inc = (tl.load(row + 3).to(tl.float64)
+           + tl.load(row + 4).to(tl.float64) * _split_sum(part, NS, RW, BLOCK_S)
+           + tl.load(row + 5).to(tl.float64) * _split_sum(part + 1, NS, RW, BLOCK_S)
+           + tl.load(row + 6).to(tl.float64) * _split_sum(part + 2, NS, RW, BLOCK_S))
+    var = inc * 0.0
+    if P > 0:
+        # shifted sums of t_p (shift = t_0) keep the variance free of cancellation
+        shift = inc * 0.0
+        s1 = inc * 0.0
+        s2 = inc * 0.0
+        for p in range(0, P):
+            tp = _split_sum(part + 3 + p, NS, RW, BLOCK_S)
+            if p == 0:
+                shift = tp
+            s1 += tp - shift
+            s2 += (tp - shift) * (tp - shift)
+        inc += shift + s1 / P
+        if P > 1:
+            var = (s2 - s1 * s1 / P) / (P * (P - 1))
+    lp = tl.load(logp_ptr + b).to(tl.float64)
+    tl.store(logp_ptr + b, (lp + inc).to(logp_ptr.dtype.element_ty))
+    if TRACK_VAR:
+        lv = tl.load(var_ptr + b).to(tl.float64)
+        tl.store(var_ptr + b, (lv + var).to(var_ptr.dtype.element_ty))
+
+
 def _block(D, device):
     cap = 1024 if device.type == "cuda" else 4096
     return max(16, min(cap, triton.next_power_of_2(max(D, 1))))
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(index):
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _splits(B, D, block, device):
+    """Splits per sample asked of _plan: enough for PROGRAMS_PER_SM programs per SM over the batch,
+    but no more than leave MIN_SPLIT_BLOCKS blocks per split. One on CPU: the interpreter runs
+    programs one by one, so more would only add overhead."""
+    if device.type != "cuda":
+        return 1
+    want = triton.cdiv(PROGRAMS_PER_SM * _sm_count(device.index), B)
+    return max(1, min(want, triton.cdiv(D, block) // MIN_SPLIT_BLOCKS))
+
+
+def _plan(D, block, splits):
+    """(num_splits, chunk): chunk = blocks // splits blocks, so num_splits = cdiv(D, chunk) is at
+    least `splits` (capped at D's block count) and no split is empty; the last may be short."""
+    blocks = triton.cdiv(D, block)
+    chunk = max(1, blocks // max(1, splits)) * block
+    return triton.cdiv(D, chunk), chunk
+
+
 def sample_step(x, out, logp, logp_var, models, coef, z, seeds, offset, dist, probes, vjps,
-                probes_out, probe_offset, probe_dist):
+                probes_out, probe_offset, probe_dist, *, _block_size=None, _num_splits=None):
     """Launch the fused step (arguments as the diffaccel::sample_step(_out) schemas; ``out`` may
-    be ``x``). Mutates out, logp, logp_var and probes_out."""
+    be ``x``). Mutates out, logp, logp_var and probes_out. ``_block_size`` / ``_num_splits``
+    override BLOCK and the requested splits per sample (tests)."""
     B = x.shape[0]
     D = x.numel() // B if B else 0
     K = len(models)
@@ -192,14 +265,22 @@ def sample_step(x, out, logp, logp_var, models, coef, z, seeds, offset, dist, pr
     vjps = [w.contiguous() for w in vjps]
     probes = probes.contiguous() if probes is not None else x
     P_out = probes_out.shape[0] if probes_out.numel() else 0
-    dummy = torch.zeros(1, dtype=torch.float32, device=x.device)
     ms = models + [x] * (MAX_MODELS - K)
     ws = (vjps if hutch else []) + [x] * (MAX_MODELS - (K if hutch else 0))
     per_sample = seeds.numel() == B and B > 1
-    _sample_step_kernel[(B,)](
-        x, out, coef, z.contiguous() if z is not None else x, seeds.contiguous(),
-        logp if track else dummy, logp_var if logp_var.numel() else dummy, probes,
-        probes_out if P_out else x, *ms, *ws, B, D, offset, probe_offset, P, P_out,
-        HEAD + 3 * K, K=K, DIST=-1 if z is not None else dist, HAS_Z=z is not None,
-        TRACK=track, TRACK_VAR=track and logp_var.numel() > 0, HUTCH=hutch, PROBE_DIST=probe_dist,
-        PER_SAMPLE=per_sample, BLOCK=_block(D, x.device))
+    block = _block_size or _block(D, x.device)
+    num_splits, chunk = _plan(D, block, _num_splits or _splits(B, D, block, x.device))
+    Ph = P if hutch else 0  # probes summed: the scratch rows hold 3 + Ph partial sums
+    # every slot is written by its program before the finish kernel reads it
+    partial = torch.empty((B, num_splits, 3 + Ph) if track else (1,), dtype=torch.float32,
+                          device=x.device)
+    W = HEAD + 3 * K
+    _sample_step_kernel[(num_splits, B)](
+        x, out, coef, z.contiguous() if z is not None else x, seeds.contiguous(), partial, probes,
+        probes_out if P_out else x, *ms, *ws, B, D, chunk, offset, probe_offset, Ph, P_out, W,
+        K=K, DIST=-1 if z is not None else dist, HAS_Z=z is not None, TRACK=track, HUTCH=hutch,
+        PROBE_DIST=probe_dist, PER_SAMPLE=per_sample, BLOCK=block)
+    if track:
+        track_var = logp_var.numel() > 0
+        _step_finish_kernel[(B,)](partial, coef, logp, logp_var if track_var else logp, num_splits,
+                                  Ph, W, TRACK_VAR=track_var, BLOCK_S=SPLIT_BLOCK)

@@ -1,5 +1,7 @@
 """The fused sampler step (MATH.md 3.1): every backend against the PyTorch reference on fresh
 random inputs with odd sizes, the op contracts (opcheck, torch.compile), and named errors."""
+import functools
+
 import pytest
 import torch
 
@@ -98,6 +100,58 @@ def test_step_large_sample_and_options(backend, device, rng):
     z = torch.randn(inp["x"].shape, generator=rng)
     _compare(backend, inp, seed=5, dist="normal", z=z, out=True, logp_dtype=torch.float32)
     _compare(backend, inp, seed=5, dist="uniform", track=False, P_out=1)
+
+
+TRITON = [p for p in BACKENDS if p.values[0] == "triton"]
+
+
+def _force_triton_splits(monkeypatch, D, block, splits):
+    """Route the Triton op through sample_step with BLOCK and the splits per sample forced;
+    returns (num_splits, chunk) of that launch."""
+    from diffaccel.kernels import step as ks
+
+    monkeypatch.setattr(ks, "sample_step", functools.partial(ks.sample_step, _block_size=block,
+                                                             _num_splits=splits))
+    return ks._plan(D, block, splits)
+
+
+@pytest.mark.parametrize("backend,device", TRITON)
+@pytest.mark.parametrize("P", [0, 1, 3])
+def test_step_triton_split_samples(backend, device, P, rng, monkeypatch):
+    """Several programs per sample, the last split short and ending in a partial block: the
+    partial sums, their reduction and the probes_out draws match the reference."""
+    S = (3, 37, 41)  # D = 4551 = 4 * 1024 + 455: 18 blocks of 256 in 5 splits of <= 4 blocks
+    n, chunk = _force_triton_splits(monkeypatch, 4551, 256, 4)
+    assert (n, chunk) == (5, 1024)
+    inp = _inputs(rng, 3, S, K=2, P=P, dtype=torch.float32, device=device)
+    seed = torch.randint(0, 2 ** 62, (3,), generator=rng) if P % 2 else 7
+    _compare(backend, inp, seed=seed, dist="normal", P_out=2, probe_dist="normal")
+
+
+@pytest.mark.parametrize("backend,device", TRITON)
+def test_step_triton_split_single_sample(backend, device, rng, monkeypatch):
+    """B = 1 (one seed, one finish program) with 4 splits, the last of 1 partial block."""
+    n, chunk = _force_triton_splits(monkeypatch, 5 * 7 * 13, 64, 4)
+    assert (n, chunk) == (4, 128) and 5 * 7 * 13 - 3 * chunk == 71
+    inp = _inputs(rng, 1, (5, 7, 13), K=3, P=2, dtype=torch.float32, device=device)
+    _compare(backend, inp, seed=11, dist="laplace", P_out=1, probe_dist="rademacher")
+
+
+def test_step_triton_split_heuristic(monkeypatch):
+    """On a 132-SM GPU the grid fills >= 4 programs per SM where D allows, each split >= 2 blocks;
+    on CPU (the interpreter) one program per sample."""
+    pytest.importorskip("triton")
+    from diffaccel.kernels import step as ks
+
+    monkeypatch.setattr(ks, "_sm_count", lambda index: 132)
+    cuda = torch.device("cuda")
+    for B, D in ((64, 16384), (1, 16384), (8, 1 << 20), (256, 4096), (3, 100)):
+        n, chunk = ks._plan(D, 1024, ks._splits(B, D, 1024, cuda))
+        assert chunk % 1024 == 0 and (n - 1) * chunk < D <= n * chunk
+        assert chunk >= 2 * 1024 or n == 1, (B, D, n, chunk)  # a split is >= 2 blocks ...
+        assert B * n >= 4 * 132 or chunk == 2 * 1024 or n == 1, (B, D, n, chunk)  # ... else fill
+    assert ks._plan(16384, 1024, ks._splits(64, 16384, 1024, cuda)) == (8, 2048)
+    assert ks._splits(64, 1 << 20, 1024, torch.device("cpu")) == 1
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

@@ -1,5 +1,6 @@
-"""The fused step's Triton kernel compiles for sm_80 and sm_90 without a GPU (the interpreter
-accepts programs the real compiler rejects), and its PTX reads each input once per element."""
+"""The fused step's Triton kernels (the split step and the per-sample finish) compile for sm_80
+and sm_90 without a GPU (the interpreter accepts programs the real compiler rejects), with no
+atomics."""
 import json
 import os
 import subprocess
@@ -14,19 +15,26 @@ import json, re, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from diffaccel.kernels.step import _sample_step_kernel as k
+from diffaccel.kernels import step as S
 
 cap, dtype, K, dist, hutch = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
 sig = {}
-for name in k.arg_names:
-    sig[name] = "constexpr"
-ptrs = ["x_ptr", "out_ptr", "z_ptr", "probes_ptr", "probes_out_ptr"] + [f"m{i}" for i in range(8)] + [f"w{i}" for i in range(8)]
-for name in ptrs:
-    sig[name] = "*" + dtype
-sig.update({"coef_ptr": "*fp32", "seeds_ptr": "*i64", "logp_ptr": "*fp64", "var_ptr": "*fp64",
-            "B": "i32", "D": "i32", "offset": "i64", "probe_offset": "i64", "P": "i32", "P_out": "i32", "W": "i32"})
-consts = dict(K=K, DIST=dist, HAS_Z=False, TRACK=True, TRACK_VAR=True, HUTCH=hutch, PROBE_DIST=3,
-              PER_SAMPLE=True, BLOCK=1024)
+if dtype == "finish":  # the reduction kernel: float64 accumulators (dist, hutch unused)
+    k = S._step_finish_kernel
+    sig = {"partial_ptr": "*fp32", "coef_ptr": "*fp32", "logp_ptr": "*fp64", "var_ptr": "*fp64",
+           "NS": "i32", "P": "i32", "W": "i32", "TRACK_VAR": "constexpr", "BLOCK_S": "constexpr"}
+    consts = dict(TRACK_VAR=K > 0, BLOCK_S=S.SPLIT_BLOCK)
+else:
+    k = S._sample_step_kernel
+    for name in k.arg_names:
+        sig[name] = "constexpr"
+    ptrs = ["x_ptr", "out_ptr", "z_ptr", "probes_ptr", "probes_out_ptr"] + [f"m{i}" for i in range(8)] + [f"w{i}" for i in range(8)]
+    for name in ptrs:
+        sig[name] = "*" + dtype
+    sig.update({"coef_ptr": "*fp32", "seeds_ptr": "*i64", "partial_ptr": "*fp32", "B": "i32", "D": "i32",
+                "CHUNK": "i32", "offset": "i64", "probe_offset": "i64", "P": "i32", "P_out": "i32", "W": "i32"})
+    consts = dict(K=K, DIST=dist, HAS_Z=False, TRACK=True, HUTCH=hutch, PROBE_DIST=3,
+                  PER_SAMPLE=True, BLOCK=1024)
 ck = triton.compile(ASTSource(fn=k, signature=sig, constexprs=consts), target=GPUTarget("cuda", cap, 32))
 ptx = ck.asm["ptx"]
 print(json.dumps({"ptx_len": len(ptx), "cubin": len(ck.asm.get("cubin", b"")),
@@ -47,8 +55,16 @@ def _compile(cap, dtype="fp32", K=2, dist=0, hutch=True):
 def test_step_kernel_compiles(cap):
     info = _compile(cap)
     assert info["ptx_len"] > 1000 and info["cubin"] > 0
-    assert info["atom"] == 0  # one program per sample: no atomics
+    assert info["atom"] == 0  # partial sums in their own scratch slots: no atomics
     assert info["st_global"] > 0
+
+
+@pytest.mark.parametrize("cap", [80, 90])
+def test_step_finish_kernel_compiles(cap):
+    """The per-sample reduction of the partial sums, with and without the variance accumulator."""
+    for track_var in (1, 0):
+        info = _compile(cap, "finish", K=track_var)
+        assert info["cubin"] > 0 and info["atom"] == 0 and info["st_global"] > 0
 
 
 def test_step_kernel_variants_compile():
