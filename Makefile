@@ -11,7 +11,7 @@ export CUDA_HOME TORCH_CUDA_ARCH_LIST
 STAMP := $(VENV)/.diffaccel-installed
 SOURCES := pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench bench-kdiffusion clean
 
 install: $(STAMP)
 
@@ -33,5 +33,15 @@ bench: $(STAMP)
 	$(PYTHON) -m diffaccel bench
 	$(PYTHON) -m pytest -q benchmarks --benchmark-only
 
+# k-diffusion's log_likelihood beside ours (MATH.md 3.3). k-diffusion is no dependency: its
+# imports pull in clip, kornia, wandb, ... and pin numpy < 2, so it gets a venv of its own with
+# the same torch as $(VENV), and imports this tree's build through PYTHONPATH.
+KD_VENV ?= .venv-kd
+bench-kdiffusion: $(STAMP)
+	test -x $(KD_VENV)/bin/python || $(PY) -m venv $(KD_VENV)
+	$(KD_VENV)/bin/pip install -q "torch==$$($(PYTHON) -c 'import torch; print(torch.__version__.split("+")[0])')" \
+		k-diffusion "setuptools<81" tqdm
+	PYTHONPATH=$(CURDIR):$(CURDIR)/benchmarks $(KD_VENV)/bin/python benchmarks/bench_step.py --likelihood-only
+
 clean:
-	rm -rf build $(VENV) diffaccel/_C*.so *.egg-info
+	rm -rf build $(VENV) $(KD_VENV) diffaccel/_C*.so *.egg-info

@@ -4,6 +4,7 @@ floor; and a whole ``log_likelihood`` on a Gaussian mixture (D = 3072) per solve
 
     python benchmarks/bench_step.py            # both parts
     python benchmarks/bench_step.py --quick    # smaller sizes
+    make bench-kdiffusion                      # the log_likelihood part beside k-diffusion's
 
 Two steps are timed:
 
@@ -232,16 +233,18 @@ def format_likelihood(rows, title):
     return "\n".join(out)
 
 
-def run(quick=False, likelihood=True, threads=None, out=sys.stdout):
+def run(quick=False, likelihood=True, step=True, threads=None, out=sys.stdout):
     if threads:
         torch.set_num_threads(threads)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     B, shape = (16, (4, 32, 32)) if quick else (64, (4, 64, 64))
     info = f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {dev}"
-    rows = step_rows(B=B, shape=shape, device=dev, repeats=10 if quick else 20)
-    print(format_rows(rows, f"fused sampler step with logp, B={B} x {shape} float32 ({info})"),
-          file=out, flush=True)
-    res = {"step": rows}
+    res = {}
+    if step:
+        rows = step_rows(B=B, shape=shape, device=dev, repeats=10 if quick else 20)
+        print(format_rows(rows, f"fused sampler step with logp, B={B} x {shape} float32 ({info})"),
+              file=out, flush=True)
+        res["step"] = rows
     if likelihood:
         lb, ld = (8, 256) if quick else (64, 3072)
         lrows = likelihood_rows(B=lb, d=ld)
@@ -255,9 +258,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-likelihood", action="store_true")
+    p.add_argument("--likelihood-only", action="store_true")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
-    run(quick=args.quick, likelihood=not args.no_likelihood, threads=args.threads)
+    run(quick=args.quick, likelihood=not args.no_likelihood, step=not args.likelihood_only,
+        threads=args.threads)
     return 0
 
 
