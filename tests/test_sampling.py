@@ -89,6 +89,16 @@ def plain_em(model, x, sigmas, *, seed, dist, logp0):
     return x, logp
 
 
+def _sde_case(rng, shape, *, B, n):
+    """A mixture, n Karras levels from 10 down to 0.2, B starting points of norm ~10 per
+    coordinate with their exact log p_10, and a seed."""
+    gm = _gm(rng, shape)
+    sigmas = sch.karras_sigmas(n, 0.2, 10.0, append_zero=False)
+    x0 = torch.randn(B, *shape, generator=rng) * 10
+    seed = int(torch.randint(0, 2 ** 40, (), generator=rng))
+    return gm, sigmas, x0, seed, gm.log_prob(x0, 10.0)
+
+
 def plain_ddim(model, x, sigmas, *, eta, P, seed, logp0):
     """DDIM with eta > 0 in EDM form (k-diffusion's ancestral step) with the log-density of
     the eta-family identity (see sample_ddim), in float64."""
@@ -112,12 +122,7 @@ def plain_ddim(model, x, sigmas, *, eta, P, seed, logp0):
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("eta", [0.5, 1.0])
 def test_ddim_eta_logp_matches_plain_loop(backend, device, eta, rng):
-    gm = _gm(rng, (4, 5))
-    B = 3
-    sigmas = sch.karras_sigmas(6, 0.2, 10.0, append_zero=False)
-    x0 = torch.randn(B, 4, 5, generator=rng) * 10
-    seed = int(torch.randint(0, 2 ** 40, (), generator=rng))
-    l0 = gm.log_prob(x0, 10.0)
+    gm, sigmas, x0, seed, l0 = _sde_case(rng, (4, 5), B=3, n=6)
     x, lp = S.sample_ddim(gm, x0.to(device), sigmas, eta=eta, seed=seed, logp=l0.to(device), probes=2,
                           disable=True, backend=backend)
     xw, lw = plain_ddim(gm, x0, sigmas, eta=eta, P=2, seed=seed, logp0=l0)
@@ -173,12 +178,7 @@ def test_ode_samplers_match_plain_loop(backend, device, mode, rng):
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("dist", ["normal", "laplace"])
 def test_euler_maruyama_matches_plain_loop(backend, device, dist, rng):
-    gm = _gm(rng, (3, 7))
-    B = 4
-    sigmas = sch.karras_sigmas(7, 0.2, 10.0, append_zero=False)
-    x0 = torch.randn(B, 3, 7, generator=rng) * 10
-    seed = int(torch.randint(0, 2 ** 40, (), generator=rng))
-    l0 = gm.log_prob(x0, 10.0)
+    gm, sigmas, x0, seed, l0 = _sde_case(rng, (3, 7), B=4, n=7)
     x, lp = S.sample_euler_maruyama(gm, x0.to(device), sigmas, seed=seed, dist=dist, logp=l0.to(device),
                                     disable=True, backend=backend)
     xw, lw = plain_em(gm, x0, sigmas, seed=seed, dist=dist, logp0=l0)
