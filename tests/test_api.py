@@ -202,3 +202,17 @@ def test_cli_info():
     assert r.returncode == 0, r.stderr
     for word in ("torch", "triton", "reference", "cpu", "cuda", "CUDA archs"):
         assert word in r.stdout
+
+
+def test_demo_sampling_part_runs_and_checks_against_exact(capsys):
+    """The demo's sampling part at toy sizes: one line per backend, each error finite and small
+    enough to show the check is real (log_likelihood within a few nats of the exact log p)."""
+    from diffaccel import demo
+
+    demo.sampling("cpu", d=16, d_sde=8, batch=4, steps=40)
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if "log_likelihood dopri5" in ln]
+    assert {ln.split()[0] for ln in lines} >= {"reference", "cpu"}, out
+    for ln in lines:
+        err = float(ln.rsplit("mean |error|", 1)[1].split()[0])
+        assert math.isfinite(err) and err < 2.0, ln
