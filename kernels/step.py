@@ -2,7 +2,7 @@
 
 Two kernels, laid out like the CUDA one (csrc/cuda/step.cu):
 
-- ``_sample_step_kernel``, grid (num_splits, B): program (c, b) walks split c of sample b, a
+- ``_sample_step_kernel``, grid (B, num_splits): program (b, c) walks split c of sample b, a
   contiguous range of its D elements (a multiple of BLOCK; the last split may be shorter) in
   blocks. It reads x and the K model outputs once, draws the increment in registers, writes
   the new x, sums |s|^2, s.z, x.s and then each probe's Hutchinson dot product t_p over its range
@@ -52,21 +52,22 @@ def _sample_step_kernel(x_ptr, out_ptr, coef_ptr, z_ptr, seeds_ptr, partial_ptr,
                         K: tl.constexpr, DIST: tl.constexpr, HAS_Z: tl.constexpr,
                         TRACK: tl.constexpr, HUTCH: tl.constexpr, PROBE_DIST: tl.constexpr,
                         PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr):
-    """Split c = program_id(0) (elements [c CHUNK, min(D, (c + 1) CHUNK))) of sample
-    b = program_id(1), coefficients c = coef[b]:
+    """Split c = program_id(1) (elements [c CHUNK, min(D, (c + 1) CHUNK))) of sample
+    b = program_id(0), coefficients c = coef[b]. (The batch is on axis 0, whose limit is
+    2^31 - 1; axes 1 and 2 are capped at 65535.)
 
     x_new = ax x + az z + sum_k am_k M_k;   s = sx x + sum_k sm_k M_k
     partial[b, c] = (sum |s|^2, sum s.z, sum x.s, t_0, .., t_{P-1}) over the split (TRACK),
     t_p = sum_i v_{p,i} sum_k cw_k w_{k,p,i} (HUTCH; the row has 3 + P floats).
     z: loaded (HAS_Z), drawn at offset + (PER_SAMPLE ? 0 : b D) + i (DIST >= 0), or 0.
     """
-    c = tl.program_id(0).to(tl.int64)
-    b = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1).to(tl.int64)
     start = c * CHUNK
     # CHUNK is a multiple of BLOCK, so blocks never straddle two splits: i < D is the only mask
     end = tl.minimum(start + CHUNK, D)
     row = coef_ptr + b * W
-    part = partial_ptr + (b * tl.num_programs(0) + c) * (3 + P)
+    part = partial_ptr + (b * tl.num_programs(1) + c) * (3 + P)
     ax = tl.load(row)
     az = tl.load(row + 1)
     sx = tl.load(row + 2)
@@ -275,7 +276,7 @@ def sample_step(x, out, logp, logp_var, models, coef, z, seeds, offset, dist, pr
     partial = torch.empty((B, num_splits, 3 + Ph) if track else (1,), dtype=torch.float32,
                           device=x.device)
     W = HEAD + 3 * K
-    _sample_step_kernel[(num_splits, B)](
+    _sample_step_kernel[(B, num_splits)](
         x, out, coef, z.contiguous() if z is not None else x, seeds.contiguous(), partial, probes,
         probes_out if P_out else x, *ms, *ws, B, D, chunk, offset, probe_offset, Ph, P_out, W,
         K=K, DIST=-1 if z is not None else dist, HAS_Z=z is not None, TRACK=track, HUTCH=hutch,

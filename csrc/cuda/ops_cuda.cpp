@@ -94,15 +94,18 @@ std::tuple<Tensor, Tensor> stroke_blur_backward_cuda(const Tensor& grad_in, cons
   const Tensor mx = block_means(x, grid), mg = block_means(g, grid);
   Tensor gx = blur_with_means(g, w, mg, grid);
   // grad_w[b, j] = sum_{c, blocks of scale j} n_blk mean_x mean_g - <x, g>_b
-  const Tensor xg = (x.to(at::kDouble) * g.to(at::kDouble)).reshape({B, -1}).sum(1);
+  // explicit sizes: reshape({B, -1}) is ambiguous for an empty batch
+  const Tensor xg = (x.to(at::kDouble) * g.to(at::kDouble)).reshape({B, C * H * W}).sum(1);
   const Tensor prod = (mx.to(at::kDouble) * mg.to(at::kDouble)).reshape({B, C, grid.total});
   std::vector<Tensor> cols;
   for (int j = 0; j < grid.J; ++j) {
-    std::vector<double> counts;
-    for (int64_t I = 0; I < grid.hk[j]; ++I)
-      for (int64_t Jb = 0; Jb < grid.wk[j]; ++Jb)
-        counts.push_back(double(block_extent(H, grid.k[j], I) * block_extent(W, grid.k[j], Jb)));
-    const Tensor n = at::tensor(counts, x.options().dtype(at::kDouble));
+    // n_blk = min(k, H - k I) * min(k, W - k J) (block_extent), built on the device: a
+    // host-to-device copy here would sync the stream and break CUDA-graph capture
+    const auto dopt = x.options().dtype(at::kDouble);
+    const double k = static_cast<double>(grid.k[j]);
+    const Tensor eh = at::clamp_max(static_cast<double>(H) - k * at::arange(grid.hk[j], dopt), k);
+    const Tensor ew = at::clamp_max(static_cast<double>(W) - k * at::arange(grid.wk[j], dopt), k);
+    const Tensor n = at::outer(eh, ew).reshape({grid.hk[j] * grid.wk[j]});
     cols.push_back((prod.narrow(2, grid.off[j], grid.hk[j] * grid.wk[j]) * n).sum({1, 2}) - xg);
   }
   return {gx, at::stack(cols, 1).to(at::kFloat)};

@@ -1,4 +1,4 @@
-// The fused sampler step on CUDA. Grid (splits, B): the blocks of sample b stride over its D
+// The fused sampler step on CUDA. Grid (B, splits): the blocks of sample b stride over its D
 // elements, reading x and the model outputs once and writing the new x once; per-block sums
 // (|s|^2, s.z, x.s, then each probe's t_p) are reduced in shared memory and added to a
 // float64 scratch with atomicAdd. A one-thread-per-sample kernel then adds the increments to
@@ -35,12 +35,13 @@ __device__ float block_sum(float v) {
 
 template <typename T>
 __global__ void step_main_kernel(StepArgs<T> a, double* scratch) {
-  const int64_t b = blockIdx.y, D = a.D;
+  // grid (B, splits): the batch on x (up to 2^31 - 1 blocks), the splits on y (<= 1024)
+  const int64_t b = blockIdx.x, D = a.D;
   const float* c = a.coef + b * step_coef_width(a.K);
   const uint64_t seed = static_cast<uint64_t>(a.seeds[a.per_sample ? b : 0]);
   const bool track = step_tracks(a);
-  const int64_t start = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t start = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.y) * blockDim.x;
   const int W = 3 + a.P;
   float ss = 0.0f, sz = 0.0f, xs = 0.0f;
   for (int64_t i = start; i < D; i += stride) {
@@ -110,7 +111,7 @@ cudaError_t sample_step(const StepArgs<T>& args, double* scratch, cudaStream_t s
   if (args.B == 0 || args.D == 0) return cudaSuccess;
   const int64_t per_sample_blocks = (args.D + kThreads * 4 - 1) / (kThreads * 4);
   const unsigned splits = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(per_sample_blocks, 1024)));
-  const dim3 grid(splits, static_cast<unsigned>(args.B));
+  const dim3 grid(static_cast<unsigned>(args.B), splits);  // gridDim.y is capped at 65535
   step_main_kernel<T><<<grid, kThreads, 0, stream>>>(args, scratch);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || !step_tracks(args)) return err;

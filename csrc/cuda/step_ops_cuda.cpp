@@ -26,11 +26,14 @@ void run_step_cuda(const Tensor& x, const Tensor& out, const Tensor& logp, const
                                           dist, probes, vjps, probes_out, probe_offset, probe_dist);
   if (x.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
-  Tensor scratch = at::zeros({x.size(0), 3 + in.P}, x.options().dtype(at::kDouble));
+  // per-sample sums, added to with atomicAdd; only needed when logp is tracked
+  const Tensor scratch = logp.numel() ? at::zeros({x.size(0), 3 + in.P}, x.options().dtype(at::kDouble))
+                                      : Tensor();
   DA_DISPATCH_FLOATS(x.scalar_type(), "diffaccel::sample_step", [&] {
     const auto args = make_step_args<scalar_t>(x, out, logp, logp_var, in, offset, dist,
                                                probes_out, probe_offset, probe_dist);
-    DA_CHECK_LAUNCH(cuda::sample_step<scalar_t>(args, scratch.data_ptr<double>(), stream_of(x)));
+    double* sp = scratch.defined() ? scratch.data_ptr<double>() : nullptr;
+    DA_CHECK_LAUNCH(cuda::sample_step<scalar_t>(args, sp, stream_of(x)));
   });
 }
 
