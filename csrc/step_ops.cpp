@@ -20,7 +20,8 @@ void run_step_cpu(const Tensor& x, const Tensor& out, const Tensor& logp, const 
   TORCH_CHECK(x.is_contiguous(), "x: expected a contiguous tensor");
   const StepInputs in = check_sample_step(x, out, logp, logp_var, models, coef, z, seeds, offset,
                                           dist, probes, vjps, probes_out, probe_offset, probe_dist);
-  if (x.numel() == 0) return;
+  // D = 0 still adds c0 to logp (the reference's sums over no elements are 0)
+  if (x.size(0) == 0) return;
   DA_DISPATCH_FLOATS(x.scalar_type(), "diffaccel::sample_step", [&] {
     cpu::sample_step<scalar_t>(make_step_args<scalar_t>(x, out, logp, logp_var, in, offset, dist,
                                                         probes_out, probe_offset, probe_dist));

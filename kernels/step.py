@@ -251,7 +251,11 @@ def sample_step(x, out, logp, logp_var, models, coef, z, seeds, offset, dist, pr
         raise ValueError(f"coef: expected a float32 tensor of shape ({B}, {HEAD + 3 * K})")
     if dist not in (-1, 0, 1, 2, 3) or probe_dist not in (0, 1, 2, 3):
         raise ValueError("dist, probe_dist: unknown law code")
-    if B == 0 or D == 0:
+    if B == 0:
+        return
+    if D == 0:  # no element to update; logp still gets c0 (the reference's empty sums are 0)
+        if logp.numel():
+            logp.add_(coef[:, 3].to(logp.dtype))
         return
     models = [m.contiguous() for m in models]
     for m in models:

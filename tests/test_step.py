@@ -336,3 +336,18 @@ def test_compile_fullgraph_hutchinson_step(backend, rng):
     got = compiled(*args())
     for g, e, what in zip(got, want, ("x", "logp", "logp_var", "probes_out")):
         assert_close(g, e, atol=1e-4, rtol=1e-5, what=f"{what} (compiled)")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_step_with_no_elements_adds_c0(backend, device, rng):
+    """D = 0 (B > 0): nothing to update, and logp gets c0, the reference's sums over no elements."""
+    inp = _inputs(rng, 3, (0,), K=2, P=2, dtype=torch.float32, device=device)
+    got = _run(backend, inp, seed=5, dist="normal", P_out=1)
+    want = _run("reference", inp, seed=5, dist="normal", P_out=1)
+    c0 = inp["coef"][:, 3].double().cpu()
+    assert_close(got[1], want[1], atol=1e-6, what="logp")
+    assert_close(got[1] - torch.linspace(-3, 3, 3, dtype=torch.float64), c0, atol=1e-6, what="logp - start")
+    assert_close(got[2], want[2], atol=1e-12, what="logp_var")
+    # an empty batch changes nothing
+    assert _run(backend, _inputs(rng, 0, (4,), K=1, P=1, dtype=torch.float32, device=device),
+                seed=5, dist="normal")[1].numel() == 0

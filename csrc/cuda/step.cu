@@ -108,13 +108,17 @@ __global__ void step_finish_kernel(StepArgs<T> a, const double* scratch) {
 
 template <typename T>
 cudaError_t sample_step(const StepArgs<T>& args, double* scratch, cudaStream_t stream) {
-  if (args.B == 0 || args.D == 0) return cudaSuccess;
-  const int64_t per_sample_blocks = (args.D + kThreads * 4 - 1) / (kThreads * 4);
-  const unsigned splits = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(per_sample_blocks, 1024)));
-  const dim3 grid(static_cast<unsigned>(args.B), splits);  // gridDim.y is capped at 65535
-  step_main_kernel<T><<<grid, kThreads, 0, stream>>>(args, scratch);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess || !step_tracks(args)) return err;
+  if (args.B == 0) return cudaSuccess;
+  if (args.D > 0) {  // with D = 0 the zeroed scratch gives logp += c0, as in the reference
+    const int64_t per_sample_blocks = (args.D + kThreads * 4 - 1) / (kThreads * 4);
+    const unsigned splits =
+        static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(per_sample_blocks, 1024)));
+    const dim3 grid(static_cast<unsigned>(args.B), splits);  // gridDim.y is capped at 65535
+    step_main_kernel<T><<<grid, kThreads, 0, stream>>>(args, scratch);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  if (!step_tracks(args)) return cudaSuccess;
   const unsigned fb = static_cast<unsigned>((args.B + 127) / 128);
   step_finish_kernel<T><<<fb, 128, 0, stream>>>(args, scratch);
   return cudaGetLastError();

@@ -24,7 +24,7 @@ void run_step_cuda(const Tensor& x, const Tensor& out, const Tensor& logp, const
   TORCH_CHECK(x.is_contiguous(), "x: expected a contiguous tensor");
   const StepInputs in = check_sample_step(x, out, logp, logp_var, models, coef, z, seeds, offset,
                                           dist, probes, vjps, probes_out, probe_offset, probe_dist);
-  if (x.numel() == 0) return;
+  if (x.size(0) == 0) return;  // D = 0 still adds c0 to logp, as the reference does
   const c10::cuda::CUDAGuard guard(x.device());
   // per-sample sums, added to with atomicAdd; only needed when logp is tracked
   const Tensor scratch = logp.numel() ? at::zeros({x.size(0), 3 + in.P}, x.options().dtype(at::kDouble))
