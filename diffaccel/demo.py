@@ -16,6 +16,16 @@ from diffaccel.backends import BACKENDS, availability
 from diffaccel.info import format_info
 
 
+def _runnable(device, op):
+    """The backends that can run ``op`` on ``device``; prints a line for each that cannot."""
+    for name in BACKENDS:
+        ok, why = availability(name, device, op)
+        if ok:
+            yield name
+        else:
+            print(f"  {name:9s} skipped: {why}")
+
+
 def main(size=64, batch=16, channels=4):
     print(format_info())
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -31,11 +41,7 @@ def main(size=64, batch=16, channels=4):
     kw = dict(scales=scales, data_weights=w, noise_weights=w, seed=seeds, target="v")
     ref = diffaccel.stroke_noise(x0, alpha, sigma, backend="reference", **kw)
     print(f"\nstroke_noise  B={batch} C={channels} {size}x{size} scales={scales} on {device}:")
-    for name in BACKENDS:
-        ok, why = availability(name, device, "stroke_noise")
-        if not ok:
-            print(f"  {name:9s} skipped: {why}")
-            continue
+    for name in _runnable(device, "stroke_noise"):
         out = diffaccel.stroke_noise(x0, alpha, sigma, backend=name, **kw)
         t0 = time.perf_counter()
         out = diffaccel.stroke_noise(x0, alpha, sigma, backend=name, **kw)
@@ -67,11 +73,7 @@ def sampling(device, d=3072, d_sde=64, batch=16, steps=400):
     x_T = (sde.sample(batch, generator=g) + 80.0 * torch.randn(batch, d_sde, generator=g)).float().to(device)
     data = gm.sample(batch, generator=g).float().to(device)
     print(f"\n4-component Gaussian mixtures, B={batch}, exact log p as the check, on {device}:")
-    for name in BACKENDS:
-        ok, why = availability(name, device, "sample_step")
-        if not ok:
-            print(f"  {name:9s} skipped: {why}")
-            continue
+    for name in _runnable(device, "sample_step"):
         t0 = time.perf_counter()
         x, lp = S.sample_euler_maruyama(sde, x_T, sigmas, logp=sde.log_prob(x_T, 80.0), seed=1,
                                         disable=True, backend=name)
