@@ -264,22 +264,26 @@ def test_log_likelihood_euler_matches_plain_loop(backend, device, rng):
 def test_log_likelihood_matches_exact_log_p(d, N, B, rng):
     """RK4 in t = log sigma has global error O(h^4): the Richardson estimate (lp_N - lp_2N)/15
     bounds the error of lp_2N from the step count alone (without the answer); the tolerance is
-    that plus 5 standard errors of the Hutchinson noise of both runs."""
+    that plus 7 standard errors of the Hutchinson noise of both runs. Why 7: each step's
+    variance comes from 8 probes (7 degrees of freedom) and a few steps near the modes' split
+    carry most of it, so the error over its standard error is about Student-t_7 (1e-4 two-sided
+    quantile 7.0), not normal; measured at d = 3072 over 180 samples, the ratio's sd is 1.24
+    and its largest value 5.7 (with 4 probes and 5 standard errors the test failed 1 in 40)."""
     gm = _gm(rng, (d,), K=4)
     x = gm.sample(B, generator=rng)
     exact = gm.log_prob(x, 0.01)
     prior = lambda xt: gm.log_prob(xt, 80.0)  # noqa: E731  (isolates the ODE's error)
     seed = int(torch.randint(0, 2 ** 40, (), generator=rng))
-    l1, i1 = S.log_likelihood(gm, x, 0.01, 80.0, steps=N, solver="rk4", probes=4, seed=seed, prior=prior)
-    l2, i2 = S.log_likelihood(gm, x, 0.01, 80.0, steps=2 * N, solver="rk4", probes=4, seed=seed + 1, prior=prior)
+    l1, i1 = S.log_likelihood(gm, x, 0.01, 80.0, steps=N, solver="rk4", probes=8, seed=seed, prior=prior)
+    l2, i2 = S.log_likelihood(gm, x, 0.01, 80.0, steps=2 * N, solver="rk4", probes=8, seed=seed + 1, prior=prior)
     assert i2["nfe"] == 4 * 2 * N
     richardson = (l1 - l2).abs().mean() / 15
-    noise = 5 * torch.sqrt(i2["stderr"] ** 2 + (i1["stderr"] ** 2 + i2["stderr"] ** 2) / 15 ** 2)
+    noise = 7 * torch.sqrt(i2["stderr"] ** 2 + (i1["stderr"] ** 2 + i2["stderr"] ** 2) / 15 ** 2)
     err = (l2 - exact).abs()
     tol = richardson + noise + 0.02
     assert bool((err <= tol).all()), f"d={d}: errors {err.tolist()} exceed {tol.tolist()}"
     # the default prior is N(0, sigma_max^2 I): logp + the prior's error == the exact-prior result
-    l3, i3 = S.log_likelihood(gm, x, 0.01, 80.0, steps=N, solver="rk4", probes=4, seed=seed)
+    l3, i3 = S.log_likelihood(gm, x, 0.01, 80.0, steps=N, solver="rk4", probes=8, seed=seed)
     assert_close(l3 - S.prior_logp(i3["x_T"], 80.0) + gm.log_prob(i3["x_T"], 80.0), l1, atol=1e-6,
                  what="logp with the default prior")
 
@@ -373,6 +377,16 @@ def test_log_likelihood_dopri5(rng):
     assert loose["nfe"] < info["nfe"]
 
 
+def test_log_likelihood_dopri5_initial_step_stays_in_range():
+    """A draw (found by the random test above) where the initial-step formula's h0 was ~1e3 in
+    log sigma, so e^(t0 + h0) overflowed: the trial step is now cut to the interval."""
+    rng = torch.Generator().manual_seed(2027755297)
+    gm = _gm(rng, (16,), K=4)
+    x = gm.sample(12, generator=rng)
+    lp, info = S.log_likelihood(gm, x, 0.01, 80.0, solver="dopri5", probes=2, seed=5)
+    assert bool(torch.isfinite(lp).all()) and info["steps"] >= 3
+
+
 def test_bits_per_dim():
     lp = torch.tensor([-100.0, 0.0], dtype=torch.float64)
     bpd = S.bits_per_dim(lp, 50)
@@ -449,8 +463,13 @@ def test_high_density_after_sde_matches_plain_loop(backend, rng):
 
 def test_gm_vp_reproduction_target(rng):
     """MATH.md Section 4: d = 3000, p = 0.8, k = 5 on the paper's VP schedule: the fraction in
-    the + mode is about 0.8 with 200 Euler steps and each mode's spread about c = 0.1; with 30
-    steps the knee schedule still gets it and the constant-speed one does not."""
+    the + mode is about 0.8 with 200 Euler steps and each mode's spread about c = 0.1. With 15
+    steps the knee schedule stays near it and the constant-speed one does not.
+
+    At 15 steps the knee's Euler bias is about +0.05 (measured 0.84-0.87 over seeds), so its bound
+    is that plus 4 standard errors (0.142); the constant schedule gives 0.98-0.99 there, a miss of
+    more than 0.15 that its binomial noise (sd 0.007) cannot close. (At 30 steps the two are
+    0.83-0.85 and 0.87-0.93: too close for a bound that does not fail on some seeds.)"""
     d, n = 3000, 300
     gm = GaussianMixture.two_modes(d, p=0.8, m=0.9, c=0.1)
     se = math.sqrt(0.8 * 0.2 / n)
@@ -465,10 +484,10 @@ def test_gm_vp_reproduction_target(rng):
     fr = {}
     for k in (5.0, None):
         x = S.sample_interpolant(gm, torch.randn(n, d, generator=rng),
-                                 sch.interpolant_tau(torch.linspace(0, 1, 31), d, k), disable=True)
+                                 sch.interpolant_tau(torch.linspace(0, 1, 16), d, k), disable=True)
         fr[k] = float((x.mean(1) > 0).float().mean())
-    assert abs(fr[5.0] - 0.8) < 4 * se, fr
-    assert abs(fr[None] - 0.8) > 4 * se, fr
+    assert abs(fr[5.0] - 0.8) < 0.05 + 4 * se, fr
+    assert fr[None] - 0.8 > 0.15, fr
 
 
 def test_curie_weiss_reproduction_target(rng):

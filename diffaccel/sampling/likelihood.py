@@ -141,12 +141,14 @@ def _nonzero(coefs, items):
     return [a for a, _ in pairs], [it for _, it in pairs]
 
 
-def _initial_step(model, x, t0, k1, extra_args, atol, rtol):
+def _initial_step(model, x, t0, t1, k1, extra_args, atol, rtol):
     """Hairer, Norsett & Wanner II.4 (as torchdiffeq): one extra model call, no vjps. One host
-    read (the step size is a Python float)."""
+    read (the step size is a Python float). The trial step stays within [t0, t1]: with a tiny
+    derivative (x near the data) the formula's h0 can be so large that e^(t0 + h0) overflows."""
     sx = atol + rtol * x.double().abs()
     d0n, d1n = float(_rms(x / sx)), float(_rms(k1 / sx))
     h0 = 0.01 * d0n / d1n if d0n > 1e-5 and d1n > 1e-5 else 1e-6
+    h0 = min(h0, t1 - t0)
     sigma = x.new_full((x.shape[0],), math.exp(t0 + h0))
     with torch.no_grad():
         x1 = x + h0 * k1
@@ -186,7 +188,7 @@ def _dopri5(model, x, sigma_min, sigma_max, P, seed, extra_args, probe_dist, ato
     var = torch.zeros_like(delta)
     k1, w1 = stage(x, t0, v)
     nfe = 1
-    h = min(_initial_step(model, x, t0, k1, extra_args, atol, rtol), t1 - t0)
+    h = min(_initial_step(model, x, t0, t1, k1, extra_args, atol, rtol), t1 - t0)
     nfe += 1
     t, n_acc, grid, errors = t0, 0, [t0], []
     for _ in range(max_steps):
