@@ -10,6 +10,8 @@ Integer codes: dist normal=0, laplace=1, uniform=2, rademacher=3; target eps=0, 
 """
 import torch
 
+from . import _ext
+
 DISTS = ("normal", "laplace", "uniform", "rademacher")
 TARGETS = ("eps", "x0", "v")
 
@@ -58,7 +60,10 @@ for _name, _schema in SCHEMAS.items():
 
 
 def op(name, backend):
-    """The OpOverload running ``name`` on ``backend`` ('cpu'/'cuda' -> C++, 'triton')."""
+    """The OpOverload running ``name`` on ``backend`` ('cpu'/'cuda' -> C++, 'triton'). For the
+    C++ backends it loads the extension first: loading registers their kernels."""
+    if backend in ("cpu", "cuda"):
+        _ext.load()
     suffix = TRITON_SUFFIX if backend == "triton" else ""
     return getattr(torch.ops.diffaccel, name + suffix).default
 

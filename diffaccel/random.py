@@ -7,7 +7,7 @@ of the batch), and at ``offset + b*D + i`` under a single integer seed.
 
 import torch
 
-from . import _ext, _validate, reference
+from . import _validate, reference
 from .backends import select
 from .library import DISTS, op
 
@@ -19,12 +19,6 @@ def _shape(shape):
     if not shape or any(s < 0 for s in shape):
         raise ValueError(f"shape: expected a non-empty tuple of non-negative sizes, got {shape}")
     return shape
-
-
-def _run(name, backend, seeds, *args):
-    if backend in ("cpu", "cuda"):
-        _ext.load()
-    return op(name, backend)(seeds, *args)
 
 
 def noise(shape, *, seed, offset=0, dist="normal", device=None, dtype=torch.float32, backend=None):
@@ -45,7 +39,7 @@ def noise(shape, *, seed, offset=0, dist="normal", device=None, dtype=torch.floa
     name = select(backend, device, "noise")
     if name == "reference":
         return reference.noise(seeds, shape, offset, dist, dtype, device)
-    return _run("noise", name, seeds, list(shape), offset, code, dtype)
+    return op("noise", name)(seeds, list(shape), offset, code, dtype)
 
 
 def philox_uint32(shape, *, seed, offset=0, device=None, backend=None):
@@ -61,7 +55,7 @@ def philox_uint32(shape, *, seed, offset=0, device=None, backend=None):
     if name == "reference":
         seed_t, pos = reference.random.stream_offsets(seeds, shape, offset, device)
         return torch.stack(reference.philox_uint32(seed_t, pos), dim=-1)
-    return _run("philox_uint32", name, seeds, list(shape), offset)
+    return op("philox_uint32", name)(seeds, list(shape), offset)
 
 
 __all__ = ["noise", "philox_uint32", "DISTS"]

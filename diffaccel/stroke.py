@@ -7,15 +7,9 @@ import math
 
 import torch
 
-from . import _ext, _validate, reference
+from . import _validate, reference
 from .backends import select
 from .library import op
-
-
-def _run(name, backend, *args):
-    if backend in ("cpu", "cuda"):
-        _ext.load()
-    return op(name, backend)(*args)
 
 
 def stroke_blur(x, weights, scales, *, backend=None):
@@ -31,7 +25,7 @@ def stroke_blur(x, weights, scales, *, backend=None):
     if name == "reference":
         return reference.stroke_blur(x, w, scales)
     _validate.fast_dtype(x, "x", name)
-    return _run("stroke_blur", name, x, w.to(torch.float32), list(scales))
+    return op("stroke_blur", name)(x, w.to(torch.float32), list(scales))
 
 
 def stroke_noise(x0, alpha, sigma, *, scales, data_weights, noise_weights, seed, offset=0,
@@ -65,7 +59,7 @@ def stroke_noise(x0, alpha, sigma, *, scales, data_weights, noise_weights, seed,
             if t.requires_grad:
                 raise ValueError(f"{arg}: backend {name!r} differentiates stroke_noise in x0 only; "
                                  "detach it or use backend='reference'")
-    return _run("stroke_noise", name, x0, a.to(torch.float32), s.to(torch.float32),
+    return op("stroke_noise", name)(x0, a.to(torch.float32), s.to(torch.float32),
                 wx.to(torch.float32), we.to(torch.float32), list(scales), seeds, offset,
                 dist_code, target_code)
 

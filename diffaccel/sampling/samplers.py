@@ -130,6 +130,21 @@ def denoise_with_vjps(model, x, sigma, extra_args, probes):
     return den.detach(), torch.stack(ws)
 
 
+def _start(x, sigmas, extra_args, logp, seed, probes, probe_dist, backend):
+    """The set-up shared by the samplers with Hutchinson tracking: (extra_args, sigmas (float64),
+    a contiguous copy of x, logp (or None), its variance (or None), the noise stream, the
+    probes (None when logp is not tracked))."""
+    extra_args = {} if extra_args is None else extra_args
+    sigmas = _sigmas(sigmas, x)
+    x = x.clone().contiguous()
+    lp = _init_logp(logp, x, sigmas[0])
+    noise = _Noise(seed, x)
+    if lp is None:
+        return extra_args, sigmas, x, None, None, noise, None
+    pr = _Probes(_check_probes(probes), x, noise, probe_dist, backend)
+    return extra_args, sigmas, x, lp, torch.zeros_like(lp), noise, pr
+
+
 def _evaluate(model, x, sigma, extra_args, probes):
     s_in = x.new_ones(x.shape[0]) * sigma.to(x.dtype)
     if probes is None:
@@ -147,16 +162,11 @@ def _ode_sampler(model, x, sigmas, extra_args, callback, disable, logp, probes, 
                  backend, mode, switch=None, sde_first=False, dist="normal"):
     """Euler steps of the PF-ODE (mode 'euler'), Heun ('heun'), or the high-density sampler
     ('hd', switching below sigma ``switch``; Euler-Maruyama steps before it if ``sde_first``)."""
-    extra_args = {} if extra_args is None else extra_args
-    sigmas = _sigmas(sigmas, x)
+    extra_args, sigmas, x, lp, var, noise, pr = _start(x, sigmas, extra_args, logp, seed, probes,
+                                                       probe_dist, backend)
     n = sigmas.numel() - 1
     levels = sigmas.tolist()  # one host read before the loop; none inside a step
-    x = x.clone().contiguous()
     B, D = x.shape[0], x[0].numel()
-    lp = _init_logp(logp, x, sigmas[0])
-    noise = _Noise(seed, x)
-    pr = _Probes(_check_probes(probes), x, noise, probe_dist, backend) if lp is not None else None
-    var = torch.zeros_like(lp) if lp is not None else None
     for i in trange(n, disable=disable):
         sig, nxt = sigmas[i], sigmas[i + 1]
         sde_step = sde_first and levels[i] > switch and levels[i + 1] > 0
@@ -313,15 +323,10 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
                             probe_dist, seed, backend, "euler")
     if dist not in DISTS:
         raise ValueError(f"dist: expected one of {DISTS}, got {dist!r}")
-    extra_args = {} if extra_args is None else extra_args
-    sigmas = _sigmas(sigmas, x)
+    extra_args, sigmas, x, lp, var, noise, pr = _start(x, sigmas, extra_args, logp, seed, probes,
+                                                       probe_dist, backend)
     n = sigmas.numel() - 1
-    x = x.clone().contiguous()
     B, D = x.shape[0], x[0].numel()
-    lp = _init_logp(logp, x, sigmas[0])
-    noise = _Noise(seed, x)
-    pr = _Probes(_check_probes(probes), x, noise, probe_dist, backend) if lp is not None else None
-    var = torch.zeros_like(lp) if lp is not None else None
     for i in trange(n, disable=disable):
         sig, nxt = sigmas[i], sigmas[i + 1]
         den, w = _evaluate(model, x, sig, extra_args, pr)

@@ -19,7 +19,7 @@ import numbers
 
 import torch
 
-from .. import _ext, _validate
+from .. import _validate
 from ..backends import select
 from ..library import DISTS, op
 from ..reference import step as _ref
@@ -206,8 +206,6 @@ def fused_step(x, models, coef, *, logp=None, logp_var=None, z=None, seed=None, 
             probe_offset, probe_code)
     if probes_out is not None and probes_out.dtype != dt:
         raise TypeError(f"probes_out: expected {dt} (that of x), got {probes_out.dtype}")
-    if name in ("cpu", "cuda"):
-        _ext.load()
     if out is None:
         op("sample_step", name)(x, *args)
         return x

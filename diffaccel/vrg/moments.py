@@ -7,7 +7,7 @@ import numbers
 
 import torch
 
-from .. import _ext, backends
+from .. import backends
 from ..library import op
 from ..reference import vrg as _ref
 from .table import MSETable
@@ -86,8 +86,6 @@ def error_moments(pred, target, bins, num_bins, *, out=None, backend=None):
     if name == "reference":
         table = _ref.error_moments(pred, target, bins, num_bins)
     else:
-        if name in ("cpu", "cuda"):
-            _ext.load()
         table = op("vrg_error_moments", name)(pred, target, bins, int(num_bins))
     if out is not None:
         return out.add_(table)

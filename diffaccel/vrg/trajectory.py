@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-from .. import _ext, backends
+from .. import backends
 from ..library import op
 from ..reference import vrg as _ref
 from .table import MSETable
@@ -106,8 +106,6 @@ def cumulative_error(abar, table, solver="ddim", *, outside="clamp", backend=Non
     if name == "reference":
         out = _ref.cumulative_error(a, grid, mse, key)
     else:
-        if name in ("cpu", "cuda"):
-            _ext.load()
         out = op("vrg_cumulative_error", name)(a, grid, mse, code)
     return out if abar.dim() == 2 else out[0]
 
@@ -129,8 +127,6 @@ def _value_and_grad(a, table, key, code, name):
             v = _ref.cumulative_error(x, grid, mse, key)
             (g,) = torch.autograd.grad(v.sum(), x)
         return v.detach(), g
-    if name in ("cpu", "cuda"):
-        _ext.load()
     return op("vrg_cumulative_error_grad", name)(a.contiguous(), grid, mse, code)
 
 
