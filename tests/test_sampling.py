@@ -571,3 +571,9 @@ def test_sampler_arguments_raise_named_errors(rng):
         S.log_likelihood(gm, x, 5.0, 0.1, steps=3)
     with pytest.raises(ValueError, match="eta"):
         S.sample_ddim(gm, x, sig, eta=-0.5, logp=True)
+    with pytest.raises(ValueError, match="eta"):
+        S.sample_ddim(gm, x, sig, eta=float("nan"), logp=True)
+    for kw, name in ((dict(atol=-1e-4), "atol"), (dict(rtol=float("inf")), "rtol"),
+                     (dict(atol=0.0, rtol=0.0), "atol, rtol"), (dict(max_steps=0), "max_steps")):
+        with pytest.raises(ValueError, match=name):
+            S.log_likelihood(gm, x, 0.1, 5.0, solver="dopri5", **kw)

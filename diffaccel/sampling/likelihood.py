@@ -61,6 +61,16 @@ def _stage(model, x, t, extra_args, probes):
     return (x - den), w
 
 
+def _check_tolerances(atol, rtol, max_steps):
+    for name, v in (("atol", atol), ("rtol", rtol)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+            raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
+    if atol + rtol <= 0:
+        raise ValueError("atol, rtol: expected at least one of them > 0")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps: expected a positive int, got {max_steps!r}")
+
+
 def _check_args(x, sigma_min, sigma_max, steps, solver):
     if not isinstance(x, torch.Tensor) or x.dim() < 1 or not x.is_floating_point():
         raise TypeError("x: expected a floating-point (B, *S) tensor")
@@ -89,6 +99,7 @@ def log_likelihood(model, x, sigma_min, sigma_max, *, steps=None, solver="heun",
     _check_probes(probes)
     extra_args = {} if extra_args is None else extra_args
     if solver == "dopri5":
+        _check_tolerances(atol, rtol, max_steps)
         return _dopri5(model, x, sigma_min, sigma_max, probes, seed, extra_args, probe_dist,
                        atol, rtol, max_steps, prior, backend)
     A, b, c = _TABLEAUS[solver]

@@ -316,8 +316,8 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     is :func:`sample_euler`'s update; the divergence weight ``A - sigma_up^2`` is O(step^2) at
     ``eta = 1`` (for a stochastic sampler with no divergence at all, see
     :func:`sample_euler_maruyama`)."""
-    if not eta >= 0:
-        raise ValueError(f"eta: expected eta >= 0, got {eta!r}")
+    if not 0 <= eta < math.inf:
+        raise ValueError(f"eta: expected a finite eta >= 0, got {eta!r}")
     if eta == 0:
         return _ode_sampler(model, x, sigmas, extra_args, callback, disable, logp, probes,
                             probe_dist, seed, backend, "euler")
