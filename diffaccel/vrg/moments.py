@@ -169,11 +169,13 @@ class ErrorStats:
         return self
 
     def all_reduce(self, group=None):
-        """Sum the moments over the ranks of ``group`` (``torch.distributed``; in place)."""
+        """Sum the moments over the ranks of ``group`` (``torch.distributed``; in place). In a
+        single process (torch.distributed not available or not initialized) there is nothing to
+        add and the table is left as it is, so the same script runs with and without torchrun."""
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
-            raise RuntimeError("all_reduce: torch.distributed is not initialized")
+            return self
         dist.all_reduce(self.table, op=dist.ReduceOp.SUM, group=group)
         return self
 
