@@ -9,9 +9,18 @@ TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 export CUDA_HOME TORCH_CUDA_ARCH_LIST
 
 STAMP := $(VENV)/.diffaccel-installed
-SOURCES := pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null)
+# The Python sources too: the strict editable install below links each file, so a new module
+# needs a reinstall (an edited one is seen at once, through its link).
+SOURCES := pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null) \
+	$(shell find diffaccel kernels -name '*.py' 2>/dev/null)
 
 .PHONY: install test demo bench bench-kdiffusion clean
+
+# The package is installed with editable_mode=strict: a tree of links under build/ on sys.path,
+# which imports diffaccel ahead of a namespace package found through '' (the default editable
+# mode's meta-path finder, needed for the diffaccel.kernels -> kernels/ mapping, loses to the
+# clone's folder when python runs from the folder that contains the clone). The check after it
+# runs python from such a folder.
 
 install: $(STAMP)
 
@@ -19,8 +28,11 @@ $(STAMP): $(SOURCES)
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel ninja
 	$(PIP) install -q "torch>=2.4" triton numpy tqdm pytest pytest-benchmark
-	DIFFACCEL_REQUIRE_EXT=1 $(PIP) install -q --no-build-isolation -e .
+	DIFFACCEL_REQUIRE_EXT=1 $(PIP) install -q --no-build-isolation --config-settings editable_mode=strict -e .
 	$(PYTHON) -m diffaccel info
+	tmp=$$(mktemp -d) && mkdir $$tmp/diffaccel && cd $$tmp && $(abspath $(PYTHON)) -c \
+		"import diffaccel, importlib.util; diffaccel.noise; assert importlib.util.find_spec('kernels') is None" \
+		&& rm -rf $$tmp
 	touch $@
 
 test: $(STAMP)

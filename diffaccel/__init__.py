@@ -4,12 +4,15 @@ Every op has a plain PyTorch reference (``diffaccel.reference``, the numerics co
 MATH.md) and fast backends tested against it; see ``diffaccel.backends`` for how one is chosen.
 Importing diffaccel compiles and loads nothing; the extension loads on first use.
 """
+from . import _source_tree
 from .backends import BACKENDS, BackendUnavailable, use_backend
 from .info import info
 from .random import noise, philox_uint32
 from .stroke import stroke_blur, stroke_noise, stroke_weights
 
 __version__ = "0.1.0"
+
+_source_tree.install(__path__[0])  # diffaccel.kernels from ../kernels when run from a checkout
 
 # Subpackages load on first use (``diffaccel.vrg``, ``diffaccel.sampling``, ...), keeping
 # ``import diffaccel`` light; ``import diffaccel.vrg`` works as usual.

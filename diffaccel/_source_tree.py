@@ -1,0 +1,44 @@
+"""``diffaccel.kernels`` when diffaccel is imported from a source checkout.
+
+The Triton kernels live in the top-level ``kernels/`` folder and are installed as
+``diffaccel.kernels`` (setup.py's ``package_dir``). Python started in the repository root
+imports ``diffaccel`` from ``./diffaccel`` (the current folder comes first on ``sys.path``),
+where there is no ``kernels`` subfolder; this finder then maps that one name to ``../kernels``,
+as an installed copy would (it comes first, so another install's mapping of the name cannot
+win over the kernels beside the diffaccel actually imported), and is lazy (nothing is imported until ``diffaccel.kernels`` is). It
+is installed only in a source checkout (``setup.py`` and ``kernels/__init__.py`` beside the
+package, no ``diffaccel/kernels``) and never makes ``kernels`` importable as a top-level module.
+"""
+import importlib.abc
+import importlib.util
+import os
+import sys
+
+NAME = "diffaccel.kernels"
+
+
+class KernelsFinder(importlib.abc.MetaPathFinder):
+    """Finds ``diffaccel.kernels`` (only that name) in ``path``; its submodules are found there
+    through the package's ``__path__``."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != NAME:
+            return None
+        return importlib.util.spec_from_file_location(
+            fullname, os.path.join(self.path, "__init__.py"), submodule_search_locations=[self.path])
+
+
+def install(package_dir):
+    """Put the finder first on ``sys.meta_path`` when ``package_dir`` is a source checkout's (so
+    the kernels beside the diffaccel actually imported win over any other install's mapping)."""
+    root = os.path.dirname(os.path.abspath(package_dir))
+    kernels = os.path.join(root, "kernels")
+    if (os.path.exists(os.path.join(package_dir, "kernels"))
+            or not os.path.isfile(os.path.join(kernels, "__init__.py"))
+            or not os.path.isfile(os.path.join(root, "setup.py"))):
+        return
+    if not any(isinstance(f, KernelsFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, KernelsFinder(kernels))
