@@ -4,10 +4,11 @@ The Triton kernels live in the top-level ``kernels/`` folder and are installed a
 ``diffaccel.kernels`` (setup.py's ``package_dir``). Python started in the repository root
 imports ``diffaccel`` from ``./diffaccel`` (the current folder comes first on ``sys.path``),
 where there is no ``kernels`` subfolder; this finder then maps that one name to ``../kernels``,
-as an installed copy would (it comes first, so another install's mapping of the name cannot
-win over the kernels beside the diffaccel actually imported), and is lazy (nothing is imported until ``diffaccel.kernels`` is). It
-is installed only in a source checkout (``setup.py`` and ``kernels/__init__.py`` beside the
-package, no ``diffaccel/kernels``) and never makes ``kernels`` importable as a top-level module.
+as an installed copy would. It comes first on ``sys.meta_path``, so another install's mapping
+of the name cannot win over the kernels beside the diffaccel actually imported, and it is lazy
+(nothing is imported until ``diffaccel.kernels`` is). It is installed only in a source checkout
+(``setup.py`` and ``kernels/__init__.py`` beside the package, no ``diffaccel/kernels``) and
+never makes ``kernels`` importable as a top-level module.
 """
 import importlib.abc
 import importlib.util

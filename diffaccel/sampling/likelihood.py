@@ -104,7 +104,8 @@ def log_likelihood(model, x, sigma_min, sigma_max, *, steps=None, solver="heun",
     error norm, <= 1) and ``attempts`` (the attempt index of each accepted step); it reads the
     host once per step attempt. ``steps`` is required for euler / heun / rk4. A sample that is
     non-finite on input or for which the model returns non-finite values gets NaN (one warning
-    says how many); the others are unaffected. B = 0 returns empty results. ``prior``: a callable giving log p_{sigma_max}(x_T) per sample (default
+    says how many); the others are unaffected. B = 0 returns empty results.
+    ``prior``: a callable giving log p_{sigma_max}(x_T) per sample (default
     ``log N(x_T; 0, sigma_max^2 I)``, which ignores the data's spread at sigma_max: with data of
     norm comparable to sigma_max it is off by O(|x_0| |x_T| / sigma_max^2) nats per sample)."""
     _check_args(x, sigma_min, sigma_max, steps, solver)
@@ -205,10 +206,12 @@ def _dopri5(model, x, sigma_min, sigma_max, P, seed, extra_args, probe_dist, ato
     Each sample b has its own level t_b and step h_b and is accepted or rejected on its own
     error norm ``max(RMS_b(e_x / tol_x), |e_Delta / tol_Delta|)``; a sample that reached
     sigma_max, or went non-finite, is frozen (steps of size 0) until the others finish, so its
-    result does not depend on the rest of the batch. Every attempt runs all samples through
-    the same fused passes (:func:`fused_step` with ``out=`` and per-sample coefficients): each
-    stage point; the 5th-order solution together with its Delta increment, variance and the
-    next probes; and the embedded error of x together with that of Delta. Probes: the first
+    result does not depend on the rest of the batch. A step uses one set of fresh probes in all
+    its stages, so its Delta increment is a Hutchinson estimate whose variance the fused step
+    reports; the steps' variances add up, as for the fixed-step solvers. Every attempt runs all
+    samples through the same fused passes (:func:`fused_step` with ``out=`` and per-sample
+    coefficients): each stage point; the 5th-order solution together with its Delta increment,
+    variance and the next probes; and the embedded error of x together with that of Delta. Probes: the first
     attempt of a sample's step uses the probes drawn at stream position ``probe_offset(a)``,
     ``a`` the index of that attempt (0 for the first step; an attempt draws the probes at
     ``a + 1``, which the sample keeps if it accepts), so accepted step n of sample b uses
