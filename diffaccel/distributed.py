@@ -16,7 +16,10 @@ and so are the results, bit for bit (given a deterministic model), on 1, 2 or 8 
 the per-sample streams, a fixed-step sampler's result for sample ``i`` does not depend on the
 other samples of its batch either (up to the model's own batch dependence). The adaptive
 ``dopri5`` chooses one step size per batch; with the same ``batch_size`` its results are
-bit-identical too, but with another ``batch_size`` they differ within the solver's tolerance.
+bit-identical too, with another ``batch_size`` each point's log p moves by the solver's error:
+within ``(n_a sqrt(B_a) + n_b sqrt(B_b)) (atol + rtol max|Delta|)`` for runs of ``n_a``, ``n_b``
+accepted steps on batches of ``B_a``, ``B_b`` points (each step's error estimate is <= 1 in the
+RMS norm over its batch), plus the Hutchinson noise of the different probes (~ ``stderr``).
 
 No collective runs inside a sampler or solver: each rank runs its batches on its own (adaptive
 solvers take as many steps as each batch needs; ranks never wait for each other mid-solve) and
