@@ -2,6 +2,7 @@
 launch`` (``python distributed_worker.py SEED OUT_DIR torchrun|accelerate``), each rank writes
 its results to OUT_DIR/rank<r>.pt; the test imports :func:`compute` for the one-process results.
 """
+import datetime
 import os
 import sys
 import types
@@ -37,6 +38,34 @@ def problem(seed):
         bins=torch.randint(0, 6, (5, 3), generator=g))
 
 
+class Collectives:
+    """Counts the torch.distributed collectives issued inside the ``with`` block."""
+    NAMES = ("all_gather", "all_reduce", "broadcast", "barrier", "reduce", "gather", "scatter",
+             "all_to_all", "all_gather_object", "all_gather_into_tensor", "reduce_scatter")
+
+    def __enter__(self):
+        import torch.distributed as dist
+
+        self.n, self.saved = 0, {}
+        for name in self.NAMES:
+            if hasattr(dist, name):
+                self.saved[name] = fn = getattr(dist, name)
+                setattr(dist, name, self._counting(fn))
+        return self
+
+    def _counting(self, fn):
+        def wrapper(*args, **kwargs):
+            self.n += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    def __exit__(self, *exc):
+        import torch.distributed as dist
+
+        for name, fn in self.saved.items():
+            setattr(dist, name, fn)
+
+
 def eps_model(x, t):
     """A deterministic stand-in for a trained eps-prediction network (images, timesteps)."""
     return 0.5 * x * (1 + t.float().view(-1, 1, 1, 1) / 20) + 0.1 * torch.tanh(x)
@@ -68,10 +97,18 @@ def compute(seed, state=None):
     lp, info = dd.log_likelihood(p.gm, dataset, 0.02, 20.0, seed=s, batch_size=2, steps=3,
                                  solver="rk4", probe_dist="normal", state=state)
     r["ll_rk4"], r["ll_rk4_se"] = lp, info["stderr"]
-    lp, info = dd.log_likelihood(p.g1, p.data1, 0.01, 20.0, seed=s, batch_size=2,
-                                 solver="dopri5", state=state)
+    seen = []  # collectives issued before each model call: none may run inside the solver
+
+    def model(x, sigma):
+        seen.append(calls.n)
+        return p.g1(x, sigma)
+
+    with Collectives() as calls:
+        lp, info = dd.log_likelihood(model, p.data1, 0.01, 20.0, seed=s, batch_size=2,
+                                     solver="dopri5", state=state)
     r["ll_dopri5"], r["ll_dopri5_steps"] = lp, info["steps"]
     r["ll_dopri5_nfe"] = torch.tensor([info["nfe"], info["local_nfe"]])
+    r["ll_dopri5_collectives"] = torch.tensor([max(seen), calls.n])
     tab = dd.measure_mse(eps_model, p.images, p.abar, batch_size=1, passes=3, seed=s % 1000,
                          levels=LEVELS,
                          state=state)
@@ -93,11 +130,12 @@ def main():
     if launcher == "accelerate":
         from accelerate import PartialState
 
-        state = PartialState(cpu=True)
+        state = PartialState(cpu=True, timeout=datetime.timedelta(seconds=120))
     else:
         import torch.distributed as dist
 
-        dist.init_process_group("gloo")
+        # a collective that only one rank reaches fails after 2 minutes instead of hanging
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
         state = None
     rk = dd.ranks(state)
     r = compute(seed, state)

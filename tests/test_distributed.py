@@ -28,7 +28,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import distributed_worker as worker  # noqa: E402
 
-EXACT_VALUED = {"em_local_ok", "quirk_refused", "world", "stats", "ll_dopri5_nfe"}
+EXACT_VALUED = {"em_local_ok", "quirk_refused", "world", "stats", "ll_dopri5_nfe",
+                "ll_dopri5_collectives"}
 
 
 def bits(t):
@@ -55,8 +56,21 @@ def free_port():
 def launch(cmd, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, f"{cmd[:4]} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    # the workers' collectives time out after 120 s (a collective only one rank reaches); past
+    # 300 s the launcher is stopped with SIGTERM, on which it ends its workers
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        out, err = p.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        p.terminate()
+        try:
+            out, err = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+        pytest.fail(f"{cmd[:4]} timed out:\n{out[-3000:]}\n{err[-3000:]}")
+    assert p.returncode == 0, f"{cmd[:4]} failed:\n{out[-3000:]}\n{err[-3000:]}"
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
 
@@ -84,6 +98,10 @@ def check_ranks(results, seed, single_results):
         assert got["ll_dopri5_nfe"][0] == single_results["ll_dopri5_nfe"][0]
     local = [int(r["ll_dopri5_nfe"][1]) for r in results]
     assert local[0] != local[1] and sum(local) == int(results[0]["ll_dopri5_nfe"][0])
+    # no collective before the last model call; the gathers at the end, as many on each rank
+    coll = [r["ll_dopri5_collectives"].tolist() for r in results]
+    assert coll[0] == coll[1] and coll[0][0] == 0 and coll[0][1] > 0, coll
+    assert single_results["ll_dopri5_collectives"].tolist() == [0, 0]
 
 
 def test_torchrun_two_processes(tmp_path, single):
