@@ -5,6 +5,7 @@ import numbers
 
 import torch
 
+from .backends import requested, select
 from .library import DISTS, TARGETS
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -12,7 +13,11 @@ MAX_SCALES = 8
 
 
 def eager():
-    return not torch.compiler.is_compiling()
+    """True when value checks may read tensors on the host: not while torch.compile traces,
+    and not while a CUDA stream is capturing a graph (a host read there is an error)."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
 def image(x, name):
@@ -29,6 +34,16 @@ def fast_dtype(x, name, backend):
     if x.dtype == torch.float64 and backend != "reference":
         raise TypeError(f"{name}: float64 is supported by the reference backend only "
                         f"(backend {backend!r} computes in float32)")
+
+
+def pick_backend(backend, x, name, op):
+    """The backend that runs ``op`` on ``x``: float64 under ``auto`` runs on the reference (the
+    only backend that computes in float64); a backend named explicitly refuses float64."""
+    if x.dtype == torch.float64 and requested(backend) == "auto":
+        return "reference"
+    chosen = select(backend, x.device, op)
+    fast_dtype(x, name, chosen)
+    return chosen
 
 
 def scales(value):
@@ -77,8 +92,9 @@ def weights(w, x, J, name):
     return w if w.dtype == torch.float64 else w.to(torch.float32)
 
 
-def per_sample(v, x, name):
-    """(B,) float32 per-sample scalar from a number, a 0-d tensor or a (B,) tensor."""
+def per_sample(v, x, name, *, nonneg=False):
+    """(B,) float32 per-sample scalar from a number, a 0-d tensor or a (B,) tensor (finite;
+    ``nonneg``: also >= 0; both checked in eager mode only)."""
     B = x.shape[0]
     if isinstance(v, numbers.Real) and not isinstance(v, bool):
         v = torch.full((B,), float(v), dtype=torch.float32, device=x.device)
@@ -93,19 +109,24 @@ def per_sample(v, x, name):
             raise ValueError(f"{name}: expected a number or a tensor of shape ({B},), got {tuple(v.shape)}")
     else:
         raise TypeError(f"{name}: expected a number or a tensor, got {type(v).__name__}")
-    if eager() and not bool(torch.isfinite(v.detach()).all()):
-        raise ValueError(f"{name}: expected finite values")
+    if eager():
+        if not bool(torch.isfinite(v.detach()).all()):
+            raise ValueError(f"{name}: expected finite values")
+        if nonneg and bool((v.detach() < 0).any()):
+            raise ValueError(f"{name}: expected values >= 0, got min {v.detach().min().item():.4g}")
     return v if v.dtype == torch.float64 else v.to(torch.float32)
 
 
 def seeds(seed, B, device):
-    """int64 seeds on ``device``: (1,) for one integer seed, (B,) for one seed per sample."""
+    """int64 seeds on ``device``: (1,) for one integer seed, (B,) for one seed per sample.
+
+    Seeds are 64-bit unsigned integers taken modulo 2^64: a Python int ``s`` means
+    ``s mod 2^64`` (so -1 is 2^64 - 1), and an integer tensor's values are read as their
+    64-bit two's-complement bits, which is the same thing (no host read is needed)."""
     if isinstance(seed, bool) or seed is None:
         raise TypeError(f"seed: expected an int or an integer tensor of shape ({B},), got {seed!r}")
     if isinstance(seed, numbers.Integral):
-        s = int(seed)
-        if not -(2**63) <= s < 2**64:
-            raise ValueError(f"seed: expected a 64-bit integer, got {s}")
+        s = int(seed) % 2**64
         if s >= 2**63:
             s -= 2**64  # same bits as the uint64
         return torch.tensor([s], dtype=torch.int64, device=device)

@@ -12,17 +12,14 @@ contiguous block of batches (the first ``nb % world`` ranks one more, like accel
 ``split_between_processes``). Sample ``i`` draws all its randomness (starting noise, the
 sampler's increments, the Hutchinson probes) from its own Philox stream, seeded with
 ``sample_seeds(seed, i)``. The batches are therefore the same whatever the number of processes,
-and so are the results, bit for bit (given a deterministic model), on 1, 2 or 8 processes; with
-the per-sample streams, a fixed-step sampler's result for sample ``i`` does not depend on the
-other samples of its batch either (up to the model's own batch dependence). The adaptive
-``dopri5`` chooses one step size per batch; with the same ``batch_size`` its results are
-bit-identical too, with another ``batch_size`` each point's log p moves by the solver's error:
-within ``(n_a sqrt(B_a) + n_b sqrt(B_b)) (atol + rtol max|Delta|)`` for runs of ``n_a``, ``n_b``
-accepted steps on batches of ``B_a``, ``B_b`` points (each step's error estimate is <= 1 in the
-RMS norm over its batch), plus the Hutchinson noise of the different probes (~ ``stderr``).
+and so are the results, bit for bit (given a deterministic model), on 1, 2 or 8 processes. With
+the per-sample streams, the samplers' and solvers' result for sample ``i`` (the adaptive
+``dopri5`` included: it steps each sample on its own) does not depend on the other samples of
+its batch either, so it does not depend on ``batch_size`` (up to the model's own batch
+dependence).
 
 No collective runs inside a sampler or solver: each rank runs its batches on its own (adaptive
-solvers take as many steps as each batch needs; ranks never wait for each other mid-solve) and
+solvers take as many steps as each sample needs; ranks never wait for each other mid-solve) and
 one gather at the end puts the results in global order.
 """
 import math
@@ -290,10 +287,12 @@ def log_likelihood(model, data, sigma_min, sigma_max, *, seed, batch_size, devic
     tuples starting with one); data point ``i`` gets the probes of seed
     ``sample_seeds(seed, i)``; ``kwargs`` go to the solver (``steps``, ``solver``, ``probes``,
     ``atol``, ...). Each rank solves its batches on its own, with no collective inside the
-    solver (adaptive solvers take different step counts per rank); then ``logp`` (N,) and
-    ``info["stderr"]`` (N,) are gathered in global order. ``info["steps"]`` (N,) is the number of
-    accepted steps of each point's batch, ``info["nfe"]`` the model evaluations over all ranks,
-    ``info["local_nfe"]`` this rank's, ``info["indices"]`` this rank's batches. With
+    solver (adaptive solvers take different step counts per rank and per point); then ``logp``
+    (N,) and ``info["stderr"]`` (N,) are gathered in global order. ``info["steps"]`` (N,) is
+    the number of accepted steps of each point, ``info["nfe"]`` the (batched) model
+    evaluations over all ranks, ``info["local_nfe"]`` this rank's, ``info["indices"]`` this
+    rank's batches. A point that is non-finite (or makes the model return non-finite values)
+    gets NaN, as in the one-process solver, without stopping the others. With
     ``gather=False``, ``logp`` and the per-point entries cover this rank's rows only."""
     from .sampling.likelihood import log_likelihood as _ll
 
@@ -308,8 +307,9 @@ def log_likelihood(model, data, sigma_min, sigma_max, *, seed, batch_size, devic
                        **kwargs)
         lps.append(lp)
         ses.append(info["stderr"])
-        steps.append(torch.full((len(rows),), int(info["steps"]), dtype=torch.int64,
-                                device=lp.device))
+        st = info["steps"]  # an int, or dopri5's (B,) accepted steps per sample
+        steps.append(st.to(device=lp.device, dtype=torch.int64) if isinstance(st, torch.Tensor)
+                     else torch.full((len(rows),), int(st), dtype=torch.int64, device=lp.device))
         nfe += int(info["nfe"])
     dev = lps[0].device if lps else (device or torch.device("cpu"))
     cat = (lambda ts, dt: torch.cat(ts) if ts else torch.empty(0, dtype=dt, device=dev))

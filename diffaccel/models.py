@@ -12,24 +12,39 @@ import numbers
 
 import torch
 
+from . import _validate
+
 __all__ = ["GaussianMixture", "CurieWeiss"]
 
 
-def _per_sample(v, x, name):
+def _per_sample(v, x, name, low=None):
+    """(B,) float64 from a number or a 0-d, (1,) or (B,) tensor. In eager mode the values must
+    be finite and, with ``low="ge0"`` / ``"gt0"``, >= 0 / > 0 (a noise level)."""
     B = x.shape[0]
     if isinstance(v, numbers.Real) and not isinstance(v, bool):
-        return torch.full((B,), float(v), dtype=torch.float64, device=x.device)
-    if isinstance(v, torch.Tensor):
+        out = torch.full((B,), float(v), dtype=torch.float64, device=x.device)
+    elif isinstance(v, torch.Tensor):
         v = v.to(device=x.device, dtype=torch.float64)
-        if v.dim() == 0:
-            return v.expand(B)
-        v = v.reshape(-1)
-        if v.shape[0] == 1:
-            return v.expand(B)
-        if v.shape[0] == B:
-            return v
-    raise ValueError(f"{name}: expected a number or a tensor of shape ({B},), got "
-                     f"{getattr(v, 'shape', type(v).__name__)}")
+        if v.dim() == 0 or v.numel() == 1:
+            out = v.reshape(1).expand(B)
+        elif v.reshape(-1).shape[0] == B:
+            out = v.reshape(-1)
+        else:
+            out = None
+    else:
+        out = None
+    if out is None:
+        raise ValueError(f"{name}: expected a number or a tensor of shape ({B},), got "
+                         f"{getattr(v, 'shape', type(v).__name__)}")
+    if _validate.eager():
+        o = out.detach()
+        if not bool(torch.isfinite(o).all()):
+            raise ValueError(f"{name}: expected finite values")
+        if low == "ge0" and bool((o < 0).any()):
+            raise ValueError(f"{name}: expected values >= 0, got min {o.min().item():.4g}")
+        if low == "gt0" and bool((o <= 0).any()):
+            raise ValueError(f"{name}: expected values > 0, got min {o.min().item():.4g}")
+    return out
 
 
 class GaussianMixture:
@@ -69,11 +84,11 @@ class GaussianMixture:
             raise ValueError(f"x: expected a (B, *{self.event_shape}) tensor, got "
                              f"{tuple(getattr(x, 'shape', ()))}")
 
-    def _posterior(self, x, a, b):
+    def _posterior(self, x, a, b, bname="b"):
         """(log p(x), responsibilities (B, K), E[x_0 | x] flat (B, D)) in float64."""
         self._check_x(x)
         a = _per_sample(a, x, "a")[:, None]
-        b = _per_sample(b, x, "b")[:, None]
+        b = _per_sample(b, x, bname, "ge0")[:, None]
         xf = x.to(torch.float64).flatten(1)
         mu = self.means.to(x.device).flatten(1)
         c2 = (self.stds.to(x.device) ** 2)[None, :]
@@ -97,31 +112,32 @@ class GaussianMixture:
 
     def log_prob(self, x, sigma=0.0):
         """Exact log p_sigma(x) of x = x_0 + sigma z (sigma = 0: the mixture itself)."""
-        return self.log_prob_ab(x, 1.0, sigma)
+        return self._posterior(x, 1.0, sigma, "sigma")[0]
 
     def responsibilities(self, x, sigma=0.0):
         """(B, K) posterior component probabilities."""
-        return self._posterior(x, 1.0, sigma)[1]
+        return self._posterior(x, 1.0, sigma, "sigma")[1]
 
     def posterior_mean(self, x, a, b):
         """E[x_0 | x] under x = a x_0 + b z, shaped and typed like x."""
         return self._posterior(x, a, b)[2].reshape(x.shape).to(x.dtype)
 
     def denoise(self, x, sigma):
-        return self.posterior_mean(x, 1.0, sigma)
+        return self._posterior(x, 1.0, sigma, "sigma")[2].reshape(x.shape).to(x.dtype)
 
     def __call__(self, x, sigma, **extra_args):
-        """k-diffusion denoiser: E[x_0 | x] for x = x_0 + sigma z."""
+        """k-diffusion denoiser: E[x_0 | x] for x = x_0 + sigma z (sigma: a number or (B,),
+        finite and >= 0, checked in eager mode)."""
         return self.denoise(x, sigma)
 
-    def score_ab(self, x, a, b):
+    def score_ab(self, x, a, b, bname="b"):
         """grad_x log p(x) = (a E[x_0|x] - x) / b^2 under x = a x_0 + b z."""
-        _, _, mean, a_, b_ = self._posterior(x, a, b)
+        _, _, mean, a_, b_ = self._posterior(x, a, b, bname)
         s = (a_ * mean - x.to(torch.float64).flatten(1)) / b_ ** 2
         return s.reshape(x.shape).to(x.dtype)
 
     def score(self, x, sigma):
-        return self.score_ab(x, 1.0, sigma)
+        return self.score_ab(x, 1.0, sigma, "sigma")
 
     def eps(self, x, a, b):
         """The exact eps-prediction (x - a E[x_0|x]) / b (for DDIM / diffusers-style models)."""
@@ -183,11 +199,11 @@ class CurieWeiss:
         if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.d:
             raise ValueError(f"x: expected a (B, {self.d}) tensor, got {tuple(getattr(x, 'shape', ()))}")
 
-    def _posterior(self, x, a, b, with_logp=True):
+    def _posterior(self, x, a, b, with_logp=True, bname="b"):
         self._check_x(x)
         ct = torch.float64 if with_logp else self.compute_dtype
         a = _per_sample(a, x, "a")[:, None].to(ct)
-        b = _per_sample(b, x, "b")[:, None].to(ct)
+        b = _per_sample(b, x, bname, "gt0")[:, None].to(ct)
         xf = x.to(ct)
         y = a * xf / b ** 2
         th = torch.tanh(y)
@@ -211,7 +227,7 @@ class CurieWeiss:
 
     def log_prob(self, x, sigma):
         """Exact log p_sigma(x) for x = x_1 + sigma z, sigma > 0."""
-        return self.log_prob_ab(x, 1.0, sigma)
+        return self._posterior(x, 1.0, sigma, bname="sigma")[0]
 
     def branch_probs(self, x, a, b):
         """(B, 2) posterior probabilities of the + and - branches."""
@@ -221,17 +237,19 @@ class CurieWeiss:
         return self._posterior(x, a, b, with_logp=False)[2].to(x.dtype)
 
     def denoise(self, x, sigma):
-        return self.posterior_mean(x, 1.0, sigma)
+        return self._posterior(x, 1.0, sigma, with_logp=False, bname="sigma")[2].to(x.dtype)
 
     def __call__(self, x, sigma, **extra_args):
+        """E[x_1 | x] for x = x_1 + sigma z (sigma: a number or (B,), finite and > 0, checked in
+        eager mode)."""
         return self.denoise(x, sigma)
 
-    def score_ab(self, x, a, b):
-        _, _, mean, a_, b_ = self._posterior(x, a, b, with_logp=False)
+    def score_ab(self, x, a, b, bname="b"):
+        _, _, mean, a_, b_ = self._posterior(x, a, b, with_logp=False, bname=bname)
         return ((a_ * mean - x.to(mean.dtype)) / b_ ** 2).to(x.dtype)
 
     def score(self, x, sigma):
-        return self.score_ab(x, 1.0, sigma)
+        return self.score_ab(x, 1.0, sigma, "sigma")
 
     def sample(self, n, generator=None, *, dtype=torch.float32, device=None):
         """n spin configurations (n, d): branch + with probability W_+, then i.i.d. spins with

@@ -8,7 +8,6 @@ import math
 import torch
 
 from . import _validate, reference
-from .backends import select
 from .library import op
 
 
@@ -21,10 +20,9 @@ def stroke_blur(x, weights, scales, *, backend=None):
     x = _validate.image(x, "x")
     scales = _validate.scales(scales)
     w = _validate.weights(weights, x, len(scales), "weights")
-    name = select(backend, x.device, "stroke_blur")
+    name = _validate.pick_backend(backend, x, "x", "stroke_blur")
     if name == "reference":
         return reference.stroke_blur(x, w, scales)
-    _validate.fast_dtype(x, "x", name)
     return op("stroke_blur", name)(x, w.to(torch.float32), list(scales))
 
 
@@ -45,15 +43,14 @@ def stroke_noise(x0, alpha, sigma, *, scales, data_weights, noise_weights, seed,
     wx = _validate.weights(data_weights, x0, len(scales), "data_weights")
     we = _validate.weights(noise_weights, x0, len(scales), "noise_weights")
     a = _validate.per_sample(alpha, x0, "alpha")
-    s = _validate.per_sample(sigma, x0, "sigma")
+    s = _validate.per_sample(sigma, x0, "sigma", nonneg=True)
     seeds = _validate.seeds(seed, x0.shape[0], x0.device)
     offset = _validate.offset(offset)
     dist_code = _validate.dist(dist)
     target_code = _validate.target(target)
-    name = select(backend, x0.device, "stroke_noise")
+    name = _validate.pick_backend(backend, x0, "x0", "stroke_noise")
     if name == "reference":
         return reference.stroke_noise(x0, a, s, wx, we, scales, seeds, offset, dist, target)
-    _validate.fast_dtype(x0, "x0", name)
     if torch.is_grad_enabled():
         for arg, t in (("alpha", a), ("sigma", s), ("data_weights", wx), ("noise_weights", we)):
             if t.requires_grad:

@@ -116,10 +116,7 @@ def compute(seed, state=None):
     stats = vrg.ErrorStats(torch.linspace(0.999, 0.001, 6))
     for b in dd.local_batches(5, 1, state):
         stats.update(p.errs[b.start], torch.zeros(3, 5), p.bins[b.start])
-    if state is not None:
-        stats.all_reduce(state=state)
-    elif dd.ranks().world_size > 1:
-        stats.all_reduce()
+    stats.all_reduce(state=state)  # a no-op on one process
     r["stats"] = stats.table
     return r
 

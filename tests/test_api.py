@@ -98,7 +98,8 @@ def test_context_manager_is_used(monkeypatch):
     (lambda b: diffaccel.stroke_noise(_x(), 1.0, 1.0, scales=(2,), data_weights=_w(2, 1),
                                       noise_weights=_w(2, 1), seed=0, target="score", backend=b), ValueError, "target: expected one of"),
     (lambda b: diffaccel.noise((4, -1), seed=0, backend=b), ValueError, "shape"),
-    (lambda b: diffaccel.noise((4, 2), seed=2**64, backend=b), ValueError, "seed: expected a 64-bit"),
+    (lambda b: diffaccel.stroke_noise(_x(), 1.0, -0.5, scales=(2,), data_weights=_w(2, 1),
+                                      noise_weights=_w(2, 1), seed=0, backend=b), ValueError, "sigma: expected values >= 0"),
     (lambda b: diffaccel.noise((4, 2), seed=1, dtype=torch.int32, backend=b), TypeError, "dtype"),
 ])
 def test_bad_input_names_the_argument(backend, call, exc, match):

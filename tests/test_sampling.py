@@ -301,10 +301,11 @@ def test_log_likelihood_standard_error_covers_hutchinson_noise(rng):
     assert bool(torch.isnan(info["stderr"]).all())
 
 
-def plain_dopri5(model, x, sigmas, *, P, seed, atol, rtol):
-    """Dormand-Prince 5(4) steps on (x, Delta) in float64, written plainly, along the given
-    accepted levels: fresh probes per step (the FSAL stage takes the next step's), and each
-    step's RMS error norm over x and Delta."""
+def plain_dopri5(model, x, b, sigmas, probe_steps, *, P, seed, atol, rtol):
+    """Dormand-Prince 5(4) steps on (x, Delta) of sample b of the batch x in float64, written
+    plainly, along the given accepted levels: step n uses the batch's probes at stream index
+    probe_steps[n] (the FSAL stage takes the next step's), and each step's error norm
+    max(RMS over x, |error of Delta|)."""
     from diffaccel.sampling.likelihood import _DP_A, _DP_B, _DP_B4, _DP_C
     B, D = x.shape[0], x[0].numel()
     rms = lambda t: float(torch.sqrt((t ** 2).mean()))  # noqa: E731
@@ -314,10 +315,10 @@ def plain_dopri5(model, x, sigmas, *, P, seed, atol, rtol):
         return xx - den, _div(v, w) - D
 
     ts = sigmas.log().tolist()
-    xw, delta, errors = x.double(), torch.zeros(B, dtype=torch.float64), []
+    xw, delta, errors = x[b:b + 1].double(), torch.zeros(1, dtype=torch.float64), []
     for n in range(len(ts) - 1):
         t, h = ts[n], ts[n + 1] - ts[n]
-        v = _ref_probes(x, P, seed, n, B * D)
+        v = _ref_probes(x, P, seed, probe_steps[n], B * D)[:, b:b + 1]
         ks, ds = [], []
         for j in range(7):
             xj = xw + h * sum(a * k for a, k in zip(_DP_A[j], ks))
@@ -335,7 +336,7 @@ def plain_dopri5(model, x, sigmas, *, P, seed, atol, rtol):
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_log_likelihood_dopri5_matches_plain_loop(backend, device, rng):
-    """Along the solver's accepted levels, a plain float64 Dormand-Prince loop with the same
+    """Along each sample's accepted levels, a plain float64 Dormand-Prince loop with the same
     probes gives the same x_T, log p and error norms. (The levels themselves depend on error
     norms that float32 rounding sets when they are tiny, so they are taken from the run.)"""
     gm = _gm(rng, (5, 3))
@@ -344,20 +345,29 @@ def test_log_likelihood_dopri5_matches_plain_loop(backend, device, rng):
     seed = int(torch.randint(0, 2 ** 40, (), generator=rng))
     lp, info = S.log_likelihood(gm, x.to(device), 0.05, 20.0, solver="dopri5", probes=P,
                                 seed=seed, atol=1e-3, rtol=1e-3, backend=backend)
-    sig = info["sigmas"]
-    assert sig.numel() == info["steps"] + 1 and info["steps"] >= 3
-    assert_close(sig[[0, -1]], torch.tensor([0.05, 20.0], dtype=torch.float64), atol=0, rtol=1e-12, what="ends")
-    assert info["nfe"] >= 6 * info["steps"] + 2
-    want, xw, errors = plain_dopri5(gm, x, sig, P=P, seed=seed, atol=1e-3, rtol=1e-3)
-    _close_paths(info["x_T"], xw, "x_T")
-    assert_close(lp, want, atol=1e-3 * (float(want.abs().max()) + 1), rtol=1e-4, what="logp")
-    got = torch.tensor(info["errors"], dtype=torch.float64)
-    assert bool((got <= 1.0).all())
-    # error norms above float32 rounding (1e-3 of the tolerance) agree to 1%
-    ref = torch.tensor(errors, dtype=torch.float64)
-    big = ref > 1e-3
-    assert int(big.sum()) >= 2
-    assert_close(got[big], ref[big], atol=0, rtol=1e-2, what="error norms")
+    assert tuple(info["steps"].shape) == (B,)
+    assert info["nfe"] >= 6 * int(info["steps"].max()) + 2
+    n_big = 0
+    for b in range(B):
+        sig, steps = info["sigmas"][b], int(info["steps"][b])
+        assert sig.numel() == steps + 1 and steps >= 3
+        assert_close(sig[[0, -1]], torch.tensor([0.05, 20.0], dtype=torch.float64), atol=0,
+                     rtol=1e-12, what=f"ends of sample {b}")
+        # step n's probes were drawn by the attempt before its first attempt
+        probe_steps = [0] + (info["attempts"][b][:-1] + 1).tolist()
+        want, xw, errors = plain_dopri5(gm, x, b, sig, probe_steps, P=P, seed=seed, atol=1e-3,
+                                        rtol=1e-3)
+        _close_paths(info["x_T"][b:b + 1], xw, f"x_T of sample {b}")
+        assert_close(lp[b:b + 1], want, atol=1e-3 * (float(want.abs().max()) + 1), rtol=1e-4,
+                     what=f"logp of sample {b}")
+        got = info["errors"][b]
+        assert bool((got <= 1.0).all())
+        # error norms above float32 rounding (1e-3 of the tolerance) agree to 1%
+        ref = torch.tensor(errors, dtype=torch.float64)
+        big = ref > 1e-3
+        n_big += int(big.sum())
+        assert_close(got[big], ref[big], atol=0, rtol=1e-2, what=f"error norms of sample {b}")
+    assert n_big >= 2 * B
 
 
 def test_log_likelihood_dopri5(rng):
@@ -366,7 +376,7 @@ def test_log_likelihood_dopri5(rng):
     exact = gm.log_prob(x, 0.01)
     lp, info = S.log_likelihood(gm, x, 0.01, 80.0, solver="dopri5", probes=8, seed=5, atol=1e-5,
                                 rtol=1e-5, prior=lambda xt: gm.log_prob(xt, 80.0))
-    assert info["nfe"] > 20 and info["steps"] > 3
+    assert info["nfe"] > 20 and bool((info["steps"] > 3).all())
     err = (lp - exact).abs()
     # fresh probes per step: the estimate is a sum of independent per-step estimates, about
     # normal, with a standard error from 7 degrees of freedom per step; 6 of them bound it
@@ -384,7 +394,7 @@ def test_log_likelihood_dopri5_initial_step_stays_in_range():
     gm = _gm(rng, (16,), K=4)
     x = gm.sample(12, generator=rng)
     lp, info = S.log_likelihood(gm, x, 0.01, 80.0, solver="dopri5", probes=2, seed=5)
-    assert bool(torch.isfinite(lp).all()) and info["steps"] >= 3
+    assert bool(torch.isfinite(lp).all()) and bool((info["steps"] >= 3).all())
 
 
 def test_bits_per_dim():

@@ -246,9 +246,15 @@ def test_distributed_all_reduce(tmp_path, rng):
         assert_close(got, single.table, atol=1e-12, rtol=1e-12, what=f"rank {rank} all_reduce")
 
 
-def test_all_reduce_needs_init():
-    with pytest.raises(RuntimeError, match="not initialized"):
-        vrg.ErrorStats(torch.tensor([0.5, 0.2])).all_reduce()
+def test_all_reduce_is_a_no_op_in_a_single_process(rng):
+    """Without torch.distributed initialized there is one process: the table is unchanged."""
+    import torch.distributed as dist
+
+    assert not (dist.is_available() and dist.is_initialized())
+    stats = vrg.ErrorStats(torch.tensor([0.5, 0.2]))
+    stats.update(torch.randn(3, 4, generator=rng), torch.randn(3, 4, generator=rng), torch.tensor([0, 1, 1]))
+    before = stats.table.clone()
+    assert stats.all_reduce() is stats and torch.equal(stats.table, before)
 
 
 # ----------------------------------------------------------------------------- measure_mse

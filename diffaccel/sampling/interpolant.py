@@ -11,6 +11,7 @@ import math
 import torch
 from tqdm.auto import trange
 
+from .samplers import _rows_bad, finish_rows
 from .step import fused_step, make_coef
 
 __all__ = ["sample_interpolant"]
@@ -32,16 +33,24 @@ def sample_interpolant(model, x, taus, kind="vp", extra_args=None, callback=None
     ``taus[0]`` (pure noise ``alpha(0) z`` when ``taus[0] = 0``). ``model`` is an oracle with
     ``posterior_mean(x, a, b)`` (e.g. diffaccel.models) or a k-diffusion denoiser (then
     ``E[x_1|x] = model(x / a, alpha / a)``). Use ``diffaccel.schedules.interpolant_tau`` for the
-    paper's knee schedules."""
+    paper's knee schedules. A sample that is non-finite on input or made non-finite by the model
+comes back as NaN (one warning says how many); the others are unaffected. B = 0 returns x."""
     if kind not in ("vp", "ve"):
         raise ValueError(f"kind: expected 'vp' or 've', got {kind!r}")
     extra_args = {} if extra_args is None else extra_args
     taus = [float(t) for t in torch.as_tensor(taus, dtype=torch.float64).reshape(-1)]
-    if len(taus) < 2 or any(b <= a for a, b in zip(taus, taus[1:])) or taus[0] < 0 or taus[-1] > 1:
-        raise ValueError("taus: expected an increasing grid in [0, 1] with at least 2 points")
+    if (len(taus) < 2 or not all(math.isfinite(t) for t in taus)
+            or not all(a < b for a, b in zip(taus, taus[1:])) or taus[0] < 0 or taus[-1] > 1):
+        raise ValueError(f"taus: expected a finite, strictly increasing grid in [0, 1] with at "
+                         f"least 2 points, got {taus}")
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        raise TypeError("x: expected a (B, *S) tensor")
     x = x.clone().contiguous()
     B = x.shape[0]
-    d = x[0].numel()
+    if B == 0:
+        return x
+    d = math.prod(x.shape[1:])
+    bad = _rows_bad(x)
     for i in trange(len(taus) - 1, disable=disable):
         tau, dt = taus[i], taus[i + 1] - taus[i]
         if kind == "vp":
@@ -54,4 +63,5 @@ def sample_interpolant(model, x, taus, kind="vp", extra_args=None, callback=None
             callback({"x": x, "i": i, "tau": tau, "denoised": e})
         coef = make_coef(B, ax=1 + dt * rate, am=(dt * (1 - tau * rate),), device=x.device)
         fused_step(x, [e], coef, backend=backend)
+    finish_rows("sample_interpolant", bad, x)
     return x

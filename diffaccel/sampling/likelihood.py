@@ -9,15 +9,22 @@ Fixed-step solvers (euler, heun, rk4) combine their stages and accumulate the Hu
 estimates in one fused step per ODE step, with fresh probes per step (drawn by the step), so the
 estimate's variance is the sum of the steps' variances (weights squared). ``dopri5`` is adaptive
 (Dormand-Prince 5(4), error control on x and Delta in the RMS norm, like torchdiffeq with
-``atol = rtol = 1e-4`` by default), also with fresh probes per accepted step; each stage
-combination, the solution with its Hutchinson accumulation, and the embedded error estimate are
-each one fused pass. With one probe no standard error can be estimated (NaN).
+``atol = rtol = 1e-4`` by default) with a step size per sample, also with fresh probes per
+accepted step; each stage combination, the solution with its Hutchinson accumulation, and the
+embedded error estimate are each one fused pass. With one probe no standard error can be
+estimated (NaN).
+
+Every sample is solved independently of the rest of its batch (with per-sample seeds, also its
+probes): a sample that is non-finite on input, or for which the model returns non-finite values,
+comes back as NaN (with one warning saying how many) and the others are unaffected. B = 0
+returns empty results.
 """
 import math
 
 import torch
 
-from .samplers import _Noise, _check_probes, denoise_with_vjps, draw_probes, prior_logp
+from .samplers import (_Noise, _check_probes, _rows_bad, denoise_with_vjps, draw_probes,
+                       finish_rows, prior_logp)
 from .step import fused_step, make_coef
 
 __all__ = ["log_likelihood", "bits_per_dim", "SOLVERS"]
@@ -55,7 +62,7 @@ def _prior(prior, x, sigma_max):
 
 
 def _stage(model, x, t, extra_args, probes):
-    """(k = x - Dn, Dn's vjps with the probes) at log-level t."""
+    """(k = x - Dn, Dn's vjps with the probes) at log-level t (a 0-d or (B,) float64 tensor)."""
     sigma = torch.exp(t).to(x.dtype) * x.new_ones(x.shape[0])
     den, w = denoise_with_vjps(model, x, sigma, extra_args, probes)
     return (x - den), w
@@ -90,9 +97,14 @@ def log_likelihood(model, x, sigma_min, sigma_max, *, steps=None, solver="heun",
     with ``stderr`` (the Hutchinson estimate's standard error per sample, (B,); NaN with one
     probe, where no variance can be estimated),
     ``nfe`` (model evaluations, each with ``probes`` vector-Jacobian products), ``steps`` and
-    ``x_T`` (the encoded latent) and ``delta`` (the integral term); dopri5 adds ``sigmas``
-    (the accepted levels, sigma_min to sigma_max) and ``errors`` (each accepted step's error
-    norm, <= 1; a host read per step attempt). ``steps`` is required for euler / heun / rk4. ``prior``: a callable giving log p_{sigma_max}(x_T) per sample (default
+    ``x_T`` (the encoded latent) and ``delta`` (the integral term). dopri5 steps each sample
+    on its own (``steps`` is then a (B,) int64 tensor of accepted steps per sample, ``nfe``
+    counts batched model calls) and adds, per sample (lists of B float64 / int64 tensors),
+    ``sigmas`` (the accepted levels, sigma_min to sigma_max), ``errors`` (each accepted step's
+    error norm, <= 1) and ``attempts`` (the attempt index of each accepted step); it reads the
+    host once per step attempt. ``steps`` is required for euler / heun / rk4. A sample that is
+    non-finite on input or for which the model returns non-finite values gets NaN (one warning
+    says how many); the others are unaffected. B = 0 returns empty results. ``prior``: a callable giving log p_{sigma_max}(x_T) per sample (default
     ``log N(x_T; 0, sigma_max^2 I)``, which ignores the data's spread at sigma_max: with data of
     norm comparable to sigma_max it is off by O(|x_0| |x_T| / sigma_max^2) nats per sample)."""
     _check_args(x, sigma_min, sigma_max, steps, solver)
@@ -104,7 +116,10 @@ def log_likelihood(model, x, sigma_min, sigma_max, *, steps=None, solver="heun",
                        atol, rtol, max_steps, prior, backend)
     A, b, c = _TABLEAUS[solver]
     x = x.detach().clone().contiguous()
-    B, D = x.shape[0], x[0].numel()
+    B, D = x.shape[0], math.prod(x.shape[1:])
+    if B == 0:
+        return _empty(x, solver)
+    bad = _rows_bad(x)
     noise = _Noise(seed, x)
     P = probes
     cur = draw_probes(x, P, noise.seed, noise.probe_offset(0, P), probe_dist, backend)
@@ -138,117 +153,163 @@ def log_likelihood(model, x, sigma_min, sigma_max, *, steps=None, solver="heun",
         cur, spare = spare, cur
     logp = _prior(prior, x, sigma_max) - delta
     stderr = torch.sqrt(var) if P > 1 else torch.full_like(var, float("nan"))
+    finish_rows(f"log_likelihood({solver})", bad, x, logp, delta, stderr if P > 1 else None)
     return logp, {"stderr": stderr, "nfe": nfe, "steps": steps, "solver": solver, "x_T": x,
                   "delta": delta}
 
 
-def _rms(t):
-    return torch.sqrt((t.double() ** 2).mean())
+def _empty(x, solver):
+    """The results for an empty batch (B = 0): no model call."""
+    e = torch.zeros(0, dtype=torch.float64, device=x.device)
+    info = {"stderr": e.clone(), "nfe": 0, "steps": 0, "solver": solver, "x_T": x,
+            "delta": e.clone()}
+    if solver == "dopri5":
+        info.update(steps=torch.zeros(0, dtype=torch.int64), sigmas=[], errors=[], attempts=[])
+    return e, info
 
 
-def _nonzero(coefs, items):
-    """The (coefficient, item) pairs with a nonzero coefficient: zero stages are not read."""
-    pairs = [(a, it) for a, it in zip(coefs, items) if a != 0.0]
-    return [a for a, _ in pairs], [it for _, it in pairs]
+def _rms_rows(t):
+    """Per-sample RMS norm (B,) in float64."""
+    return torch.sqrt((t.double().reshape(t.shape[0], -1) ** 2).mean(1))
+
+
+def _rows(v, x):
+    """A (B,) tensor shaped to broadcast over x's sample dimensions."""
+    return v.reshape(-1, *[1] * (x.dim() - 1))
 
 
 def _initial_step(model, x, t0, t1, k1, extra_args, atol, rtol):
-    """Hairer, Norsett & Wanner II.4 (as torchdiffeq): one extra model call, no vjps. One host
-    read (the step size is a Python float). The trial step stays within [t0, t1]: with a tiny
-    derivative (x near the data) the formula's h0 can be so large that e^(t0 + h0) overflows."""
+    """Hairer, Norsett & Wanner II.4 (as torchdiffeq), per sample: one extra model call, no
+    vjps, no host read. The trial step stays within [t0, t1]: with a tiny derivative (x near
+    the data) the formula's h0 can be so large that e^(t0 + h0) overflows. Non-finite samples
+    get a finite placeholder (they are frozen at their first attempt)."""
     sx = atol + rtol * x.double().abs()
-    d0n, d1n = float(_rms(x / sx)), float(_rms(k1 / sx))
-    h0 = 0.01 * d0n / d1n if d0n > 1e-5 and d1n > 1e-5 else 1e-6
-    h0 = min(h0, t1 - t0)
-    sigma = x.new_full((x.shape[0],), math.exp(t0 + h0))
+    d0n, d1n = _rms_rows(x / sx), _rms_rows(k1 / sx)
+    h0 = torch.where((d0n > 1e-5) & (d1n > 1e-5), 0.01 * d0n / d1n, 1e-6)
+    h0 = torch.where(torch.isfinite(h0), h0.clamp(max=t1 - t0), 1e-6)
+    sigma = torch.exp(t0 + h0).to(x.dtype)
     with torch.no_grad():
-        x1 = x + h0 * k1
+        x1 = x + _rows(h0, x).to(x.dtype) * k1
         k2 = x1 - model(x1, sigma, **extra_args)
-    d2n = float(_rms((k2 - k1) / sx)) / h0
-    h1 = max(1e-6, h0 * 1e-3) if max(d1n, d2n) <= 1e-15 else (0.01 / max(d1n, d2n)) ** (1 / 5)
-    return min(100 * h0, h1)
+    d2n = _rms_rows((k2 - k1) / sx) / h0
+    dmax = torch.maximum(d1n, d2n)
+    h1 = torch.where(dmax <= 1e-15, (h0 * 1e-3).clamp(min=1e-6), (0.01 / dmax) ** (1 / 5))
+    h = torch.minimum(100 * h0, h1)
+    return torch.where(torch.isfinite(h) & (h > 0), h, 1e-6)
 
 
 def _dopri5(model, x, sigma_min, sigma_max, P, seed, extra_args, probe_dist, atol, rtol,
             max_steps, prior, backend):
-    """Adaptive Dormand-Prince 5(4) on (x, Delta) with one step size for the batch.
+    """Adaptive Dormand-Prince 5(4) on (x, Delta) with a step size per sample.
 
-    Accepted step n draws fresh probes v^(n) (stream position ``probe_offset(n)``) and uses them
-    in all its stages, so its Delta increment is an unbiased Hutchinson estimate whose variance
-    the fused step reports; the steps' variances add up, as for the fixed-step solvers. Every
-    combination of stages is one fused pass (:func:`fused_step` with ``out=``): each stage
-    point; the 5th-order solution together with its Delta increment, variance and the next
-    step's probes; and the embedded error of x together with that of Delta. The last stage
-    (FSAL, the first stage of the next step) takes its vjps with both v^(n) and v^(n+1).
-    Accept/reject reads the error norm on the host once per step attempt.
+    Each sample b has its own level t_b and step h_b and is accepted or rejected on its own
+    error norm ``max(RMS_b(e_x / tol_x), |e_Delta / tol_Delta|)``; a sample that reached
+    sigma_max, or went non-finite, is frozen (steps of size 0) until the others finish, so its
+    result does not depend on the rest of the batch. Every attempt runs all samples through
+    the same fused passes (:func:`fused_step` with ``out=`` and per-sample coefficients): each
+    stage point; the 5th-order solution together with its Delta increment, variance and the
+    next probes; and the embedded error of x together with that of Delta. Probes: the first
+    attempt of a sample's step uses the probes drawn at stream position ``probe_offset(a)``,
+    ``a`` the index of that attempt (0 for the first step; an attempt draws the probes at
+    ``a + 1``, which the sample keeps if it accepts), so accepted step n of sample b uses
+    ``probe_offset(attempts[b][n - 1] + 1)``. The last stage (FSAL, the first stage of the next
+    step) takes its vjps with both sets. One host read per attempt (whether any sample is still
+    running).
     """
     x = x.detach().clone().contiguous()
-    B, D = x.shape[0], x[0].numel()
+    B, D = x.shape[0], math.prod(x.shape[1:])
+    if B == 0:
+        return _empty(x, "dopri5")
+    bad = _rows_bad(x)
     noise = _Noise(seed, x)
     v = draw_probes(x, P, noise.seed, noise.probe_offset(0, P), probe_dist, backend)
     v_next = torch.empty_like(v)
-
-    def stage(xx, t, probes):
-        return _stage(model, xx, torch.tensor(t, dtype=torch.float64), extra_args, probes)
+    dev, f64 = x.device, torch.float64
 
     def coef(am=(), cw=None, c0=0.0, ax=1.0):
-        return make_coef(B, ax=ax, am=am, cw=cw, c0=c0, device=x.device)
+        return make_coef(B, ax=ax, am=am, cw=cw, c0=c0, device=dev)
+
+    def nonzero(weights, items):
+        """Only the stages with a nonzero tableau weight are read: (index list, items)."""
+        idx = [m for m, a in enumerate(weights) if a != 0.0]
+        return idx, [items[m] for m in idx]
 
     t0, t1 = math.log(sigma_min), math.log(sigma_max)
-    delta = torch.zeros(B, dtype=torch.float64, device=x.device)
+    delta = torch.zeros(B, dtype=f64, device=dev)
     var = torch.zeros_like(delta)
-    k1, w1 = stage(x, t0, v)
+    t = torch.full((B,), t0, dtype=f64, device=dev)
+    k1, w1 = _stage(model, x, t, extra_args, v)
     nfe = 1
-    h = min(_initial_step(model, x, t0, t1, k1, extra_args, atol, rtol), t1 - t0)
+    h = _initial_step(model, x, t0, t1, k1, extra_args, atol, rtol)
     nfe += 1
-    t, n_acc, grid, errors = t0, 0, [t0], []
-    for _ in range(max_steps):
-        if t >= t1 - 1e-12:
-            break
-        h = min(h, t1 - t)
+    active = torch.ones(B, dtype=torch.bool, device=dev)
+    e_b = [bb - b4 for bb, b4 in zip(_DP_B, _DP_B4)]
+    hist_t, hist_acc, hist_err = [], [], []
+    for attempt in range(max_steps):
+        hs = torch.where(active, torch.minimum(h, t1 - t), 0.0)  # frozen samples: steps of 0
         ks, ws = [k1], [w1]
         for j in range(1, 6):  # stages 2..6: x + h sum_m a_jm k_m
-            a, km = _nonzero([h * a for a in _DP_A[j]], ks)
-            xj = fused_step(x, km, coef(am=a), out=torch.empty_like(x), backend=backend)
-            kj, wj = stage(xj, t + _DP_C[j] * h, v)
+            idx, km = nonzero(_DP_A[j], ks)
+            xj = fused_step(x, km, coef(am=[hs * _DP_A[j][m] for m in idx]),
+                            out=torch.empty_like(x), backend=backend)
+            kj, wj = _stage(model, xj, t + _DP_C[j] * hs, extra_args, v)
             ks.append(kj)
             ws.append(wj)
         # 5th-order solution (= the 7th stage point), its Delta increment h sum_j b_j (v.w_j - D)
-        # with the variance over probes, and the next step's probes: one pass
-        bw, kb = _nonzero([h * bj for bj in _DP_B[:6]], ks)
-        _, wb = _nonzero(_DP_B[:6], ws)
+        # with the variance over probes, and the next attempt's probes: one pass
+        idx, kb = nonzero(_DP_B[:6], ks)
+        bw = [hs * _DP_B[m] for m in idx]
         d5, var5 = delta.clone(), var.clone()
-        x5 = fused_step(x, kb, coef(am=bw, cw=bw, c0=-h * D), logp=d5, logp_var=var5, probes=v,
-                        vjps=wb, probes_out=v_next, seed=noise.seed,
-                        probe_offset=noise.probe_offset(n_acc + 1, P), probe_dist=probe_dist,
+        x5 = fused_step(x, kb, coef(am=bw, cw=bw, c0=-hs * D), logp=d5, logp_var=var5, probes=v,
+                        vjps=[ws[m] for m in idx], probes_out=v_next, seed=noise.seed,
+                        probe_offset=noise.probe_offset(attempt + 1, P), probe_dist=probe_dist,
                         out=torch.empty_like(x), backend=backend)
-        k7, w7 = stage(x5, t + h, torch.cat([v, v_next]))
+        k7, w7 = _stage(model, x5, t + hs, extra_args, torch.cat([v, v_next]))
         nfe += 6
         ks.append(k7)
         ws.append(w7[:P])
         # embedded error h sum_j (b_j - b4_j) (k_j, v.w_j - D); sum_j (b_j - b4_j) = 0, so no D term
-        e, ke = _nonzero([h * (bb - b4) for bb, b4 in zip(_DP_B, _DP_B4)], ks)
-        _, we = _nonzero([bb - b4 for bb, b4 in zip(_DP_B, _DP_B4)], ws)
+        idx, ke = nonzero(e_b, ks)
+        e = [hs * e_b[m] for m in idx]
         ed = torch.zeros_like(delta)
-        ex = fused_step(ke[0], ke, coef(ax=0.0, am=e, cw=e), logp=ed, probes=v, vjps=we,
-                        out=torch.empty_like(x), backend=backend)
+        ex = fused_step(ke[0], ke, coef(ax=0.0, am=e, cw=e), logp=ed, probes=v,
+                        vjps=[ws[m] for m in idx], out=torch.empty_like(x), backend=backend)
         tol_x = atol + rtol * torch.maximum(x.abs(), x5.abs())
         tol_d = atol + rtol * torch.maximum(delta.abs(), d5.abs())
-        err = float(torch.maximum(_rms(ex / tol_x), _rms(ed / tol_d)))
-        if err <= 1.0:
-            t += h
-            x, delta, var = x5, d5, var5
-            k1, w1 = k7, w7[P:]
-            v, v_next = v_next, v
-            n_acc += 1
-            grid.append(t)
-            errors.append(err)
-        factor = 10.0 if err == 0 else min(10.0, max(0.2, 0.9 * err ** -0.2))
-        h = h * factor
+        err = torch.maximum(_rms_rows(ex / tol_x), (ed / tol_d).abs())
+        # a non-finite error (the model returned non-finite values, or x overflowed) freezes the
+        # sample; it is reported as NaN
+        died = active & ~torch.isfinite(err)
+        acc = active & (err <= 1.0)
+        t = torch.where(acc, t + hs, t)
+        x = torch.where(_rows(acc, x), x5, x)
+        delta, var = torch.where(acc, d5, delta), torch.where(acc, var5, var)
+        k1 = torch.where(_rows(acc, k1), k7, k1)
+        w1 = torch.where(_rows(acc, w1[0])[None], w7[P:], w1)
+        v = torch.where(_rows(acc, v[0])[None], v_next, v)
+        factor = torch.where(err == 0, 10.0, (0.9 * err ** -0.2).clamp(0.2, 10.0))
+        h = torch.where(active & ~died, hs * factor, h)
+        bad = bad | died
+        hist_t.append(t)
+        hist_acc.append(acc)
+        hist_err.append(err)
+        active = active & ~died & (t < t1 - 1e-12)
+        if not bool(active.any()):  # the one host read of the attempt
+            break
     else:
-        raise RuntimeError(f"dopri5: did not reach sigma_max within max_steps={max_steps}")
+        n = int(active.sum())
+        raise RuntimeError(f"dopri5: {n} of {B} samples did not reach sigma_max within "
+                           f"max_steps={max_steps} step attempts")
     logp = _prior(prior, x, sigma_max) - delta
     stderr = torch.sqrt(var) if P > 1 else torch.full_like(var, float("nan"))
-    return logp, {"stderr": stderr, "nfe": nfe, "steps": n_acc, "solver": "dopri5", "x_T": x,
-                  "delta": delta, "sigmas": torch.tensor(grid, dtype=torch.float64).exp(),
-                  "errors": errors}
+    finish_rows("log_likelihood(dopri5)", bad, x, logp, delta, stderr if P > 1 else None)
+    # per-sample histories: accepted levels, error norms and attempt indices (one host copy)
+    acc_h = torch.stack(hist_acc, 1).cpu()
+    t_h, err_h = torch.stack(hist_t, 1).cpu(), torch.stack(hist_err, 1).cpu()
+    start = torch.full((1,), t0, dtype=f64)
+    sigmas = [torch.cat([start, t_h[b][acc_h[b]]]).exp() for b in range(B)]
+    errors = [err_h[b][acc_h[b]] for b in range(B)]
+    attempts = [acc_h[b].nonzero().reshape(-1) for b in range(B)]
+    return logp, {"stderr": stderr, "nfe": nfe, "steps": acc_h.sum(1), "solver": "dopri5",
+                  "x_T": x, "delta": delta, "sigmas": sigmas, "errors": errors,
+                  "attempts": attempts}

@@ -15,13 +15,20 @@ callback=None, disable=None, ...)`` and returns ``x``, or ``(x, logp)`` when ``l
 Noise: ``seed`` (an int, or a (B,) integer tensor of per-sample seeds: then each sample's noise
 does not depend on the rest of the batch) and ``dist``. Step i draws its increment at offset
 ``i * stride`` and its probes at ``PROBE_BASE + i * P * stride`` (stride = D for per-sample
-seeds, B * D for one seed).
+seeds, B * D for one seed). Seeds are taken modulo 2^64 (``seed=-1`` is ``2**64 - 1``).
+
+Bad input: ``sigmas`` must be finite, >= 0 and strictly decreasing (checked in eager mode). A
+sample that is non-finite on input, or that the model sends to non-finite values, comes back
+as NaN (x and logp) with one warning saying how many; the other samples get exactly what they
+would get without it. An empty batch (B = 0) returns empty results.
 """
 import math
+import warnings
 
 import torch
 from tqdm.auto import trange
 
+from .. import _validate
 from ..library import DISTS
 from ..random import noise as _noise
 from .step import fused_step, make_coef
@@ -35,8 +42,8 @@ __all__ = ["sample_euler", "sample_heun", "sample_euler_maruyama", "sample_hd", 
 
 def prior_logp(x, sigma):
     """log N(x; 0, sigma^2 I) per sample, float64."""
-    D = x[0].numel()
-    xf = x.detach().double().flatten(1)
+    D = math.prod(x.shape[1:])
+    xf = x.detach().double().reshape(x.shape[0], D)
     sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
     return -0.5 * (xf ** 2).sum(1) / sigma ** 2 - D * torch.log(sigma) - 0.5 * D * math.log(2 * math.pi)
 
@@ -48,14 +55,55 @@ def _sigmas(sigmas, x):
     if sigmas.dim() != 1 or sigmas.numel() < 2:
         raise ValueError(f"sigmas: expected a 1-d tensor of at least 2 noise levels, got shape "
                          f"{tuple(sigmas.shape)}")
-    return sigmas.to(device=x.device, dtype=torch.float64)
+    sigmas = sigmas.to(device=x.device, dtype=torch.float64)
+    if _validate.eager():
+        check_levels(sigmas.tolist(), "sigmas")
+    return sigmas
+
+
+def check_levels(levels, name):
+    """Noise levels of a sampler: finite, >= 0, strictly decreasing (only the last may be 0)."""
+    if not all(math.isfinite(s) for s in levels):
+        raise ValueError(f"{name}: expected finite noise levels, got {levels}")
+    if levels[-1] < 0:
+        raise ValueError(f"{name}: expected noise levels >= 0, got {levels[-1]!r}")
+    i = next((i for i in range(len(levels) - 1) if not levels[i + 1] < levels[i]), None)
+    if i is not None:
+        raise ValueError(f"{name}: expected strictly decreasing noise levels (from noise to data), "
+                         f"got {name}[{i}] = {levels[i]!r} then {name}[{i + 1}] = {levels[i + 1]!r}")
+
+
+def _rows_bad(x):
+    """(B,) bool: the samples of x with a non-finite value (a device op, no host read)."""
+    return ~torch.isfinite(x.detach()).reshape(x.shape[0], math.prod(x.shape[1:])).all(1)
+
+
+def finish_rows(where, bad, x, *accs):
+    """Set the samples that were non-finite on input (``bad``, (B,) bool) or are now (in x or
+    any (B,) accumulator in ``accs``) to NaN, in place, and warn once saying how many (one host
+    read, in eager mode only). The other samples are left as they are."""
+    bad = bad | _rows_bad(x)
+    for a in accs:
+        if a is not None:
+            bad = bad | ~torch.isfinite(a)
+    x.masked_fill_(bad.reshape(-1, *[1] * (x.dim() - 1)), float("nan"))
+    for a in accs:
+        if a is not None:
+            a.masked_fill_(bad, float("nan"))
+    if _validate.eager():
+        n = int(bad.sum())
+        if n:
+            warnings.warn(f"{where}: {n} of {x.shape[0]} samples are non-finite (non-finite input, "
+                          "or the model returned non-finite values for them); their results are "
+                          "NaN, the other samples are unaffected", RuntimeWarning, stacklevel=3)
+    return bad
 
 
 class _Noise:
     """Seeds and stream offsets of one sampling run."""
 
     def __init__(self, seed, x):
-        B, D = x.shape[0], x[0].numel()
+        B, D = x.shape[0], math.prod(x.shape[1:])
         if seed is None:
             seed = int(torch.randint(0, 2 ** 62, ()).item())
         self.seed = seed
@@ -139,8 +187,8 @@ def _start(x, sigmas, extra_args, logp, seed, probes, probe_dist, backend):
     x = x.clone().contiguous()
     lp = _init_logp(logp, x, sigmas[0])
     noise = _Noise(seed, x)
-    if lp is None:
-        return extra_args, sigmas, x, None, None, noise, None
+    if lp is None or x.shape[0] == 0:
+        return extra_args, sigmas, x, lp, None, noise, None
     pr = _Probes(_check_probes(probes), x, noise, probe_dist, backend)
     return extra_args, sigmas, x, lp, torch.zeros_like(lp), noise, pr
 
@@ -164,9 +212,12 @@ def _ode_sampler(model, x, sigmas, extra_args, callback, disable, logp, probes, 
     ('hd', switching below sigma ``switch``; Euler-Maruyama steps before it if ``sde_first``)."""
     extra_args, sigmas, x, lp, var, noise, pr = _start(x, sigmas, extra_args, logp, seed, probes,
                                                        probe_dist, backend)
+    if x.shape[0] == 0:
+        return x if lp is None else (x, lp)
     n = sigmas.numel() - 1
     levels = sigmas.tolist()  # one host read before the loop; none inside a step
-    B, D = x.shape[0], x[0].numel()
+    B, D = x.shape[0], math.prod(x.shape[1:])
+    bad = _rows_bad(x)
     for i in trange(n, disable=disable):
         sig, nxt = sigmas[i], sigmas[i + 1]
         sde_step = sde_first and levels[i] > switch and levels[i + 1] > 0
@@ -207,6 +258,7 @@ def _ode_sampler(model, x, sigmas, extra_args, callback, disable, logp, probes, 
                        backend=backend, seed=noise.seed, **kw)
         if pr is not None and not last:
             pr.advance()
+    finish_rows(f"sample_{mode}", bad, x, lp)
     return x if lp is None else (x, lp)
 
 
@@ -270,7 +322,10 @@ def sample_euler_maruyama(model, x, sigmas, extra_args=None, callback=None, disa
     x = x.clone().contiguous()
     B = x.shape[0]
     lp = _init_logp(logp, x, sigmas[0])
+    if B == 0:
+        return x if lp is None else (x, lp)
     noise = _Noise(seed, x)
+    bad = _rows_bad(x)
     for i in trange(n, disable=disable):
         sig, nxt = sigmas[i], sigmas[i + 1]
         den, _ = _evaluate(model, x, sig, extra_args, None)
@@ -284,6 +339,7 @@ def sample_euler_maruyama(model, x, sigmas, extra_args=None, callback=None, disa
                        dist=dist, backend=backend)
         else:
             fused_step(x, [den], make_coef(B, ax=0.0, am=(1.0,), device=x.device), backend=backend)
+    finish_rows("sample_euler_maruyama", bad, x, lp)
     return x if lp is None else (x, lp)
 
 
@@ -325,8 +381,11 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
         raise ValueError(f"dist: expected one of {DISTS}, got {dist!r}")
     extra_args, sigmas, x, lp, var, noise, pr = _start(x, sigmas, extra_args, logp, seed, probes,
                                                        probe_dist, backend)
+    if x.shape[0] == 0:
+        return x if lp is None else (x, lp)
     n = sigmas.numel() - 1
-    B, D = x.shape[0], x[0].numel()
+    B, D = x.shape[0], math.prod(x.shape[1:])
+    bad = _rows_bad(x)
     for i in trange(n, disable=disable):
         sig, nxt = sigmas[i], sigmas[i + 1]
         den, w = _evaluate(model, x, sig, extra_args, pr)
@@ -347,6 +406,7 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
                    **pr.step_kwargs(i, last))
         if not last:
             pr.advance()
+    finish_rows("sample_ddim", bad, x, lp)
     return x if lp is None else (x, lp)
 
 

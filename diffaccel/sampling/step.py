@@ -20,7 +20,6 @@ import numbers
 import torch
 
 from .. import _validate
-from ..backends import select
 from ..library import DISTS, op
 from ..reference import step as _ref
 
@@ -176,7 +175,7 @@ def fused_step(x, models, coef, *, logp=None, logp_var=None, z=None, seed=None, 
     elif not x.is_contiguous():
         raise ValueError("x: expected a contiguous tensor for an in-place step (or pass out=)")
 
-    name = select(backend, x.device, "sample_step")
+    name = _validate.pick_backend(backend, x, "x", "sample_step")
     if name == "reference":
         n_out = 0 if probes_out is None else probes_out.shape[0]
         empty = x.new_zeros(0, dtype=torch.float32)
@@ -193,7 +192,6 @@ def fused_step(x, models, coef, *, logp=None, logp_var=None, z=None, seed=None, 
         if n_out:
             probes_out.copy_(pout)
         return target
-    _validate.fast_dtype(x, "x", name)
     dt = x.dtype
     models = [m.to(dt).contiguous() for m in models]
     empty = x.new_empty(0, dtype=torch.float32)

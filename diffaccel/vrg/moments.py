@@ -170,15 +170,15 @@ class ErrorStats:
 
     def all_reduce(self, group=None, *, state=None):
         """Sum the moments over the ranks of ``group`` (``torch.distributed``), or of an
-        accelerate ``PartialState`` / ``Accelerator`` ``state`` (then a no-op on one process);
-        in place. Equal to one process's table up to float64 rounding (the order of the sums
-        differs; :func:`diffaccel.distributed.measure_mse` gives the bit-identical table)."""
-        import torch.distributed as dist
-
+        accelerate ``PartialState`` / ``Accelerator`` ``state``; in place. In a single process
+        (torch.distributed not initialized, or a state of one process) there is nothing to add
+        and the table is left as it is, so the same script runs with and without torchrun; a
+        process launched as one of several (``WORLD_SIZE`` > 1) without torch.distributed set up
+        gets a RuntimeError instead of a silently partial table. Equal to one process's table up
+        to float64 rounding (the order of the sums differs;
+        :func:`diffaccel.distributed.measure_mse` gives the bit-identical table)."""
         from .. import distributed
 
-        if state is None and not (dist.is_available() and dist.is_initialized()):
-            raise RuntimeError("all_reduce: torch.distributed is not initialized")
         distributed.all_reduce(self.table, state, group)
         return self
 
