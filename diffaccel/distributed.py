@@ -253,11 +253,22 @@ def sample(sampler, model, n, shape, sigmas, *, seed, batch_size, extra_args=Non
     returns a log-density, in global order on every rank; with ``gather=False`` only this rank's
     rows (``local_batches(n, batch_size)``). ``device``: where to sample (default: the state's
     device, else CPU); ``dtype`` of x."""
+    if not callable(sampler):
+        raise TypeError(f"sampler: expected a sampler function, got {type(sampler).__name__}")
     n = _check_count(n, "n")
-    shape = (int(shape),) if isinstance(shape, numbers.Integral) else tuple(int(s) for s in shape)
+    try:
+        shape = (int(shape),) if isinstance(shape, numbers.Integral) else \
+            tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"shape: expected the event shape as a tuple of ints, got {shape!r}") \
+            from None
+    sample_seeds(seed, [])  # every rank checks the seed, also those without a batch
+    sig = torch.as_tensor(sigmas).reshape(-1)
+    if sig.numel() < 2:
+        raise ValueError(f"sigmas: expected at least 2 noise levels, got {sig.numel()}")
+    sig0 = float(sig[0])
     rk = ranks(state, group)
     device = _device(device, rk, state) or torch.device("cpu")
-    sig0 = float(torch.as_tensor(sigmas).reshape(-1)[0])
     xs, lps = [], []
     for rows in split(n, batch_size, rk.world_size, rk.rank):
         seeds = sample_seeds(seed, rows, device)
@@ -297,6 +308,7 @@ def log_likelihood(model, data, sigma_min, sigma_max, *, seed, batch_size, devic
     from .sampling.likelihood import log_likelihood as _ll
 
     N = _length(data)
+    sample_seeds(seed, [])  # every rank checks the seed, also those without a batch
     rk = ranks(state, group)
     device = _device(device, rk, state)
     batches = split(N, batch_size, rk.world_size, rk.rank)

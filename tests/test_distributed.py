@@ -238,6 +238,7 @@ def test_dopri5_independent_of_batch_composition(single):
 
 
 def test_world_of_one_and_errors(monkeypatch, rng):
+    gm = worker.problem(1).gm
     assert dd.ranks() == dd.Ranks(0, 1, torch.device("cpu"), None)
     t = torch.randn(3, 2, generator=rng)
     assert dd.gather(t) is t and dd.all_reduce(t) is t
@@ -254,7 +255,19 @@ def test_world_of_one_and_errors(monkeypatch, rng):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match="WORLD_SIZE=2"):
         dd.sample(S.sample_euler, lambda x, s: x, 2, (2,), worker.SIGMAS, seed=0, batch_size=1)
+    with pytest.raises(RuntimeError, match="WORLD_SIZE=2"):
+        st.all_reduce()  # not a silently partial table
     monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(TypeError, match="sampler"):
+        dd.sample("sample_euler", gm, 2, (2, 3), worker.SIGMAS, seed=0, batch_size=1)
+    with pytest.raises(TypeError, match="shape"):
+        dd.sample(S.sample_euler, gm, 2, "2x3", worker.SIGMAS, seed=0, batch_size=1)
+    with pytest.raises(ValueError, match="sigmas"):
+        dd.sample(S.sample_euler, gm, 2, (2, 3), [20.0], seed=0, batch_size=1)
+    with pytest.raises(TypeError, match="seed"):  # also with nothing to draw
+        dd.sample(S.sample_euler, gm, 0, (2, 3), worker.SIGMAS, seed="0", batch_size=1)
+    with pytest.raises(TypeError, match="seed"):
+        dd.log_likelihood(gm, torch.zeros(0, 2, 3), 0.01, 20.0, seed=None, batch_size=1, steps=2)
     with pytest.raises(ValueError, match="batch_size"):
         dd.split(4, 0, 1, 0)
     with pytest.raises(ValueError, match="n:"):
@@ -269,7 +282,6 @@ def test_world_of_one_and_errors(monkeypatch, rng):
         dd.sample_seeds(0, torch.tensor([0.5]))
     with pytest.raises(TypeError, match="tensor"):
         dd.gather(torch.tensor(1.0))
-    gm = worker.problem(1).gm
     with pytest.raises(TypeError, match="data"):
         dd.log_likelihood(gm, [("a", 0)], 0.01, 20.0, seed=0, batch_size=1, steps=2)
     with pytest.raises(TypeError, match="data"):
