@@ -28,6 +28,7 @@ $(STAMP): $(SOURCES)
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel ninja
 	$(PIP) install -q "torch>=2.4" triton numpy tqdm pytest pytest-benchmark
+	$(PIP) install -q "accelerate>=0.26"  # tests of diffaccel.distributed under accelerate launch
 	DIFFACCEL_REQUIRE_EXT=1 $(PIP) install -q --no-build-isolation --config-settings editable_mode=strict -e .
 	$(PYTHON) -m diffaccel info
 	tmp=$$(mktemp -d) && mkdir $$tmp/diffaccel && cd $$tmp && $(abspath $(PYTHON)) -c \

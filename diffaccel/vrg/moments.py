@@ -168,15 +168,18 @@ class ErrorStats:
         self.table += other.table.to(self.device)
         return self
 
-    def all_reduce(self, group=None):
-        """Sum the moments over the ranks of ``group`` (``torch.distributed``; in place). In a
-        single process (torch.distributed not available or not initialized) there is nothing to
-        add and the table is left as it is, so the same script runs with and without torchrun."""
-        import torch.distributed as dist
+    def all_reduce(self, group=None, *, state=None):
+        """Sum the moments over the ranks of ``group`` (``torch.distributed``), or of an
+        accelerate ``PartialState`` / ``Accelerator`` ``state``; in place. In a single process
+        (torch.distributed not initialized, or a state of one process) there is nothing to add
+        and the table is left as it is, so the same script runs with and without torchrun; a
+        process launched as one of several (``WORLD_SIZE`` > 1) without torch.distributed set up
+        gets a RuntimeError instead of a silently partial table. Equal to one process's table up
+        to float64 rounding (the order of the sums differs;
+        :func:`diffaccel.distributed.measure_mse` gives the bit-identical table)."""
+        from .. import distributed
 
-        if not (dist.is_available() and dist.is_initialized()):
-            return self
-        dist.all_reduce(self.table, op=dist.ReduceOp.SUM, group=group)
+        distributed.all_reduce(self.table, state, group)
         return self
 
     @property
@@ -220,6 +223,69 @@ def _schedule_abar(schedule):
     return a
 
 
+class _Measure:
+    """One measure_mse run's settings; :meth:`batch_table` noises a batch whose first sample is
+    number ``n0`` of the data stream and returns its moment table (what ``update`` adds)."""
+
+    def __init__(self, schedule, levels, prediction, seed, timestep_fn, model_kwargs, backend):
+        if prediction not in ("eps", "x0"):
+            raise ValueError(f"prediction: expected 'eps' or 'x0', got {prediction!r}")
+        self.abar = _schedule_abar(schedule)
+        T = self.abar.numel()
+        lv = torch.arange(T) if levels is None else torch.as_tensor(levels).flatten()
+        if lv.is_floating_point() or lv.numel() < 2:
+            raise ValueError("levels: expected at least 2 integer timesteps")
+        lv = lv.to(torch.int64)
+        if int(lv.min()) < 0 or int(lv.max()) >= T:
+            raise ValueError(f"levels: expected timesteps in [0, {T}), got "
+                             f"[{int(lv.min())}, {int(lv.max())}]")
+        self.levels, self.prediction, self.seed = lv, prediction, int(seed)
+        self.timestep_fn, self.kwargs, self.backend = timestep_fn, model_kwargs or {}, backend
+
+    @property
+    def num_bins(self):
+        return self.abar.numel()
+
+    def errors(self, model, x0, n0):
+        """(eps_hat, eps, t) of the batch ``x0`` (B, ...), samples ``n0 .. n0 + B - 1``."""
+        from .. import random as _random
+        from .. import stroke as _stroke
+
+        if not isinstance(x0, torch.Tensor) or x0.dim() < 1:
+            raise TypeError("data: expected batches of (B, ...) tensors")
+        lv, backend = self.levels, self.backend
+        B = x0.shape[0]
+        pos = (n0 + torch.arange(B)) % lv.numel()
+        t = lv[pos].to(x0.device)
+        ab = self.abar.to(x0.device)[t]
+        a, s = ab.sqrt(), (1 - ab).sqrt()
+        seeds = (torch.arange(B, device=x0.device) + n0) * 1000003 + self.seed
+        work = x0 if x0.dtype in _FAST else x0.float()
+        if work.dim() == 4:
+            zeros = torch.zeros(B, 1, dtype=torch.float32, device=x0.device)
+            xt, eps = _stroke.stroke_noise(work, a.float(), s.float(), scales=(2,),
+                                           data_weights=zeros, noise_weights=zeros,
+                                           seed=seeds, backend=backend)
+        else:
+            eps = _random.noise(tuple(work.shape), seed=seeds, device=x0.device, backend=backend)
+            shape = (B,) + (1,) * (work.dim() - 1)
+            xt = (a.view(shape) * work.double() + s.view(shape) * eps.double()).to(work.dtype)
+        with torch.no_grad():
+            tin = self.timestep_fn(t) if self.timestep_fn is not None else t
+            out = model(xt, tin, **self.kwargs)
+        if not isinstance(out, torch.Tensor) or out.shape != xt.shape:
+            raise ValueError(f"model: expected an output of shape {tuple(xt.shape)}, got "
+                             f"{getattr(out, 'shape', type(out).__name__)}")
+        if self.prediction == "x0":
+            shape = (B,) + (1,) * (xt.dim() - 1)
+            out = ((xt.double() - a.view(shape) * out.double()) / s.view(shape)).float()
+        return out, eps, t
+
+    def batch_table(self, model, x0, n0):
+        out, eps, t = self.errors(model, x0, n0)
+        return error_moments(out, eps, t, self.num_bins, backend=self.backend)
+
+
 def measure_mse(model, data, schedule, *, levels=None, prediction="eps", seed=0, passes=1,
                 device=None, progress=True, timestep_fn=None, model_kwargs=None, backend=None):
     """Measure a model's per-element eps-prediction MSE at noise levels of ``schedule``.
@@ -235,25 +301,13 @@ def measure_mse(model, data, schedule, *, levels=None, prediction="eps", seed=0,
     from ``diffaccel.noise`` at per-sample seeds ``(seed, n)`` (``stroke_noise`` with zero
     stroke weights, i.e. the plain noising ``x_t = sqrt(abar) x0 + sqrt(1 - abar) eps``, for
     images). ``passes`` iterates ``data`` that many times (levels keep rotating).
-    Returns the :class:`MSETable` (timesteps in ``ts``).
+    Returns the :class:`MSETable` (timesteps in ``ts``). Across processes:
+    :func:`diffaccel.distributed.measure_mse`.
     """
-    from .. import random as _random
-    from .. import stroke as _stroke
-
-    if prediction not in ("eps", "x0"):
-        raise ValueError(f"prediction: expected 'eps' or 'x0', got {prediction!r}")
+    run = _Measure(schedule, levels, prediction, seed, timestep_fn, model_kwargs, backend)
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
         raise ValueError(f"passes: expected a positive int, got {passes!r}")
-    abar_all = _schedule_abar(schedule)
-    T = abar_all.numel()
-    lv = torch.arange(T) if levels is None else torch.as_tensor(levels).flatten()
-    if lv.is_floating_point() or lv.numel() < 2:
-        raise ValueError("levels: expected at least 2 integer timesteps")
-    lv = lv.to(torch.int64)
-    if int(lv.min()) < 0 or int(lv.max()) >= T:
-        raise ValueError(f"levels: expected timesteps in [0, {T}), got [{int(lv.min())}, {int(lv.max())}]")
     stats = None
-    kwargs = model_kwargs or {}
     n_seen = 0
     bar = None
     if progress:
@@ -269,37 +323,11 @@ def measure_mse(model, data, schedule, *, levels=None, prediction="eps", seed=0,
                 if device is not None:
                     x0 = x0.to(device)
                 if stats is None:
-                    stats = ErrorStats(abar_all, device=x0.device, backend=backend)
-                B = x0.shape[0]
-                pos = (n_seen + torch.arange(B)) % lv.numel()
-                t = lv[pos].to(x0.device)
-                ab = abar_all.to(x0.device)[t]
-                a, s = ab.sqrt(), (1 - ab).sqrt()
-                seeds = (torch.arange(B, device=x0.device) + n_seen) * 1000003 + int(seed)
-                work = x0 if x0.dtype in _FAST else x0.float()
-                if work.dim() == 4:
-                    zeros = torch.zeros(B, 1, dtype=torch.float32, device=x0.device)
-                    xt, eps = _stroke.stroke_noise(work, a.float(), s.float(), scales=(2,),
-                                                   data_weights=zeros, noise_weights=zeros,
-                                                   seed=seeds, backend=backend)
-                else:
-                    eps = _random.noise(tuple(work.shape), seed=seeds, device=x0.device,
-                                        backend=backend)
-                    shape = (B,) + (1,) * (work.dim() - 1)
-                    xt = (a.view(shape) * work.double() + s.view(shape) * eps.double()).to(work.dtype)
-                with torch.no_grad():
-                    tin = timestep_fn(t) if timestep_fn is not None else t
-                    out = model(xt, tin, **kwargs)
-                if not isinstance(out, torch.Tensor) or out.shape != xt.shape:
-                    raise ValueError(f"model: expected an output of shape {tuple(xt.shape)}, got "
-                                     f"{getattr(out, 'shape', type(out).__name__)}")
-                if prediction == "x0":
-                    shape = (B,) + (1,) * (xt.dim() - 1)
-                    out = ((xt.double() - a.view(shape) * out.double()) / s.view(shape)).float()
-                stats.update(out, eps, t)
-                n_seen += B
+                    stats = ErrorStats(run.abar, device=x0.device, backend=backend)
+                stats.update(*run.errors(model, x0, n_seen))
+                n_seen += x0.shape[0]
                 if bar is not None:
-                    bar.update(B)
+                    bar.update(x0.shape[0])
     finally:
         if bar is not None:
             bar.close()
