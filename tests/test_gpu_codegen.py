@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -40,7 +41,8 @@ def _so():
 
 needs_cuda_build = pytest.mark.skipif(
     _so() is None or _ext.load() is None or not _ext.with_cuda() or G.tool("cuobjdump") is None
-    or G.tool("nvdisasm") is None, reason="diffaccel._C has no CUDA kernels, or cuobjdump/nvdisasm missing")
+    or G.tool("nvdisasm") is None or shutil.which("c++filt") is None,
+    reason="diffaccel._C has no CUDA kernels, or cuobjdump/nvdisasm/c++filt missing")
 
 
 @pytest.fixture(scope="module")
