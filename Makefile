@@ -14,7 +14,7 @@ STAMP := $(VENV)/.diffaccel-installed
 SOURCES := pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null) \
 	$(shell find diffaccel kernels -name '*.py' 2>/dev/null)
 
-.PHONY: install test demo bench bench-kdiffusion clean
+.PHONY: install test demo bench bench-kdiffusion gpu-check clean
 
 # The package is installed with editable_mode=strict: a tree of links under build/ on sys.path,
 # which imports diffaccel ahead of a namespace package found through '' (the default editable
@@ -55,6 +55,19 @@ bench-kdiffusion: $(STAMP)
 	$(KD_VENV)/bin/pip install -q "torch==$$($(PYTHON) -c 'import torch; print(torch.__version__.split("+")[0])')" \
 		k-diffusion "setuptools<81" tqdm
 	PYTHONPATH=$(CURDIR):$(CURDIR)/benchmarks $(KD_VENV)/bin/python benchmarks/bench_step.py --likelihood-only
+
+# On a machine with a CUDA GPU: build the extension for this GPU's architecture only, run every
+# test that needs CUDA (all backends' CUDA cases, opcheck on CUDA, a CUDA-graph capture of a
+# 10-step sampling loop against eager), then time every op beside the reference and a copy of the
+# same bytes into gpu-report.md. Without a GPU it stops at the first line with a message.
+GPU_PY := $(if $(wildcard $(PYTHON)),$(PYTHON),$(PY))
+gpu-check:
+	@$(GPU_PY) benchmarks/gpu_check.py preflight
+	TORCH_CUDA_ARCH_LIST="$$($(GPU_PY) benchmarks/gpu_check.py arch)" DIFFACCEL_BUILD_CUDA=1 \
+		DIFFACCEL_REQUIRE_EXT=1 $(GPU_PY) setup.py build_ext --inplace
+	$(GPU_PY) -m pytest -q -x tests -k "cuda or graph"
+	$(GPU_PY) benchmarks/gpu_check.py capture
+	$(GPU_PY) benchmarks/gpu_check.py bench --report gpu-report.md
 
 clean:
 	rm -rf build $(VENV) $(KD_VENV) diffaccel/_C*.so *.egg-info

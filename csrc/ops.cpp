@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "diffaccel/launch_grid.h"
 #include "cpu/cpu_kernels.h"
 
 #ifndef DIFFACCEL_CUDA_ARCHS
@@ -120,4 +121,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("with_cuda") = false;
 #endif
   m.attr("cuda_archs") = DIFFACCEL_CUDA_ARCHS;
+  // Launch shapes of the CUDA kernels for a given SM count (csrc/include/diffaccel/launch_grid.h),
+  // so tests can check them for any GPU without one.
+  m.def("launch_split_chunk", &diffaccel::grid::split_chunk, "elements per block of one sample",
+        pybind11::arg("B"), pybind11::arg("D"), pybind11::arg("vec"), pybind11::arg("sm_count"));
+  m.def("launch_splits", &diffaccel::grid::splits, pybind11::arg("D"), pybind11::arg("chunk"));
+  m.def("launch_vec_width", &diffaccel::grid::vec_width, pybind11::arg("elem_bytes"));
+  m.def("launch_stroke_tile", [](std::vector<int64_t> scales) {
+    return diffaccel::grid::stroke_tile(scales.data(), static_cast<int>(scales.size()));
+  }, "tile side of the one-pass stroke kernels (0: general path)", pybind11::arg("scales"));
+  m.def("launch_stroke_tile_blocks", &diffaccel::grid::stroke_tile_blocks);
+  m.attr("launch_threads") = diffaccel::grid::kThreads;
+  m.attr("launch_blocks_per_sm") = diffaccel::grid::kBlocksPerSm;
 }

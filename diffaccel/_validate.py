@@ -1,6 +1,7 @@
 """Argument checks of the public API: every bad input gets a ValueError or TypeError that names
 the argument and says what was expected. Checks that read tensor values (finiteness, weight
-ranges) run in eager mode only, so compiled graphs have no host synchronization."""
+ranges) run in eager mode only, and not while a CUDA graph is being captured, so compiled graphs
+and captured graphs have no host synchronization (each such check reads one boolean)."""
 import numbers
 
 import torch
@@ -82,6 +83,11 @@ def weights(w, x, J, name):
                          f"got {tuple(w.shape)}")
     if eager():
         wd = w.detach()
+        sums = wd.sum(1)
+        # one host read for the three checks; the details only when one fails
+        bad = ~torch.isfinite(wd).all() | (wd < 0).any() | (sums >= 1).any()
+        if not bool(bad):
+            return w if w.dtype == torch.float64 else w.to(torch.float32)
         if not bool(torch.isfinite(wd).all()):
             raise ValueError(f"{name}: weights must be finite")
         if bool((wd < 0).any()):
@@ -129,7 +135,8 @@ def seeds(seed, B, device):
         s = int(seed) % 2**64
         if s >= 2**63:
             s -= 2**64  # same bits as the uint64
-        return torch.tensor([s], dtype=torch.int64, device=device)
+        # a fill on the device: torch.tensor([s], device=...) would be a host-to-device copy
+        return torch.full((1,), s, dtype=torch.int64, device=device)
     if isinstance(seed, torch.Tensor):
         if seed.dtype.is_floating_point or seed.dtype.is_complex or seed.dtype == torch.bool:
             raise TypeError(f"seed: expected an integer tensor, got {seed.dtype}")

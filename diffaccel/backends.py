@@ -60,6 +60,38 @@ def _has_kernel(op, key):
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"diffaccel::{op}", key)
 
 
+def _parse_archs(archs):
+    """[(major, minor, ptx)] of a TORCH_CUDA_ARCH_LIST string such as "8.0;9.0+PTX"."""
+    out = []
+    for item in archs.replace(",", ";").replace(" ", ";").split(";"):
+        item = item.strip()
+        if not item:
+            continue
+        ptx = item.upper().endswith("+PTX")
+        base = item[:-4] if ptx else item
+        try:
+            major, minor = base.split(".")
+            out.append((int(major), int(minor.rstrip("aAfF")), ptx))
+        except ValueError:
+            continue
+    return out
+
+
+def arch_supported(archs, capability):
+    """(ok, reason): can a build for ``archs`` ("8.0;9.0+PTX") run on a device of compute
+    ``capability`` (major, minor)? SASS for X.Y runs on X.Z with Z >= Y; PTX for X.Y is compiled
+    by the driver for any device of capability >= X.Y."""
+    major, minor = capability
+    parsed = _parse_archs(archs)
+    for a_major, a_minor, ptx in parsed:
+        if a_major == major and a_minor <= minor:
+            return True, f"sm_{a_major}{a_minor} code runs on sm_{major}{minor}"
+        if ptx and (a_major, a_minor) <= (major, minor):
+            return True, f"PTX for sm_{a_major}{a_minor} is compiled by the driver for sm_{major}{minor}"
+    return False, (f"diffaccel._C has CUDA code for {archs or 'no architecture'}, none of which runs on "
+                   f"this sm_{major}{minor} device (rebuild with TORCH_CUDA_ARCH_LIST=\"{major}.{minor}\")")
+
+
 def availability(name, device_type, op="stroke_blur"):
     """(available, reason) of backend ``name`` for tensors on ``device_type`` running ``op``."""
     if name == "reference":
@@ -81,6 +113,9 @@ def availability(name, device_type, op="stroke_blur"):
             return False, _ext.error()
         if not _ext.with_cuda() or not _has_kernel(op, "CUDA"):
             return False, "diffaccel._C was built without CUDA kernels"
+        ok, why = arch_supported(_ext.cuda_archs(), torch.cuda.get_device_capability())
+        if not ok:
+            return False, why
         return True, f"CUDA kernels in diffaccel._C (archs {_ext.cuda_archs()})"
     if name == "triton":
         if importlib.util.find_spec("triton") is None:

@@ -83,6 +83,10 @@ def stroke_weights(logsnr, scales, *, w_max=0.5, center=0.0, width=2.0):
     lam = lam.to(torch.float64 if lam.dtype == torch.float64 else torch.float32)
     if _validate.eager() and not bool(torch.isfinite(lam).all()):
         raise ValueError("logsnr: expected finite values")
-    k = torch.tensor(scales, dtype=lam.dtype, device=lam.device)
-    g = torch.sigmoid((center - lam) / width)[..., None]
-    return w_max * (k / k.sum()) * g ** (k.max() / k)
+    # per-scale constants on the host, in lam's dtype (torch.tensor(scales, device=...) would be
+    # a host-to-device copy on every call)
+    k = torch.tensor(scales, dtype=lam.dtype)
+    coef = (w_max * (k / k.sum())).tolist()
+    expo = (k.max() / k).tolist()
+    g = torch.sigmoid((center - lam) / width)
+    return torch.stack([coef[j] * g ** expo[j] for j in range(len(scales))], dim=-1)

@@ -46,24 +46,41 @@ def stream_position(seeds_ptr, b, i, D, offset, PER_SAMPLE: tl.constexpr):
 
 
 @triton.jit
-def _philox_kernel(seeds_ptr, out_ptr, N, D, offset, PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr):
+def _flat_index(BLOCK: tl.constexpr, IDX64: tl.constexpr):
+    """This program's BLOCK flat element indices: int32 (every per-element division a 32-bit one)
+    unless IDX64 (2^31 elements or more)."""
+    pid = tl.program_id(0)
+    if IDX64:
+        pid = pid.to(tl.int64)
+    return pid * BLOCK + tl.arange(0, BLOCK)
+
+
+def idx64(n):
+    """Whether flat indices up to n (plus a block of slack) need 64 bits."""
+    return n + 4096 >= 2**31
+
+
+@triton.jit
+def _philox_kernel(seeds_ptr, out_ptr, N, D, offset, PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr,
+                   IDX64: tl.constexpr = False):
     """out[n, 0:4] = tl.randint4x at element n of a (B, D) layout, as int64."""
-    t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    t = _flat_index(BLOCK, IDX64)
     mask = t < N
     b = t // D
     seed, pos = stream_position(seeds_ptr, b, t - b * D, D, offset, PER_SAMPLE)
     r0, r1, r2, r3 = tl.randint4x(seed, pos)
-    tl.store(out_ptr + 4 * t, r0.to(tl.int64), mask=mask)
-    tl.store(out_ptr + 4 * t + 1, r1.to(tl.int64), mask=mask)
-    tl.store(out_ptr + 4 * t + 2, r2.to(tl.int64), mask=mask)
-    tl.store(out_ptr + 4 * t + 3, r3.to(tl.int64), mask=mask)
+    o = out_ptr + 4 * t.to(tl.int64)
+    tl.store(o, r0.to(tl.int64), mask=mask)
+    tl.store(o + 1, r1.to(tl.int64), mask=mask)
+    tl.store(o + 2, r2.to(tl.int64), mask=mask)
+    tl.store(o + 3, r3.to(tl.int64), mask=mask)
 
 
 @triton.jit
 def _noise_kernel(seeds_ptr, out_ptr, N, D, offset, DIST: tl.constexpr, PER_SAMPLE: tl.constexpr,
-                  BLOCK: tl.constexpr):
+                  BLOCK: tl.constexpr, IDX64: tl.constexpr = False):
     """out[b, i] = draw of law DIST at its stream position."""
-    t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    t = _flat_index(BLOCK, IDX64)
     mask = t < N
     b = t // D
     seed, pos = stream_position(seeds_ptr, b, t - b * D, D, offset, PER_SAMPLE)
@@ -82,7 +99,7 @@ def philox_uint32(seeds, shape, offset):
     N = B * D
     if N:
         per_sample = seeds.numel() == B and B > 1
-        _philox_kernel[(triton.cdiv(N, BLOCK),)](seeds, out, N, D, offset, per_sample, BLOCK)
+        _philox_kernel[(triton.cdiv(N, BLOCK),)](seeds, out, N, D, offset, per_sample, BLOCK, idx64(N))
     return out
 
 
@@ -92,5 +109,5 @@ def noise(seeds, shape, offset, dist, dtype):
     N = B * D
     if N:
         per_sample = seeds.numel() == B and B > 1
-        _noise_kernel[(triton.cdiv(N, BLOCK),)](seeds, out, N, D, offset, dist, per_sample, BLOCK)
+        _noise_kernel[(triton.cdiv(N, BLOCK),)](seeds, out, N, D, offset, dist, per_sample, BLOCK, idx64(N))
     return out

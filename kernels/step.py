@@ -24,7 +24,6 @@ from .random import draw
 
 MAX_MODELS = 8
 HEAD = 7
-MIN_SPLIT_BLOCKS = 2  # a split covers at least this many BLOCKs: its prologue and row stay cheap
 PROGRAMS_PER_SM = 4   # on CUDA, aim at this many programs per SM in all
 SPLIT_BLOCK = 128     # splits reduced per iteration of the finish kernel
 
@@ -151,8 +150,10 @@ def _sample_step_kernel(x_ptr, out_ptr, coef_ptr, z_ptr, seeds_ptr, partial_ptr,
         for i0 in range(start, end, BLOCK):
             i = i0 + lanes
             mask = i < D
+            # in int64 before the multiply: p * D and probe_offset + p * D can pass 2^31 (p, D
+            # and probe_offset may all arrive as int32)
             if PER_SAMPLE:
-                pos = probe_offset + p * D + i
+                pos = probe_offset + p * D.to(tl.int64) + i
             else:
                 pos = probe_offset + (b * P_out + p) * D + i
             v = draw(seed, pos, PROBE_DIST)
@@ -217,14 +218,33 @@ def _sm_count(index):
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _splits(B, D, block, device):
-    """Splits per sample asked of _plan: enough for PROGRAMS_PER_SM programs per SM over the batch,
-    but no more than leave MIN_SPLIT_BLOCKS blocks per split. One on CPU: the interpreter runs
-    programs one by one, so more would only add overhead."""
-    if device.type != "cuda":
-        return 1
-    want = triton.cdiv(PROGRAMS_PER_SM * _sm_count(device.index), B)
-    return max(1, min(want, triton.cdiv(D, block) // MIN_SPLIT_BLOCKS))
+def num_warps(K):
+    """Warps per program (4; 8 warps at K = 8 took 172 registers: one program per SM)."""
+    return 4
+
+
+def max_block(K):
+    """The largest BLOCK on a GPU: 512 from four model outputs on (fp16 K=8 with probes at 1024
+    takes 251 registers, 2 programs per SM; at 512, 144 registers and 3)."""
+    return 512 if K >= 4 else 1024
+
+
+def min_program_elems(warps):
+    """The fewest elements a program takes on a GPU: four per thread (one 16-byte fp32 vector)."""
+    return 4 * 32 * warps
+
+
+def gpu_plan(B, D, K, sm_count):
+    """(BLOCK, num_splits, chunk, num_warps) on a GPU with sm_count SMs: PROGRAMS_PER_SM programs
+    per SM over the batch where D allows, else programs of min_program_elems each."""
+    warps = num_warps(K)
+    want = triton.cdiv(PROGRAMS_PER_SM * sm_count, max(B, 1))
+    block = max_block(K)
+    if triton.cdiv(D, block) < want:
+        block = max(min_program_elems(warps), triton.next_power_of_2(triton.cdiv(D, want)))
+        block = min(block, max_block(K))
+    num_splits, chunk = _plan(D, block, min(want, triton.cdiv(D, block)))
+    return block, num_splits, chunk, warps
 
 
 def _plan(D, block, splits):
@@ -273,8 +293,12 @@ def sample_step(x, out, logp, logp_var, models, coef, z, seeds, offset, dist, pr
     ms = models + [x] * (MAX_MODELS - K)
     ws = (vjps if hutch else []) + [x] * (MAX_MODELS - (K if hutch else 0))
     per_sample = seeds.numel() == B and B > 1
-    block = _block_size or _block(D, x.device)
-    num_splits, chunk = _plan(D, block, _num_splits or _splits(B, D, block, x.device))
+    if x.device.type == "cuda" and not (_block_size or _num_splits):
+        block, num_splits, chunk, warps = gpu_plan(B, D, K, _sm_count(x.device.index))
+    else:  # the interpreter runs programs one by one: one split, large blocks
+        block = _block_size or _block(D, x.device)
+        num_splits, chunk = _plan(D, block, _num_splits or 1)
+        warps = num_warps(K)
     Ph = P if hutch else 0  # probes summed: the scratch rows hold 3 + Ph partial sums
     # every slot is written by its program before the finish kernel reads it
     partial = torch.empty((B, num_splits, 3 + Ph) if track else (1,), dtype=torch.float32,
@@ -284,7 +308,7 @@ def sample_step(x, out, logp, logp_var, models, coef, z, seeds, offset, dist, pr
         x, out, coef, z.contiguous() if z is not None else x, seeds.contiguous(), partial, probes,
         probes_out if P_out else x, *ms, *ws, B, D, chunk, offset, probe_offset, Ph, P_out, W,
         K=K, DIST=-1 if z is not None else dist, HAS_Z=z is not None, TRACK=track, HUTCH=hutch,
-        PROBE_DIST=probe_dist, PER_SAMPLE=per_sample, BLOCK=block)
+        PROBE_DIST=probe_dist, PER_SAMPLE=per_sample, BLOCK=block, num_warps=warps)
     if track:
         track_var = logp_var.numel() > 0
         _step_finish_kernel[(B,)](partial, coef, logp, logp_var if track_var else logp, num_splits,

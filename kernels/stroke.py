@@ -2,10 +2,11 @@
 
 Two paths:
 
-- tile path, when every scale is a power of two (so each divides the next): one program owns a
-  T x T tile of one (b, c) plane, T a multiple of every scale, so every block of every scale lies
-  inside it. One read of the tile yields every level (S_{2k} = S_{2k} S_k); x0 is read once and
-  each output written once, the noise drawn in registers.
+- tile path, when every scale is a power of two up to MAX_TILE_SCALE = 16 (so each divides the
+  next): one program owns a T x T tile of one (b, c) plane, T a multiple of every scale, so every
+  block of every scale lies inside it. One read of the tile yields every level
+  (S_{2k} = S_{2k} S_k); x0 is read once and each output written once, the noise drawn in
+  registers.
 - general path, any scales >= 2: a first kernel takes the block means of every scale into a small
   float32 buffer (for the noise, redrawing it), a second reads x0 once more and writes the outputs.
 """
@@ -13,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .random import draw, stream_position
+from .random import _flat_index, draw, idx64, stream_position
 
 MAX_TILE_SCALES = 4
 BLOCK = 1024
@@ -114,12 +115,29 @@ def _stroke_noise_tile_kernel(x0_ptr, alpha_ptr, sigma_ptr, wx_ptr, we_ptr, seed
     tl.store(tgt_ptr + base + rc, tgt.to(tgt_ptr.dtype.element_ty), mask=mask)
 
 
+# The tile path takes power-of-two scales up to MAX_TILE_SCALE. At T = 32 or 64 the compiled
+# kernel either spills (4 warps: 255 registers and a stack; T = 64 spills KBs at any warp count)
+# or allows a single program per SM (8 warps: 192 registers; 16 warps: 94), so those scale sets
+# take the general path (tests/test_gpu_codegen.py checks every tile side the launcher picks).
+MAX_TILE_SCALE = 16
+TILE_WARPS = {16: 4}
+
+
 def tile_scales(scales):
     """(K1..K4, T) for the tile path, or None when the scales need the general path."""
-    if len(scales) > MAX_TILE_SCALES or any(k & (k - 1) for k in scales) or max(scales) > 64:
+    if len(scales) > MAX_TILE_SCALES or any(k & (k - 1) for k in scales) or max(scales) > MAX_TILE_SCALE:
         return None
     T = max(16, max(scales))
     return tuple(scales) + (0,) * (MAX_TILE_SCALES - len(scales)), T
+
+
+def tile_config(scales):
+    """(K1..K4, T, num_warps) of the tile path, or None (general path)."""
+    tile = tile_scales(scales)
+    if tile is None:
+        return None
+    ks, T = tile
+    return ks, T, TILE_WARPS[T]
 
 
 # -------------------------------------------------------------------------- general path
@@ -127,9 +145,10 @@ def tile_scales(scales):
 @triton.jit
 def _block_means_kernel(x_ptr, seeds_ptr, means_ptr, n_items, C, H, W, K, nw, total, moff, offset,
                         FROM_NOISE: tl.constexpr, DIST: tl.constexpr, PER_SAMPLE: tl.constexpr,
-                        BLOCK: tl.constexpr):
-    """means[plane, moff + I*nw + J] = mean of block (I, J) of scale K, of x or of the noise."""
-    t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+                        BLOCK: tl.constexpr, IDX64: tl.constexpr = False):
+    """means[plane, moff + I*nw + J] = mean of block (I, J) of scale K, of x or of the noise.
+    Indices are 32-bit unless IDX64 (a tensor of 2^31 elements or more): no 64-bit division."""
+    t = _flat_index(BLOCK, IDX64)
     live = t < n_items
     nblk = ((H + K - 1) // K) * nw
     plane = t // nblk
@@ -161,20 +180,21 @@ def _weighted_means(means_ptr, grid_ptr, wb_ptr, plane, total, r, c, J):
     acc = tl.zeros(r.shape, dtype=tl.float32)
     keep = tl.zeros(r.shape, dtype=tl.float32) + 1.0
     for j in range(0, J):
-        k = tl.load(grid_ptr + 3 * j)
-        nw = tl.load(grid_ptr + 3 * j + 1)
-        moff = tl.load(grid_ptr + 3 * j + 2)
+        # in the index type of r (int32 below 2^31 elements): 32-bit divisions
+        k = tl.load(grid_ptr + 3 * j).to(r.dtype)
+        nw = tl.load(grid_ptr + 3 * j + 1).to(r.dtype)
+        moff = tl.load(grid_ptr + 3 * j + 2).to(r.dtype)
         wj = tl.load(wb_ptr + j)
-        acc += wj * tl.load(means_ptr + plane * total + moff + (r // k) * nw + c // k)
+        acc += wj * tl.load(means_ptr + plane.to(tl.int64) * total + moff + (r // k) * nw + c // k)
         keep -= wj
     return acc, keep
 
 
 @triton.jit
 def _stroke_blur_kernel(x_ptr, w_ptr, means_ptr, grid_ptr, y_ptr, N, C, H, W, J, total,
-                        BLOCK: tl.constexpr):
+                        BLOCK: tl.constexpr, IDX64: tl.constexpr = False):
     """y = A_w x per element from the block means of x."""
-    t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    t = _flat_index(BLOCK, IDX64)
     mask = t < N
     plane = t // (H * W)
     rc = t - plane * (H * W)
@@ -189,9 +209,9 @@ def _stroke_blur_kernel(x_ptr, w_ptr, means_ptr, grid_ptr, y_ptr, N, C, H, W, J,
 def _stroke_noise_kernel(x0_ptr, alpha_ptr, sigma_ptr, wx_ptr, we_ptr, seeds_ptr, mx_ptr, me_ptr,
                          grid_ptr, xt_ptr, tgt_ptr, N, C, H, W, J, total, offset,
                          DIST: tl.constexpr, PER_SAMPLE: tl.constexpr, TARGET: tl.constexpr,
-                         BLOCK: tl.constexpr):
+                         BLOCK: tl.constexpr, IDX64: tl.constexpr = False):
     """x_t and target per element: x0 read once, eps redrawn, block means gathered."""
-    t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    t = _flat_index(BLOCK, IDX64)
     mask = t < N
     HW = H * W
     plane = t // HW
@@ -213,26 +233,40 @@ def _stroke_noise_kernel(x0_ptr, alpha_ptr, sigma_ptr, wx_ptr, we_ptr, seeds_ptr
     tl.store(tgt_ptr + t, tgt.to(tgt_ptr.dtype.element_ty), mask=mask)
 
 
-def _grid_table(scales, H, W, device):
-    """(int64 [J, 3] table of (k, blocks per row, offset), total block count per plane)."""
+def _grid_rows(scales, H, W):
+    """([(k, blocks per row, offset) per scale], total block count per plane)."""
     rows, total = [], 0
     for k in scales:
         nh, nw = -(-H // k), -(-W // k)
         rows.append((k, nw, total))
         total += nh * nw
-    return torch.tensor(rows, dtype=torch.int64, device=device), total
+    return rows, total
 
 
-def _block_means(x, scales, table, total, seeds=None, offset=0, dist=0):
+_TABLES = {}
+
+
+def _grid_table(scales, H, W, device):
+    """(int64 [J, 3] device table of _grid_rows, the rows, total), cached per shape and device:
+    building it is a host-to-device copy, which would sync the stream on every call and cannot
+    be captured in a CUDA graph."""
+    key = (tuple(scales), H, W, str(device))
+    if key not in _TABLES:
+        rows, total = _grid_rows(scales, H, W)
+        _TABLES[key] = (torch.tensor(rows, dtype=torch.int64, device=device), rows, total)
+    return _TABLES[key]
+
+
+def _block_means(x, rows, total, seeds=None, offset=0, dist=0):
     """[B*C, total] float32 block means of x (or, with seeds, of the stroke noise)."""
     B, C, H, W = x.shape
     means = torch.empty((B * C, total), dtype=torch.float32, device=x.device)
     per_sample = seeds is not None and seeds.numel() == B and B > 1
-    for (k, nw, moff) in table.tolist():
+    for (k, nw, moff) in rows:
         n_items = B * C * (-(-H // k)) * nw
         _block_means_kernel[(triton.cdiv(n_items, MEANS_BLOCK),)](
             x, x if seeds is None else seeds, means, n_items, C, H, W, k, nw, total, moff, offset,
-            seeds is not None, dist, per_sample, MEANS_BLOCK)
+            seeds is not None, dist, per_sample, MEANS_BLOCK, idx64(x.numel()))
     return means
 
 
@@ -245,16 +279,17 @@ def stroke_blur(x, weights, scales):
     if y.numel() == 0:
         return y
     J = len(scales)
-    tile = tile_scales(scales)
+    tile = tile_config(scales)
     if tile is not None:
-        ks, T = tile
+        ks, T, warps = tile
         _stroke_blur_tile_kernel[(B * C, triton.cdiv(H, T), triton.cdiv(W, T))](
-            x, weights, y, C, H, W, J, *ks, T)
+            x, weights, y, C, H, W, J, *ks, T, num_warps=warps)
         return y
-    table, total = _grid_table(scales, H, W, x.device)
-    means = _block_means(x, scales, table, total)
+    table, rows, total = _grid_table(scales, H, W, x.device)
+    means = _block_means(x, rows, total)
     N = x.numel()
-    _stroke_blur_kernel[(triton.cdiv(N, BLOCK),)](x, weights, means, table, y, N, C, H, W, J, total, BLOCK)
+    _stroke_blur_kernel[(triton.cdiv(N, BLOCK),)](x, weights, means, table, y, N, C, H, W, J, total, BLOCK,
+                                                  idx64(N))
     return y
 
 
@@ -266,18 +301,18 @@ def stroke_noise(x0, alpha, sigma, data_weights, noise_weights, scales, seeds, o
         return xt, tgt
     J = len(scales)
     per_sample = seeds.numel() == B and B > 1
-    tile = tile_scales(scales)
+    tile = tile_config(scales)
     if tile is not None:
-        ks, T = tile
+        ks, T, warps = tile
         _stroke_noise_tile_kernel[(B * C, triton.cdiv(H, T), triton.cdiv(W, T))](
             x0, alpha, sigma, data_weights, noise_weights, seeds, xt, tgt, C, H, W, J, offset,
-            *ks, T, dist, per_sample, target)
+            *ks, T, dist, per_sample, target, num_warps=warps)
         return xt, tgt
-    table, total = _grid_table(scales, H, W, x0.device)
-    mx = _block_means(x0, scales, table, total)
-    me = _block_means(x0, scales, table, total, seeds=seeds, offset=offset, dist=dist)
+    table, rows, total = _grid_table(scales, H, W, x0.device)
+    mx = _block_means(x0, rows, total)
+    me = _block_means(x0, rows, total, seeds=seeds, offset=offset, dist=dist)
     N = x0.numel()
     _stroke_noise_kernel[(triton.cdiv(N, BLOCK),)](
         x0, alpha, sigma, data_weights, noise_weights, seeds, mx, me, table, xt, tgt, N, C, H, W,
-        J, total, offset, dist, per_sample, target, BLOCK)
+        J, total, offset, dist, per_sample, target, BLOCK, idx64(N))
     return xt, tgt

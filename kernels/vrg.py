@@ -12,10 +12,17 @@ import torch
 import triton
 import triton.language as tl
 
+import functools
+
 MOMENT_BLOCK = 1024
-MOMENT_CHUNK = 16384
+MOMENT_MIN_BLOCK = 512  # 4 elements per thread at 4 warps
+MOMENT_CHUNK = 16384    # chunk on CPU (the interpreter) and the most on a GPU
+PROGRAMS_PER_SM = 4
 CPE_BLOCK_K = 16
-CPE_MAX_BLOCK_N = 64
+# at BLOCK_N = 64 the dpm2m gradient needs 255 registers and spills KBs, at 16 it spills 80 B
+# (4 warps) or allows one program per SM (8 warps: 174 registers); at 8, 166 registers, 3 per SM
+CPE_MAX_BLOCK_N = 8
+CPE_WARPS = 4
 
 
 @triton.jit
@@ -47,6 +54,22 @@ def _error_moments_kernel(pred_ptr, target_ptr, bins_ptr, table_ptr, D, num_bins
     tl.atomic_add(row + 2, tl.sum(s2, axis=0), mask=ok)
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(index):
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def moments_plan(B, D, sm_count):
+    """(BLOCK, chunks, chunk) for (B, D) on a GPU with sm_count SMs: PROGRAMS_PER_SM programs per
+    SM over the batch where D allows, else programs of MOMENT_MIN_BLOCK elements."""
+    want = triton.cdiv(PROGRAMS_PER_SM * sm_count, max(B, 1))
+    block = MOMENT_BLOCK
+    if triton.cdiv(D, block) < want:
+        block = min(MOMENT_BLOCK, max(MOMENT_MIN_BLOCK, triton.next_power_of_2(triton.cdiv(D, want))))
+    chunk = min(MOMENT_CHUNK, max(1, triton.cdiv(D, block) // want) * block)
+    return block, max(1, triton.cdiv(D, chunk)), chunk
+
+
 def error_moments(pred, target, bins, num_bins):
     """(num_bins, 3) float64 table of (count, sum e, sum e^2); pred, target contiguous."""
     B = pred.shape[0]
@@ -54,9 +77,11 @@ def error_moments(pred, target, bins, num_bins):
     table = torch.zeros(num_bins, 3, dtype=torch.float64, device=pred.device)
     if B == 0:
         return table
-    chunks = max(1, triton.cdiv(D, MOMENT_CHUNK))
-    _error_moments_kernel[(B, chunks)](pred, target, bins, table, D, num_bins, MOMENT_CHUNK,
-                                       BLOCK=MOMENT_BLOCK)
+    if pred.device.type == "cuda":
+        block, chunks, chunk = moments_plan(B, D, _sm_count(pred.device.index))
+    else:
+        block, chunks, chunk = MOMENT_BLOCK, max(1, triton.cdiv(D, MOMENT_CHUNK)), MOMENT_CHUNK
+    _error_moments_kernel[(B, chunks)](pred, target, bins, table, D, num_bins, chunk, BLOCK=block)
     return table
 
 
@@ -208,5 +233,5 @@ def cumulative_error(abar, grid, mse, solver, with_grad):
     _cumulative_error_kernel[(triton.cdiv(K, CPE_BLOCK_K),)](
         abar, grid, mse, cpe, grad if with_grad else cpe, K, N, M, SOLVER=int(solver),
         WITH_GRAD=bool(with_grad), ITERS=int(M).bit_length(), BLOCK_K=CPE_BLOCK_K,
-        BLOCK_N=block_n)
+        BLOCK_N=block_n, num_warps=CPE_WARPS)
     return cpe, grad

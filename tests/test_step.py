@@ -137,21 +137,22 @@ def test_step_triton_split_single_sample(backend, device, rng, monkeypatch):
     _compare(backend, inp, seed=11, dist="laplace", P_out=1, probe_dist="rademacher")
 
 
-def test_step_triton_split_heuristic(monkeypatch):
-    """On a 132-SM GPU the grid fills >= 4 programs per SM where D allows, each split >= 2 blocks;
-    on CPU (the interpreter) one program per sample."""
+def test_step_triton_split_heuristic():
+    """On a 132-SM GPU the grid fills >= 4 programs per SM where D allows, else every program
+    takes the fewest elements it may (min_program_elems); the splits cover D exactly."""
     pytest.importorskip("triton")
     from diffaccel.kernels import step as ks
 
-    monkeypatch.setattr(ks, "_sm_count", lambda index: 132)
-    cuda = torch.device("cuda")
-    for B, D in ((64, 16384), (1, 16384), (8, 1 << 20), (256, 4096), (3, 100)):
-        n, chunk = ks._plan(D, 1024, ks._splits(B, D, 1024, cuda))
-        assert chunk % 1024 == 0 and (n - 1) * chunk < D <= n * chunk
-        assert chunk >= 2 * 1024 or n == 1, (B, D, n, chunk)  # a split is >= 2 blocks ...
-        assert B * n >= 4 * 132 or chunk == 2 * 1024 or n == 1, (B, D, n, chunk)  # ... else fill
-    assert ks._plan(16384, 1024, ks._splits(64, 16384, 1024, cuda)) == (8, 2048)
-    assert ks._splits(64, 1 << 20, 1024, torch.device("cpu")) == 1
+    for B, D in ((64, 16384), (1, 16384), (8, 1 << 20), (256, 4096), (3, 100), (1, 65536)):
+        for K in (1, 8):
+            block, n, chunk, warps = ks.gpu_plan(B, D, K, 132)
+            assert chunk % block == 0 and (n - 1) * chunk < D <= n * chunk, (B, D, K, n, chunk)
+            assert ks.min_program_elems(warps) <= block <= ks.max_block(K)
+            assert B * n >= 4 * 132 or chunk == block == ks.min_program_elems(warps) or n == -(-D // block), \
+                (B, D, K, n, chunk)
+    assert ks.gpu_plan(64, 16384, 1, 132) == (1024, 16, 1024, 4)
+    assert ks.gpu_plan(1, 16384, 1, 132) == (512, 32, 512, 4)  # was 8 programs of 2048 elements
+    assert ks.gpu_plan(1, 16384, 8, 132) == (512, 32, 512, 4)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

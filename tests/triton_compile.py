@@ -29,10 +29,10 @@ def stroke_cases():
         for per_sample in (True, False):
             out.append(("noise", f"dist={dist},per_sample={per_sample}", R._noise_kernel,
                         {**seeds, "out_ptr": "*fp32", "N": "i64", "D": "i64", "offset": "i64"},
-                        {"DIST": dist, "PER_SAMPLE": per_sample, "BLOCK": R.BLOCK}))
+                        {"DIST": dist, "PER_SAMPLE": per_sample, "BLOCK": R.BLOCK, "IDX64": False}))
     out.append(("philox", "", R._philox_kernel,
                 {**seeds, "out_ptr": "*i64", "N": "i64", "D": "i64", "offset": "i64"},
-                {"PER_SAMPLE": True, "BLOCK": R.BLOCK}))
+                {"PER_SAMPLE": True, "BLOCK": R.BLOCK, "IDX64": True}))
     for dt in ("fp32", "fp16", "bf16"):
         ks = {"K1": 2, "K2": 4, "K3": 8, "K4": 0, "T": 16}
         out.append(("stroke_blur_tile", dt, S._stroke_blur_tile_kernel,
@@ -49,22 +49,23 @@ def stroke_cases():
                     {"x_ptr": f"*{dt}", "seeds_ptr": "*i64", "means_ptr": "*fp32", "n_items": "i64",
                      "C": "i32", "H": "i32", "W": "i32", "K": "i32", "nw": "i32", "total": "i32",
                      "moff": "i32", "offset": "i64"},
-                    {"FROM_NOISE": False, "DIST": 0, "PER_SAMPLE": False, "BLOCK": S.MEANS_BLOCK}))
+                    {"FROM_NOISE": False, "DIST": 0, "PER_SAMPLE": False, "BLOCK": S.MEANS_BLOCK,
+                     "IDX64": False}))
         out.append(("stroke_blur", dt, S._stroke_blur_kernel,
                     {"x_ptr": f"*{dt}", "w_ptr": "*fp32", "means_ptr": "*fp32", "grid_ptr": "*i64",
                      "y_ptr": f"*{dt}", "N": "i64", "C": "i32", "H": "i32", "W": "i32", "J": "i32",
-                     "total": "i32"}, {"BLOCK": S.BLOCK}))
+                     "total": "i32"}, {"BLOCK": S.BLOCK, "IDX64": True}))
         out.append(("stroke_noise", dt, S._stroke_noise_kernel,
                     {"x0_ptr": f"*{dt}", "alpha_ptr": "*fp32", "sigma_ptr": "*fp32", "wx_ptr": "*fp32",
                      "we_ptr": "*fp32", "seeds_ptr": "*i64", "mx_ptr": "*fp32", "me_ptr": "*fp32",
                      "grid_ptr": "*i64", "xt_ptr": f"*{dt}", "tgt_ptr": f"*{dt}", "N": "i64",
                      "C": "i32", "H": "i32", "W": "i32", "J": "i32", "total": "i32", "offset": "i64"},
-                    {"DIST": 1, "PER_SAMPLE": False, "TARGET": 2, "BLOCK": S.BLOCK}))
+                    {"DIST": 1, "PER_SAMPLE": False, "TARGET": 2, "BLOCK": S.BLOCK, "IDX64": False}))
     out.append(("block_means_noise", "", S._block_means_kernel,
                 {"x_ptr": "*fp32", "seeds_ptr": "*i64", "means_ptr": "*fp32", "n_items": "i64",
                  "C": "i32", "H": "i32", "W": "i32", "K": "i32", "nw": "i32", "total": "i32",
                  "moff": "i32", "offset": "i64"},
-                {"FROM_NOISE": True, "DIST": 3, "PER_SAMPLE": True, "BLOCK": S.MEANS_BLOCK}))
+                {"FROM_NOISE": True, "DIST": 3, "PER_SAMPLE": True, "BLOCK": S.MEANS_BLOCK, "IDX64": True}))
     return out
 
 

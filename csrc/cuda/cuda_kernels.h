@@ -41,6 +41,21 @@ template <typename T>
 cudaError_t stroke_blur(const T* x, const float* w, const float* means, const ScaleGrid& grid,
                         int64_t B, int64_t C, int64_t H, int64_t W, T* y, cudaStream_t stream);
 
+// The one-pass tile kernels (power-of-two scales <= 64, see launch_grid.h stroke_tile): x read
+// once, block sums in shared memory. stroke_tile_path says whether they can take a call.
+bool stroke_tile_path(const int64_t* scales, int J, int64_t B, int64_t C, int64_t H, int64_t W);
+
+template <typename T>
+cudaError_t stroke_blur_tile(const T* x, const float* w, const int64_t* scales, int J, int64_t B,
+                             int64_t C, int64_t H, int64_t W, T* y, cudaStream_t stream);
+
+template <typename T>
+cudaError_t stroke_noise_tile(const T* x0, const float* alpha, const float* sigma,
+                              const float* wx, const float* we, const int64_t* scales, int J,
+                              int64_t B, int64_t C, int64_t H, int64_t W, const int64_t* seeds,
+                              bool per_sample, uint64_t offset, int32_t dist, int32_t target,
+                              T* xt, T* tgt, cudaStream_t stream);
+
 // x_t and target from x0 and the block means of x0 and of the noise (noise redrawn in-kernel).
 template <typename T>
 cudaError_t stroke_noise(const T* x0, const float* alpha, const float* sigma, const float* wx,

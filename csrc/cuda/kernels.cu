@@ -1,12 +1,24 @@
-// CUDA kernels: one thread per output element (or per block mean), grid-stride loops with 64-bit
-// indices. All math comes from csrc/include/diffaccel, shared with (and tested through) the CPU
-// kernels; what is CUDA-only here is indexing and launch shapes, kept plain on purpose.
+// CUDA kernels of the noise and stroke ops. All math comes from csrc/include/diffaccel, shared
+// with (and tested through) the CPU kernels; what is CUDA-only here is indexing and launch shapes.
+//
+// - noise / philox: one thread per element, grid-stride, 32-bit indices when the tensor has
+//   fewer than 2^31 elements (no 64-bit division per element), 64-bit ones beyond.
+// - stroke ops, power-of-two scales <= 64 (launch_grid.h stroke_tile): one block per (plane,
+//   T x T tile). The tile of x0 (and its noise, drawn once per element) goes to shared memory;
+//   the block sums of the finest scale are taken from it and each coarser scale's from the one
+//   before, several lanes per block sum with a warp-shuffle reduction; then each element is
+//   written once from the shared tile and the weighted block means. x0 is read once.
+// - any other scale set (the general path): block means of every scale into a float32 buffer
+//   (one warp per block mean, lanes over its elements; the noise redrawn), then one thread per
+//   element gathers them.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "cuda_kernels.h"
+#include "diffaccel/launch_grid.h"
 #include "diffaccel/philox.h"
 #include "diffaccel/stroke.h"
 
@@ -15,18 +27,23 @@ namespace cuda {
 
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = grid::kThreads;
 
-inline unsigned blocks_for(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
+template <typename I>
+inline unsigned blocks_for(I n, int per_block = kThreads) {
+  const int64_t b = (static_cast<int64_t>(n) + per_block - 1) / per_block;
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(b, int64_t(1) << 30)));
 }
 
-__device__ __forceinline__ int64_t thread_index() {
-  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+inline bool fits32(int64_t n) { return n < (int64_t(1) << 31); }
+
+template <typename I>
+__device__ __forceinline__ I thread_index() {
+  return static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x;
 }
-__device__ __forceinline__ int64_t thread_stride() {
-  return static_cast<int64_t>(gridDim.x) * blockDim.x;
+template <typename I>
+__device__ __forceinline__ I thread_stride() {
+  return static_cast<I>(gridDim.x) * blockDim.x;
 }
 
 // Stream position of element (b, i) of a (B, D) layout (MATH.md Section 1).
@@ -36,39 +53,13 @@ struct NoiseStream {
   uint64_t offset;
   int64_t D;
   int32_t dist;
-  __device__ __forceinline__ float operator()(int64_t b, int64_t i) const {
+  template <typename I>
+  __device__ __forceinline__ float operator()(I b, I i) const {
     const uint64_t seed = static_cast<uint64_t>(seeds[per_sample ? b : 0]);
-    const uint64_t pos = offset + static_cast<uint64_t>((per_sample ? 0 : b * D) + i);
+    const uint64_t pos = offset + (per_sample ? 0 : static_cast<uint64_t>(b) * static_cast<uint64_t>(D)) + i;
     return draw_any(seed, pos, dist);
   }
 };
-
-// Sum over rows of one scale's blocks, scale j located from the flat block index q.
-__device__ __forceinline__ int scale_of(const ScaleGrid& g, int64_t q) {
-  int j = 0;
-  while (j + 1 < g.J && g.off[j + 1] <= q) ++j;
-  return j;
-}
-
-// Mean of block q (flat over all scales) of a plane given by value(r, c).
-template <typename Value>
-__device__ float block_mean(const ScaleGrid& g, int64_t q, int64_t H, int64_t W, Value value) {
-  const int j = scale_of(g, q);
-  const int64_t local = q - g.off[j], I = local / g.wk[j], Jb = local - I * g.wk[j];
-  const int64_t k = g.k[j], eh = block_extent(H, k, I), ew = block_extent(W, k, Jb);
-  float s = 0.0f;
-  for (int64_t r = I * k; r < I * k + eh; ++r)
-    for (int64_t c = Jb * k; c < Jb * k + ew; ++c) s += value(r, c);
-  return s / static_cast<float>(eh * ew);
-}
-
-// sum_j w_j (S_{k_j} p)[r, c] from the plane's block means.
-__device__ __forceinline__ float weighted_means(const ScaleGrid& g, const float* m,
-                                                const float* w, int64_t r, int64_t c) {
-  float s = 0.0f;
-  for (int j = 0; j < g.J; ++j) s += w[j] * m[g.off[j] + (r / g.k[j]) * g.wk[j] + c / g.k[j]];
-  return s;
-}
 
 __device__ __forceinline__ float keep_weight(const float* w, int J) {
   float s = 0.0f;
@@ -76,75 +67,319 @@ __device__ __forceinline__ float keep_weight(const float* w, int J) {
   return 1.0f - s;
 }
 
-__global__ void philox_kernel(const int64_t* seeds, bool per_sample, int64_t D, uint64_t offset,
-                              int64_t n, int64_t* out) {
-  for (int64_t t = thread_index(); t < n; t += thread_stride()) {
-    const int64_t b = t / D, i = t - b * D;
+// ------------------------------------------------------------------------ noise, philox
+
+template <typename I>
+__global__ void philox_kernel(const int64_t* seeds, bool per_sample, I D, uint64_t offset, I n,
+                              int64_t* out) {
+  for (I t = thread_index<I>(); t < n; t += thread_stride<I>()) {
+    const I b = t / D, i = t - b * D;
     const uint64_t seed = static_cast<uint64_t>(seeds[per_sample ? b : 0]);
     uint32_t r0, r1, r2, r3;
-    philox4x32_10(seed, offset + static_cast<uint64_t>((per_sample ? 0 : b * D) + i), r0, r1, r2, r3);
-    out[4 * t + 0] = r0; out[4 * t + 1] = r1; out[4 * t + 2] = r2; out[4 * t + 3] = r3;
+    philox4x32_10(seed, offset + (per_sample ? 0 : static_cast<uint64_t>(b) * D) + i, r0, r1, r2, r3);
+    out[4 * static_cast<int64_t>(t) + 0] = r0;
+    out[4 * static_cast<int64_t>(t) + 1] = r1;
+    out[4 * static_cast<int64_t>(t) + 2] = r2;
+    out[4 * static_cast<int64_t>(t) + 3] = r3;
+  }
+}
+
+template <typename T, typename I>
+__global__ void noise_kernel(NoiseStream ns, I D, I n, T* out) {
+  for (I t = thread_index<I>(); t < n; t += thread_stride<I>()) {
+    const I b = t / D;
+    out[t] = static_cast<T>(ns(b, t - b * D));
+  }
+}
+
+// --------------------------------------------------------------------------- tile path
+
+// Shape of the tile path for one scale set (power-of-two scales, T = max(16, k_max)); block
+// sums live in shared memory per field, scale after scale: [off[j] + I * n[j] + J], n = T / k.
+struct TileGrid {
+  int J, T, logT, cells;
+  int k[kMaxScales], logk[kMaxScales], off[kMaxScales];
+  int src[kMaxScales];  // the scale whose sums add up to this one's (-1: the elements)
+  int logm[kMaxScales];  // log2(k / k_src)
+};
+
+TileGrid make_tile_grid(const int64_t* scales, int J, int64_t T) {
+  TileGrid g{};
+  g.J = J;
+  g.T = static_cast<int>(T);
+  while ((1 << g.logT) < g.T) ++g.logT;
+  g.cells = 0;
+  for (int j = 0; j < J; ++j) {
+    g.k[j] = static_cast<int>(scales[j]);
+    while ((1 << g.logk[j]) < g.k[j]) ++g.logk[j];
+    g.off[j] = g.cells;
+    g.cells += (g.T / g.k[j]) * (g.T / g.k[j]);
+    g.src[j] = -1;
+    for (int i = 0; i < j; ++i)  // the largest earlier scale dividing k_j
+      if (g.k[j] % g.k[i] == 0 && (g.src[j] < 0 || g.k[i] > g.k[g.src[j]])) g.src[j] = i;
+    g.logm[j] = g.logk[j] - (g.src[j] < 0 ? 0 : g.logk[g.src[j]]);
+  }
+  return g;
+}
+
+inline size_t tile_smem_bytes(const TileGrid& g, int fields) {
+  return sizeof(float) * static_cast<size_t>(fields) * (static_cast<size_t>(g.T) * g.T + g.cells);
+}
+
+// Block sums of every scale of NF fields: tile[f * T*T + r * T + c] (zero outside the plane)
+// into sums[f * cells + ...]. A sum over m x m cells of its source scale is shared by
+// G = min(m, 32) lanes (rows a = lane, lane + G, ...), reduced with shuffles. Ends synced.
+template <int NF>
+__device__ void tile_block_sums(const TileGrid& g, const float* tile, float* sums) {
+  const int TT = g.T * g.T;
+  for (int j = 0; j < g.J; ++j) {
+    const int s = g.src[j];
+    const int logn = g.logT - g.logk[j], logm = g.logm[j], m = 1 << logm;
+    const int logns = s < 0 ? g.logT : g.logT - g.logk[s];
+    const float* from = s < 0 ? tile : sums + g.off[s];
+    const int fstride = s < 0 ? TT : g.cells;
+    const int logG = logm < 5 ? logm : 5, G = 1 << logG;
+    const int tasks = (1 << (2 * logn)) << logG;
+    for (int base = 0; base < tasks; base += kThreads) {  // uniform trip count: shuffles are safe
+      const int task = base + static_cast<int>(threadIdx.x);
+      const int cell = task >> logG, lane = task & (G - 1);
+      const int I = cell >> logn, Jc = cell & ((1 << logn) - 1);
+      float acc[NF];
+#pragma unroll
+      for (int f = 0; f < NF; ++f) acc[f] = 0.0f;
+      if (task < tasks) {
+        for (int a = lane; a < m; a += G) {
+          const int row = (((I << logm) + a) << logns) + (Jc << logm);
+          for (int c = 0; c < m; ++c)
+#pragma unroll
+            for (int f = 0; f < NF; ++f) acc[f] += from[f * fstride + row + c];
+        }
+      }
+      for (int o = G >> 1; o > 0; o >>= 1)
+#pragma unroll
+        for (int f = 0; f < NF; ++f) acc[f] += __shfl_xor_sync(0xffffffffu, acc[f], o);
+      if (task < tasks && lane == 0)
+#pragma unroll
+        for (int f = 0; f < NF; ++f) sums[f * g.cells + g.off[j] + cell] = acc[f];
+    }
+    __syncthreads();
+  }
+}
+
+// sums -> w_j * (block mean): divided by the block's real size (partial border blocks) and
+// weighted, in place, so each output needs one add per scale. Ends synced.
+template <int NF>
+__device__ void tile_weighted_means(const TileGrid& g, float* sums, const float* const (&w)[NF],
+                                    int r0, int c0, int64_t H, int64_t W) {
+  for (int q = threadIdx.x; q < g.cells; q += kThreads) {
+    int j = 0;
+    while (j + 1 < g.J && g.off[j + 1] <= q) ++j;
+    const int logn = g.logT - g.logk[j], local = q - g.off[j];
+    const int64_t k = g.k[j];
+    const int64_t I = (r0 >> g.logk[j]) + (local >> logn), Jb = (c0 >> g.logk[j]) + (local & ((1 << logn) - 1));
+    const int64_t eh = H - k * I < k ? H - k * I : k, ew = W - k * Jb < k ? W - k * Jb : k;
+    const float n = eh > 0 && ew > 0 ? static_cast<float>(eh * ew) : 0.0f;
+#pragma unroll
+    for (int f = 0; f < NF; ++f)
+      sums[f * g.cells + q] = n > 0.0f ? w[f][j] * (sums[f * g.cells + q] / n) : 0.0f;
+  }
+  __syncthreads();
+}
+
+// sum_j w_j (S_{k_j} v)[rr, cc] at tile position (rr, cc) from the weighted means.
+__device__ __forceinline__ float tile_gather(const TileGrid& g, const float* wm, int rr, int cc) {
+  float s = 0.0f;
+  for (int j = 0; j < g.J; ++j) {
+    const int logn = g.logT - g.logk[j];
+    s += wm[g.off[j] + ((rr >> g.logk[j]) << logn) + (cc >> g.logk[j])];
+  }
+  return s;
+}
+
+// Grid (tiles across, tiles down, planes): planes beyond gridDim.z loop (uniform per block).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) stroke_blur_tile_kernel(
+    const T* x, const float* w, TileGrid g, uint32_t C, uint32_t BC, int64_t H, int64_t W, T* y) {
+  extern __shared__ float smem[];
+  float* tile = smem;
+  float* sums = smem + g.T * g.T;
+  const int r0 = blockIdx.y * g.T, c0 = blockIdx.x * g.T, TT = g.T * g.T;
+  for (uint32_t plane = blockIdx.z; plane < BC; plane += gridDim.z) {
+    const uint32_t b = plane / C;
+    const int64_t base = static_cast<int64_t>(plane) * H * W;
+#pragma unroll 1  // one load per element and iteration (tests/test_gpu_codegen.py counts them)
+    for (int e = threadIdx.x; e < TT; e += kThreads) {
+      const int64_t r = r0 + (e >> g.logT), c = c0 + (e & (g.T - 1));
+      tile[e] = r < H && c < W ? static_cast<float>(x[base + r * W + c]) : 0.0f;
+    }
+    __syncthreads();
+    tile_block_sums<1>(g, tile, sums);
+    const float* wb = w + static_cast<int64_t>(b) * g.J;
+    const float* const ws[1] = {wb};
+    tile_weighted_means<1>(g, sums, ws, r0, c0, H, W);
+    const float keep = keep_weight(wb, g.J);
+    for (int e = threadIdx.x; e < TT; e += kThreads) {
+      const int rr = e >> g.logT, cc = e & (g.T - 1);
+      const int64_t r = r0 + rr, c = c0 + cc;
+      if (r < H && c < W) y[base + r * W + c] = static_cast<T>(keep * tile[e] + tile_gather(g, sums, rr, cc));
+    }
+    __syncthreads();  // the next plane reuses the shared tile
   }
 }
 
 template <typename T>
-__global__ void noise_kernel(NoiseStream ns, int64_t n, T* out) {
-  for (int64_t t = thread_index(); t < n; t += thread_stride()) {
-    const int64_t b = t / ns.D;
-    out[t] = static_cast<T>(ns(b, t - b * ns.D));
-  }
-}
-
-template <typename T>
-__global__ void means_kernel(const T* x, ScaleGrid g, int64_t BC, int64_t H, int64_t W,
-                             float* means) {
-  const int64_t n = BC * g.total;
-  for (int64_t t = thread_index(); t < n; t += thread_stride()) {
-    const int64_t plane = t / g.total;
-    const T* p = x + plane * H * W;
-    means[t] = block_mean(g, t - plane * g.total, H, W,
-                          [&](int64_t r, int64_t c) { return static_cast<float>(p[r * W + c]); });
-  }
-}
-
-__global__ void noise_means_kernel(NoiseStream ns, ScaleGrid g, int64_t B, int64_t C, int64_t H,
-                                   int64_t W, float* means) {
-  const int64_t n = B * C * g.total;
-  for (int64_t t = thread_index(); t < n; t += thread_stride()) {
-    const int64_t plane = t / g.total, b = plane / C, c0 = (plane - b * C) * H * W;
-    means[t] = block_mean(g, t - plane * g.total, H, W,
-                          [&](int64_t r, int64_t c) { return ns(b, c0 + r * W + c); });
-  }
-}
-
-template <typename T>
-__global__ void blur_kernel(const T* x, const float* w, const float* means, ScaleGrid g,
-                            int64_t C, int64_t H, int64_t W, int64_t n, T* y) {
+__global__ void __launch_bounds__(kThreads) stroke_noise_tile_kernel(
+    const T* x0, const float* alpha, const float* sigma, const float* wx, const float* we,
+    TileGrid g, uint32_t C, uint32_t BC, int64_t H, int64_t W, NoiseStream ns, int32_t target,
+    T* xt, T* tgt) {
+  extern __shared__ float smem[];
+  const int TT = g.T * g.T;
+  float* tile = smem;  // [2][T*T]: x0, then the noise
+  float* sums = smem + 2 * TT;
+  const int r0 = blockIdx.y * g.T, c0 = blockIdx.x * g.T;
   const int64_t HW = H * W;
-  for (int64_t t = thread_index(); t < n; t += thread_stride()) {
-    const int64_t plane = t / HW, rc = t - plane * HW, r = rc / W, c = rc - r * W;
+  for (uint32_t plane = blockIdx.z; plane < BC; plane += gridDim.z) {
+    const uint32_t b = plane / C;
+    const int64_t base = static_cast<int64_t>(plane) * HW;
+    const int64_t nbase = static_cast<int64_t>(plane - b * C) * HW;  // within the sample
+    const uint64_t seed = static_cast<uint64_t>(ns.seeds[ns.per_sample ? b : 0]);
+    const uint64_t pos0 = ns.offset + static_cast<uint64_t>(ns.per_sample ? nbase : base);
+#pragma unroll 1  // one load and one draw per element and iteration (counted by the tests)
+    for (int e = threadIdx.x; e < TT; e += kThreads) {
+      const int64_t r = r0 + (e >> g.logT), c = c0 + (e & (g.T - 1));
+      const bool in = r < H && c < W;
+      tile[e] = in ? static_cast<float>(x0[base + r * W + c]) : 0.0f;
+      tile[TT + e] = in ? draw_any(seed, pos0 + static_cast<uint64_t>(r * W + c), ns.dist) : 0.0f;
+    }
+    __syncthreads();
+    tile_block_sums<2>(g, tile, sums);
+    const float* wxb = wx + static_cast<int64_t>(b) * g.J;
+    const float* web = we + static_cast<int64_t>(b) * g.J;
+    const float* const ws[2] = {wxb, web};
+    tile_weighted_means<2>(g, sums, ws, r0, c0, H, W);
+    const float kx = keep_weight(wxb, g.J), ke = keep_weight(web, g.J);
+    const float a = alpha[b], s = sigma[b];
+    for (int e = threadIdx.x; e < TT; e += kThreads) {
+      const int rr = e >> g.logT, cc = e & (g.T - 1);
+      const int64_t r = r0 + rr, c = c0 + cc;
+      if (r < H && c < W) {
+        const float ax = kx * tile[e] + tile_gather(g, sums, rr, cc);
+        const float ae = ke * tile[TT + e] + tile_gather(g, sums + g.cells, rr, cc);
+        float o_xt, o_t;
+        stroke_noise_outputs(ax, ae, a, s, target, o_xt, o_t);
+        xt[base + r * W + c] = static_cast<T>(o_xt);
+        tgt[base + r * W + c] = static_cast<T>(o_t);
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// Launch shape of the tile kernels, or false when the tile path cannot take the call.
+bool tile_launch(const int64_t* scales, int J, int64_t B, int64_t C, int64_t H, int64_t W,
+                 TileGrid& g, dim3& grid_out) {
+  const int64_t T = grid::stroke_tile(scales, J);
+  if (T == 0 || !fits32(B * C) || grid::cdiv(H, T) > 65535 || grid::cdiv(W, T) >= (int64_t(1) << 31))
+    return false;
+  g = make_tile_grid(scales, J, T);
+  if (tile_smem_bytes(g, 2) > 48 * 1024) return false;  // e.g. many repeated small scales
+  grid_out = dim3(static_cast<unsigned>(grid::cdiv(W, T)), static_cast<unsigned>(grid::cdiv(H, T)),
+                  static_cast<unsigned>(std::min<int64_t>(B * C, 65535)));
+  return true;
+}
+
+// ------------------------------------------------------------------------ general path
+
+template <typename I>
+__device__ __forceinline__ int scale_of(const ScaleGrid& g, I q) {
+  int j = 0;
+  while (j + 1 < g.J && static_cast<I>(g.off[j + 1]) <= q) ++j;
+  return j;
+}
+
+// Mean of block q (flat over all scales) of a plane given by value(r, c), by one warp: the lanes
+// take its elements in turn, then a shuffle reduction (valid in every lane).
+template <typename I, typename Value>
+__device__ float warp_block_mean(const ScaleGrid& g, I q, I H, I W, Value value) {
+  const int j = scale_of(g, q);
+  const I wk = static_cast<I>(g.wk[j]), k = static_cast<I>(g.k[j]);
+  const I local = q - static_cast<I>(g.off[j]), Ib = local / wk, Jb = local - Ib * wk;
+  const I eh = static_cast<I>(block_extent(H, k, Ib)), ew = static_cast<I>(block_extent(W, k, Jb));
+  float s = 0.0f;
+  for (I idx = threadIdx.x & 31; idx < eh * ew; idx += 32) {
+    const I dr = idx / ew;
+    s += value(Ib * k + dr, Jb * k + idx - dr * ew);
+  }
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  return s / static_cast<float>(eh * ew);
+}
+
+// sum_j w_j (S_{k_j} p)[r, c] from the plane's block means.
+template <typename I>
+__device__ __forceinline__ float weighted_means(const ScaleGrid& g, const float* m, const float* w,
+                                                I r, I c) {
+  float s = 0.0f;
+  for (int j = 0; j < g.J; ++j) {
+    const I k = static_cast<I>(g.k[j]);
+    s += w[j] * m[static_cast<I>(g.off[j]) + (r / k) * static_cast<I>(g.wk[j]) + c / k];
+  }
+  return s;
+}
+
+// One warp per (plane, block): warps stride over BC * total block means.
+template <typename T, typename I>
+__global__ void means_kernel(const T* x, ScaleGrid g, I BC, I H, I W, float* means) {
+  const I n = BC * static_cast<I>(g.total), total = static_cast<I>(g.total);
+  const I warps = thread_stride<I>() / 32;
+  for (I t = thread_index<I>() / 32; t < n; t += warps) {
+    const I plane = t / total;
+    const T* p = x + static_cast<int64_t>(plane) * H * W;
+    const float m = warp_block_mean(g, t - plane * total, H, W,
+                                    [&](I r, I c) { return static_cast<float>(p[r * W + c]); });
+    if ((threadIdx.x & 31) == 0) means[t] = m;
+  }
+}
+
+template <typename I>
+__global__ void noise_means_kernel(NoiseStream ns, ScaleGrid g, I B, I C, I H, I W, float* means) {
+  const I total = static_cast<I>(g.total), n = B * C * total;
+  const I warps = thread_stride<I>() / 32;
+  for (I t = thread_index<I>() / 32; t < n; t += warps) {
+    const I plane = t / total, b = plane / C, c0 = (plane - b * C) * H * W;
+    const float m = warp_block_mean(g, t - plane * total, H, W,
+                                    [&](I r, I c) { return ns(b, c0 + r * W + c); });
+    if ((threadIdx.x & 31) == 0) means[t] = m;
+  }
+}
+
+template <typename T, typename I>
+__global__ void blur_kernel(const T* x, const float* w, const float* means, ScaleGrid g, I C, I H,
+                            I W, I n, T* y) {
+  const I HW = H * W;
+  for (I t = thread_index<I>(); t < n; t += thread_stride<I>()) {
+    const I plane = t / HW, rc = t - plane * HW, r = rc / W, c = rc - r * W;
     const float* wb = w + (plane / C) * g.J;
     y[t] = static_cast<T>(keep_weight(wb, g.J) * static_cast<float>(x[t]) +
-                          weighted_means(g, means + plane * g.total, wb, r, c));
+                          weighted_means(g, means + static_cast<int64_t>(plane) * g.total, wb, r, c));
   }
 }
 
-template <typename T>
+template <typename T, typename I>
 __global__ void stroke_noise_kernel(const T* x0, const float* alpha, const float* sigma,
                                     const float* wx, const float* we, const float* means_x,
-                                    const float* means_e, ScaleGrid g, int64_t C, int64_t H,
-                                    int64_t W, NoiseStream ns, int32_t target, int64_t n, T* xt,
-                                    T* tgt) {
-  const int64_t HW = H * W;
-  for (int64_t t = thread_index(); t < n; t += thread_stride()) {
-    const int64_t plane = t / HW, rc = t - plane * HW, r = rc / W, c = rc - r * W;
-    const int64_t b = plane / C;
+                                    const float* means_e, ScaleGrid g, I C, I H, I W,
+                                    NoiseStream ns, int32_t target, I n, T* xt, T* tgt) {
+  const I HW = H * W;
+  for (I t = thread_index<I>(); t < n; t += thread_stride<I>()) {
+    const I plane = t / HW, rc = t - plane * HW, r = rc / W, c = rc - r * W;
+    const I b = plane / C;
     const float* wxb = wx + b * g.J;
     const float* web = we + b * g.J;
     const float eps = ns(b, (plane - b * C) * HW + rc);
+    const int64_t m0 = static_cast<int64_t>(plane) * g.total;
     const float ax = keep_weight(wxb, g.J) * static_cast<float>(x0[t]) +
-                     weighted_means(g, means_x + plane * g.total, wxb, r, c);
-    const float ae = keep_weight(web, g.J) * eps + weighted_means(g, means_e + plane * g.total, web, r, c);
+                     weighted_means(g, means_x + m0, wxb, r, c);
+    const float ae = keep_weight(web, g.J) * eps + weighted_means(g, means_e + m0, web, r, c);
     float o_xt, o_t;
     stroke_noise_outputs(ax, ae, alpha[b], sigma[b], target, o_xt, o_t);
     xt[t] = static_cast<T>(o_xt);
@@ -168,11 +403,22 @@ ScaleGrid make_grid(const int64_t* scales, int J, int64_t H, int64_t W) {
   return g;
 }
 
+bool stroke_tile_path(const int64_t* scales, int J, int64_t B, int64_t C, int64_t H, int64_t W) {
+  TileGrid g;
+  dim3 grid;
+  return tile_launch(scales, J, B, C, H, W, g, grid);
+}
+
 cudaError_t philox_uint32(const int64_t* seeds, bool per_sample, int64_t B, int64_t D,
                           uint64_t offset, int64_t* out, cudaStream_t stream) {
   const int64_t n = B * D;
   if (n == 0) return cudaSuccess;
-  philox_kernel<<<blocks_for(n), kThreads, 0, stream>>>(seeds, per_sample, D, offset, n, out);
+  if (fits32(n))
+    philox_kernel<uint32_t><<<blocks_for(n), kThreads, 0, stream>>>(
+        seeds, per_sample, static_cast<uint32_t>(D), offset, static_cast<uint32_t>(n), out);
+  else
+    philox_kernel<uint64_t><<<blocks_for(n), kThreads, 0, stream>>>(
+        seeds, per_sample, static_cast<uint64_t>(D), offset, static_cast<uint64_t>(n), out);
   return cudaGetLastError();
 }
 
@@ -181,7 +427,13 @@ cudaError_t noise(const int64_t* seeds, bool per_sample, int64_t B, int64_t D, u
                   int32_t dist, T* out, cudaStream_t stream) {
   const int64_t n = B * D;
   if (n == 0) return cudaSuccess;
-  noise_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(NoiseStream{seeds, per_sample, offset, D, dist}, n, out);
+  const NoiseStream ns{seeds, per_sample, offset, D, dist};
+  if (fits32(n))
+    noise_kernel<T, uint32_t><<<blocks_for(n), kThreads, 0, stream>>>(
+        ns, static_cast<uint32_t>(D), static_cast<uint32_t>(n), out);
+  else
+    noise_kernel<T, uint64_t><<<blocks_for(n), kThreads, 0, stream>>>(
+        ns, static_cast<uint64_t>(D), static_cast<uint64_t>(n), out);
   return cudaGetLastError();
 }
 
@@ -190,7 +442,13 @@ cudaError_t stroke_means(const T* x, const ScaleGrid& grid, int64_t BC, int64_t 
                          float* means, cudaStream_t stream) {
   const int64_t n = BC * grid.total;
   if (n == 0) return cudaSuccess;
-  means_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(x, grid, BC, H, W, means);
+  const unsigned blocks = blocks_for(n, kThreads / 32);  // one warp per block mean
+  if (fits32(BC * H * W) && fits32(n))
+    means_kernel<T, uint32_t><<<blocks, kThreads, 0, stream>>>(x, grid, static_cast<uint32_t>(BC),
+                                                               static_cast<uint32_t>(H), static_cast<uint32_t>(W), means);
+  else
+    means_kernel<T, uint64_t><<<blocks, kThreads, 0, stream>>>(x, grid, static_cast<uint64_t>(BC),
+                                                               static_cast<uint64_t>(H), static_cast<uint64_t>(W), means);
   return cudaGetLastError();
 }
 
@@ -200,7 +458,15 @@ cudaError_t stroke_noise_means(const int64_t* seeds, bool per_sample, uint64_t o
   const int64_t n = B * C * grid.total;
   if (n == 0) return cudaSuccess;
   const NoiseStream ns{seeds, per_sample, offset, C * H * W, dist};
-  noise_means_kernel<<<blocks_for(n), kThreads, 0, stream>>>(ns, grid, B, C, H, W, means);
+  const unsigned blocks = blocks_for(n, kThreads / 32);
+  if (fits32(B * C * H * W) && fits32(n))
+    noise_means_kernel<uint32_t><<<blocks, kThreads, 0, stream>>>(
+        ns, grid, static_cast<uint32_t>(B), static_cast<uint32_t>(C), static_cast<uint32_t>(H),
+        static_cast<uint32_t>(W), means);
+  else
+    noise_means_kernel<uint64_t><<<blocks, kThreads, 0, stream>>>(
+        ns, grid, static_cast<uint64_t>(B), static_cast<uint64_t>(C), static_cast<uint64_t>(H),
+        static_cast<uint64_t>(W), means);
   return cudaGetLastError();
 }
 
@@ -209,7 +475,26 @@ cudaError_t stroke_blur(const T* x, const float* w, const float* means, const Sc
                         int64_t B, int64_t C, int64_t H, int64_t W, T* y, cudaStream_t stream) {
   const int64_t n = B * C * H * W;
   if (n == 0) return cudaSuccess;
-  blur_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(x, w, means, grid, C, H, W, n, y);
+  if (fits32(n))
+    blur_kernel<T, uint32_t><<<blocks_for(n), kThreads, 0, stream>>>(
+        x, w, means, grid, static_cast<uint32_t>(C), static_cast<uint32_t>(H),
+        static_cast<uint32_t>(W), static_cast<uint32_t>(n), y);
+  else
+    blur_kernel<T, uint64_t><<<blocks_for(n), kThreads, 0, stream>>>(
+        x, w, means, grid, static_cast<uint64_t>(C), static_cast<uint64_t>(H),
+        static_cast<uint64_t>(W), static_cast<uint64_t>(n), y);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t stroke_blur_tile(const T* x, const float* w, const int64_t* scales, int J, int64_t B,
+                             int64_t C, int64_t H, int64_t W, T* y, cudaStream_t stream) {
+  if (B * C * H * W == 0) return cudaSuccess;
+  TileGrid g;
+  dim3 grid;
+  if (!tile_launch(scales, J, B, C, H, W, g, grid)) return cudaErrorInvalidValue;
+  stroke_blur_tile_kernel<T><<<grid, kThreads, tile_smem_bytes(g, 1), stream>>>(
+      x, w, g, static_cast<uint32_t>(C), static_cast<uint32_t>(B * C), H, W, y);
   return cudaGetLastError();
 }
 
@@ -222,8 +507,31 @@ cudaError_t stroke_noise(const T* x0, const float* alpha, const float* sigma, co
   const int64_t n = B * C * H * W;
   if (n == 0) return cudaSuccess;
   const NoiseStream ns{seeds, per_sample, offset, C * H * W, dist};
-  stroke_noise_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(
-      x0, alpha, sigma, wx, we, means_x, means_e, grid, C, H, W, ns, target, n, xt, tgt);
+  if (fits32(n))
+    stroke_noise_kernel<T, uint32_t><<<blocks_for(n), kThreads, 0, stream>>>(
+        x0, alpha, sigma, wx, we, means_x, means_e, grid, static_cast<uint32_t>(C),
+        static_cast<uint32_t>(H), static_cast<uint32_t>(W), ns, target, static_cast<uint32_t>(n), xt, tgt);
+  else
+    stroke_noise_kernel<T, uint64_t><<<blocks_for(n), kThreads, 0, stream>>>(
+        x0, alpha, sigma, wx, we, means_x, means_e, grid, static_cast<uint64_t>(C),
+        static_cast<uint64_t>(H), static_cast<uint64_t>(W), ns, target, static_cast<uint64_t>(n), xt, tgt);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t stroke_noise_tile(const T* x0, const float* alpha, const float* sigma,
+                              const float* wx, const float* we, const int64_t* scales, int J,
+                              int64_t B, int64_t C, int64_t H, int64_t W, const int64_t* seeds,
+                              bool per_sample, uint64_t offset, int32_t dist, int32_t target,
+                              T* xt, T* tgt, cudaStream_t stream) {
+  if (B * C * H * W == 0) return cudaSuccess;
+  TileGrid g;
+  dim3 grid;
+  if (!tile_launch(scales, J, B, C, H, W, g, grid)) return cudaErrorInvalidValue;
+  const NoiseStream ns{seeds, per_sample, offset, C * H * W, dist};
+  stroke_noise_tile_kernel<T><<<grid, kThreads, tile_smem_bytes(g, 2), stream>>>(
+      x0, alpha, sigma, wx, we, g, static_cast<uint32_t>(C), static_cast<uint32_t>(B * C), H, W,
+      ns, target, xt, tgt);
   return cudaGetLastError();
 }
 
@@ -234,11 +542,18 @@ cudaError_t stroke_noise(const T* x0, const float* alpha, const float* sigma, co
                                        float*, cudaStream_t);                                  \
   template cudaError_t stroke_blur<T>(const T*, const float*, const float*, const ScaleGrid&,  \
                                       int64_t, int64_t, int64_t, int64_t, T*, cudaStream_t);   \
+  template cudaError_t stroke_blur_tile<T>(const T*, const float*, const int64_t*, int,        \
+                                           int64_t, int64_t, int64_t, int64_t, T*,             \
+                                           cudaStream_t);                                      \
   template cudaError_t stroke_noise<T>(const T*, const float*, const float*, const float*,     \
                                        const float*, const float*, const float*,               \
                                        const ScaleGrid&, int64_t, int64_t, int64_t, int64_t,   \
                                        const int64_t*, bool, uint64_t, int32_t, int32_t, T*,   \
-                                       T*, cudaStream_t);
+                                       T*, cudaStream_t);                                      \
+  template cudaError_t stroke_noise_tile<T>(const T*, const float*, const float*, const float*, \
+                                            const float*, const int64_t*, int, int64_t,        \
+                                            int64_t, int64_t, int64_t, const int64_t*, bool,   \
+                                            uint64_t, int32_t, int32_t, T*, T*, cudaStream_t);
 DA_INSTANTIATE(float)
 DA_INSTANTIATE(c10::Half)
 DA_INSTANTIATE(c10::BFloat16)

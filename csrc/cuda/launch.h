@@ -17,4 +17,12 @@ inline cudaStream_t stream_of(const at::Tensor& t) {
   return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
 }
 
+// Streaming multiprocessors of a device (a driver attribute query: no synchronization).
+inline int sm_count(int device) {
+  int n = 0;
+  const cudaError_t err = cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device);
+  TORCH_CHECK(err == cudaSuccess, "diffaccel: cannot read the SM count: ", cudaGetErrorString(err));
+  return n;
+}
+
 }  // namespace diffaccel

@@ -79,7 +79,17 @@ Tensor stroke_blur_cuda(const Tensor& x_in, const Tensor& weights, at::IntArrayR
   check_weights(weights, x_in, scales, "weights");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const Tensor x = x_in.contiguous(), w = weights.contiguous();
-  const auto grid = cuda::make_grid(scales.data(), static_cast<int>(scales.size()), x.size(2), x.size(3));
+  const int J = static_cast<int>(scales.size());
+  if (cuda::stroke_tile_path(scales.data(), J, x.size(0), x.size(1), x.size(2), x.size(3))) {
+    Tensor y = at::empty_like(x);
+    DA_DISPATCH_FLOATS(x.scalar_type(), "diffaccel::stroke_blur", [&] {
+      DA_CHECK_LAUNCH(cuda::stroke_blur_tile<scalar_t>(
+          x.data_ptr<scalar_t>(), w.data_ptr<float>(), scales.data(), J, x.size(0), x.size(1),
+          x.size(2), x.size(3), y.data_ptr<scalar_t>(), stream_of(x)));
+    });
+    return y;
+  }
+  const auto grid = cuda::make_grid(scales.data(), J, x.size(2), x.size(3));
   return blur_with_means(x, w, block_means(x, grid), grid);
 }
 
@@ -123,7 +133,19 @@ std::tuple<Tensor, Tensor> stroke_noise_cuda(const Tensor& x0_in, const Tensor& 
   const Tensor a = alpha.contiguous(), s = sigma.contiguous();
   const Tensor wx = data_weights.contiguous(), we = noise_weights.contiguous();
   const int64_t B = x0.size(0), C = x0.size(1), H = x0.size(2), W = x0.size(3);
-  const auto grid = cuda::make_grid(scales.data(), static_cast<int>(scales.size()), H, W);
+  const int J = static_cast<int>(scales.size());
+  if (cuda::stroke_tile_path(scales.data(), J, B, C, H, W)) {  // one pass
+    Tensor xt = at::empty_like(x0), tgt = at::empty_like(x0);
+    DA_DISPATCH_FLOATS(x0.scalar_type(), "diffaccel::stroke_noise", [&] {
+      DA_CHECK_LAUNCH(cuda::stroke_noise_tile<scalar_t>(
+          x0.data_ptr<scalar_t>(), a.data_ptr<float>(), s.data_ptr<float>(), wx.data_ptr<float>(),
+          we.data_ptr<float>(), scales.data(), J, B, C, H, W, sd.data_ptr<int64_t>(), per_sample,
+          static_cast<uint64_t>(offset), static_cast<int32_t>(dist), static_cast<int32_t>(target),
+          xt.data_ptr<scalar_t>(), tgt.data_ptr<scalar_t>(), stream_of(x0)));
+    });
+    return {xt, tgt};
+  }
+  const auto grid = cuda::make_grid(scales.data(), J, H, W);
   const Tensor mx = block_means(x0, grid);
   Tensor me = at::empty_like(mx);
   DA_CHECK_LAUNCH(cuda::stroke_noise_means(sd.data_ptr<int64_t>(), per_sample,

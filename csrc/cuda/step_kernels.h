@@ -8,10 +8,12 @@
 namespace diffaccel {
 namespace cuda {
 
-// scratch: [B, 3 + P] float64, zeroed by the caller: per-sample |s|^2, s.z, x.s and the probes'
-// t_p, summed over blocks with atomicAdd; a second kernel turns them into the increments.
+// partial: [B, splits, 3 + P] float64 (uninitialized; needed only when logp is tracked), with
+// splits = grid::splits(D, chunk) and chunk = grid::split_chunk(B, D, 16 / sizeof(T), SMs): each
+// block's |s|^2, s.z, x.s and probes' t_p; a second kernel adds them up in a fixed order.
 template <typename T>
-cudaError_t sample_step(const StepArgs<T>& args, double* scratch, cudaStream_t stream);
+cudaError_t sample_step(const StepArgs<T>& args, double* partial, int64_t chunk,
+                        cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace diffaccel

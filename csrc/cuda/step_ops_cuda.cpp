@@ -1,6 +1,7 @@
 // CUDA registrations of the fused sampler step (schemas: diffaccel/library.py): the shared
-// argument checks (csrc/step_checks.h), the device guard and stream, a zeroed float64 scratch
-// for the per-sample sums, and the launcher of step.cu. No host synchronization.
+// argument checks (csrc/step_checks.h), the device guard and stream, the launch shape from the
+// device's SM count, a float64 scratch for the per-block sums, and the launcher of step.cu. No
+// host synchronization.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -8,6 +9,7 @@
 
 #include "../checks.h"
 #include "../step_checks.h"
+#include "diffaccel/launch_grid.h"
 #include "launch.h"
 #include "step_kernels.h"
 
@@ -26,14 +28,18 @@ void run_step_cuda(const Tensor& x, const Tensor& out, const Tensor& logp, const
                                           dist, probes, vjps, probes_out, probe_offset, probe_dist);
   if (x.size(0) == 0) return;  // D = 0 still adds c0 to logp, as the reference does
   const c10::cuda::CUDAGuard guard(x.device());
-  // per-sample sums, added to with atomicAdd; only needed when logp is tracked
-  const Tensor scratch = logp.numel() ? at::zeros({x.size(0), 3 + in.P}, x.options().dtype(at::kDouble))
-                                      : Tensor();
+  const int64_t B = x.size(0), D = x.numel() / B;
+  const int sms = sm_count(x.device().index());
+  const int64_t chunk = grid::split_chunk(B, D, grid::vec_width(static_cast<int>(x.element_size())), sms);
+  // per-block sums, one row per (sample, split); only needed when logp is tracked
+  const Tensor partial = logp.numel()
+      ? at::empty({B * std::max<int64_t>(1, grid::splits(D, chunk)) * (3 + in.P)}, x.options().dtype(at::kDouble))
+      : Tensor();
   DA_DISPATCH_FLOATS(x.scalar_type(), "diffaccel::sample_step", [&] {
     const auto args = make_step_args<scalar_t>(x, out, logp, logp_var, in, offset, dist,
                                                probes_out, probe_offset, probe_dist);
-    double* sp = scratch.defined() ? scratch.data_ptr<double>() : nullptr;
-    DA_CHECK_LAUNCH(cuda::sample_step<scalar_t>(args, sp, stream_of(x)));
+    double* pp = partial.defined() ? partial.data_ptr<double>() : nullptr;
+    DA_CHECK_LAUNCH(cuda::sample_step<scalar_t>(args, pp, chunk, stream_of(x)));
   });
 }
 

@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "../vrg_checks.h"
+#include "diffaccel/launch_grid.h"
 #include "launch.h"
 #include "vrg_kernels.h"
 
@@ -23,10 +24,15 @@ Tensor vrg_error_moments_cuda(const Tensor& pred_in, const Tensor& target_in,
   const Tensor pred = pred_in.contiguous(), target = target_in.contiguous();
   const Tensor bins = bins_in.contiguous();
   Tensor table = at::zeros({num_bins, 3}, pred.options().dtype(at::kDouble));
+  const int64_t B = pred.size(0);
+  const int sms = sm_count(pred.device().index());
+  const int64_t chunk = grid::split_chunk(B, D, grid::vec_width(static_cast<int>(pred.element_size())), sms);
+  const Tensor partial = at::empty({std::max<int64_t>(1, B * grid::splits(D, chunk) * 2)},
+                                   pred.options().dtype(at::kDouble));
   DA_DISPATCH_FLOATS(pred.scalar_type(), "diffaccel::vrg_error_moments", [&] {
     DA_CHECK_LAUNCH(cuda::vrg_error_moments<scalar_t>(
-        pred.data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), bins.data_ptr<int64_t>(),
-        pred.size(0), D, num_bins, table.data_ptr<double>(), stream_of(pred)));
+        pred.data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), bins.data_ptr<int64_t>(), B, D,
+        num_bins, table.data_ptr<double>(), partial.data_ptr<double>(), chunk, stream_of(pred)));
   });
   return table;
 }

@@ -7,7 +7,7 @@ import numbers
 
 import torch
 
-from .. import backends
+from .. import _validate, backends
 from ..library import op
 from ..reference import vrg as _ref
 from .table import MSETable
@@ -137,7 +137,7 @@ class ErrorStats:
         if not v.is_floating_point():
             return _check_bins(v, B, self.num_bins, self.device)
         v = v.double()
-        if B and (not bool(torch.isfinite(v).all()) or v.min() < 0 or v.max() > 1):
+        if B and _validate.eager() and not bool(torch.isfinite(v).all() & (v.min() >= 0) & (v.max() <= 1)):
             raise ValueError("abar_or_t: expected abar values in [0, 1]")
         g = self._sorted
         i = torch.searchsorted(g, v).clamp(1, max(g.numel() - 1, 1)) if g.numel() > 1 \
