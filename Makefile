@@ -18,7 +18,7 @@ install: $(STAMP)
 $(STAMP): $(SOURCES)
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel ninja
-	$(PIP) install -q "torch>=2.4" triton numpy tqdm pytest pytest-benchmark
+	$(PIP) install -q "torch>=2.4" triton numpy tqdm pytest pytest-benchmark "diffusers>=0.42,<0.43"
 	DIFFACCEL_REQUIRE_EXT=1 $(PIP) install -q --no-build-isolation -e .
 	$(PYTHON) -m diffaccel info
 	touch $@

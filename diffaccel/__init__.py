@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 # Subpackages load on first use (``diffaccel.vrg``, ``diffaccel.sampling``, ...), keeping
 # ``import diffaccel`` light; ``import diffaccel.vrg`` works as usual.
-_SUBMODULES = ("vrg", "sampling", "schedules", "models", "reference", "library")
+_SUBMODULES = ("vrg", "sampling", "schedules", "models", "reference", "library", "integrations")
 
 
 def __getattr__(name):

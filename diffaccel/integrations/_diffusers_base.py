@@ -1,0 +1,158 @@
+"""Shared machinery of the accelerated diffusers schedulers.
+
+Every accelerated ``step()`` is one or two passes of the fused step op
+(``diffaccel.sampling.step.fused_step``, MATH.md Section 3.1):
+
+    pass A (only where stock returns ``pred_original_sample``):  x0 = bx x + bm M   (then clamped
+            when the config clips it)
+    pass B:  x_prev = ax x + az z + a0 x0 + am M      (+ the log-density terms, when tracked)
+
+with per-step coefficients read from tables built at ``set_timesteps`` (float64 on the host,
+stored float32 on the device) through a device-resident index: a step never reads a tensor value
+on the host, so a denoising loop compiles once with ``torch.compile(fullgraph=True)`` and can be
+captured in a CUDA graph.
+
+Noise: with a ``generator`` (one, or a list of one per sample) or ``variance_noise`` the noise is
+drawn exactly as stock draws it (``diffusers.utils.torch_utils.randn_tensor``, same shape, dtype,
+device and count) and passed to the kernel; with a ``seed`` (an int, or a (B,) tensor of
+per-sample seeds) it is drawn inside the kernel from diffaccel's Philox stream (MATH.md Section 1)
+with a per-step key, so that per-sample seeds give noise independent of the batch; with neither,
+from torch's global generator as stock does.
+"""
+import numbers
+
+import torch
+
+from .. import _validate
+from ..reference.step import coef_width
+from ..sampling.step import fused_step
+
+# Columns of the coefficient rows (diffaccel.reference.step layout).
+AX, AZ, SX, C0, C1, C2, C3 = range(7)
+W1 = coef_width(1)  # pass A: models [M]
+W2 = coef_width(2)  # pass B: models [x0, M]
+AM0, SM0, CW0, AM1, SM1, CW1 = range(7, 13)
+BM = 7  # pass A's model column
+
+# Per-step noise keys: XORed into the high word of each seed's Philox key, so that every step
+# draws an independent stream (the offset stays 0 and the key stays on the device).
+_KEY_SHIFT = 40
+
+
+def tensor_host_known(v):
+    """True when ``v``'s value can be read without a device synchronization."""
+    if isinstance(v, torch.Tensor):
+        return v.device.type == "cpu" and _validate.eager()
+    return isinstance(v, numbers.Real)
+
+
+def host_value(v):
+    return v.item() if isinstance(v, torch.Tensor) else v
+
+
+def check_model_output(model_output, sample):
+    """Named errors for a model output or sample that the step cannot use."""
+    for name, t in (("model_output", model_output), ("sample", sample)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+            raise TypeError(f"{name}: expected a float32, float16, bfloat16 or float64 tensor, got {t.dtype}")
+    if model_output.shape != sample.shape:
+        raise ValueError(f"model_output: expected shape {tuple(sample.shape)} (that of sample), "
+                         f"got {tuple(model_output.shape)}")
+    if model_output.device != sample.device:
+        raise ValueError(f"model_output: expected a tensor on {sample.device} (that of sample), "
+                         f"got {model_output.device}")
+    if sample.dim() < 1:
+        raise ValueError("sample: expected a (B, ...) tensor, got a 0-d tensor")
+
+
+def step_seeds(seed, B, device, key):
+    """int64 seeds for this step: the given seed(s) with the step key in the high word.
+
+    seed: int or (B,) / (1,) integer tensor; key: (1,) int64 device tensor (a timestep or step
+    index). Per-sample seeds stay per-sample, so noise is independent of the batch."""
+    s = _validate.seeds(seed, B, device)
+    return torch.bitwise_xor(s, (key.to(device=device, dtype=torch.int64) + 1) << _KEY_SHIFT)
+
+
+def row(table, idx, B, lo, hi):
+    """(B, hi - lo) coefficient block of the rows ``idx`` ((1,) device index)."""
+    return table.index_select(0, idx)[:, lo:hi].expand(B, hi - lo)
+
+
+def run_pass_a(x, model, coef, backend):
+    """x0 = bx x + bm M, in x's dtype (one fused pass)."""
+    return fused_step(x, [model], coef, out=torch.empty_like(x), backend=backend)
+
+
+def backend_for(dtype):
+    return "reference" if dtype == torch.float64 else None
+
+
+class AcceleratedMixin:
+    """State and helpers shared by every accelerated scheduler (mixed into a stock subclass)."""
+
+    is_accelerated = True
+    _da_seed = None
+    _da_track_logp = False
+    _da_logp_ready = False
+    logp = None
+
+    # ---- configuration -------------------------------------------------------------------
+    def _da_init(self, seed, track_logp):
+        if seed is not None:
+            _validate.seeds(seed, 1 if not isinstance(seed, torch.Tensor) else seed.reshape(-1).shape[0], "cpu")
+        self._da_seed = seed
+        if track_logp and not self._da_stochastic():
+            raise ValueError(f"track_logp: {type(self).__name__} with this config is deterministic "
+                             f"(no log-density update is defined); {self._da_logp_help}")
+        if track_logp and not self._da_logp_ready:
+            raise ValueError(f"track_logp: not available for {type(self).__name__} yet")
+        self._da_track_logp = bool(track_logp)
+        self.logp = None
+
+    _da_logp_help = "track_logp is supported by DDPM, DDIM (eta > 0) and EulerAncestral"
+
+    def _da_stochastic(self):
+        return False
+
+    # ---- noise ---------------------------------------------------------------------------
+    def _da_noise(self, model_output, generator, variance_noise, seed, draw, dtype):
+        """(z, seeds_or_None, use_kernel_draw) for a step.
+
+        draw: True / False where stock's draw decision is known on the host, None where it is
+        not (the coefficient of z is then zero whenever stock would not draw)."""
+        if variance_noise is not None:
+            if not isinstance(variance_noise, torch.Tensor):
+                raise TypeError(f"variance_noise: expected a torch.Tensor, got {type(variance_noise).__name__}")
+            if variance_noise.shape != model_output.shape or variance_noise.device != model_output.device:
+                raise ValueError(f"variance_noise: expected shape {tuple(model_output.shape)} on "
+                                 f"{model_output.device}, got {tuple(variance_noise.shape)} on {variance_noise.device}")
+            return variance_noise, False
+        if draw is False:
+            return None, False
+        if seed is None and generator is None:
+            seed = self._da_seed
+        if seed is not None and generator is None:
+            return None, True
+        from diffusers.utils.torch_utils import randn_tensor
+
+        if isinstance(generator, list) and len(generator) not in (1, model_output.shape[0]):
+            raise ValueError(f"generator: expected one generator or a list of {model_output.shape[0]} "
+                             f"(one per sample), got a list of {len(generator)}")
+        z = randn_tensor(model_output.shape, generator=generator, device=model_output.device, dtype=dtype)
+        return z, False
+
+    # ---- log-density ---------------------------------------------------------------------
+    def _da_logp_buffer(self, B, device, x):
+        if not self._da_track_logp:
+            return None
+        lp = self.logp
+        if lp is None:
+            raise ValueError("logp: track_logp=True needs a starting value: call "
+                             "scheduler.init_logp(latents) (the prior's log-density) or set "
+                             "scheduler.logp to a (B,) float32/float64 tensor")
+        if tuple(lp.shape) != (B,) or lp.device != device:
+            raise ValueError(f"logp: expected shape ({B},) on {device}, got {tuple(lp.shape)} on {lp.device}")
+        return lp

@@ -1,0 +1,164 @@
+"""diffusers drop-in: accelerated schedulers and fused training targets.
+
+    pipe.scheduler = diffaccel.integrations.diffusers.accelerate(pipe.scheduler)
+
+returns an instance of a subclass of the stock scheduler class (same name, same config, same
+method signatures and outputs) whose ``step()`` runs on diffaccel's fused step op with per-step
+coefficient tables on the device and no host synchronization. Extras: ``seed=`` (noise drawn in
+the kernel; per-sample seeds give batch-invariant images), custom ``timesteps=`` / ``sigmas=``
+(VRG trajectories), and :func:`training_targets` (noisy input and target in one fused pass, with
+optional stroke-size noising).
+"""
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from .. import _validate
+from ..stroke import stroke_noise, stroke_weights
+from ._diffusers_sigma import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from ._diffusers_vp import DDIMScheduler, DDPMScheduler
+
+ACCELERATED = {cls.__name__: cls for cls in (DDPMScheduler, DDIMScheduler, EulerDiscreteScheduler,
+                                             EulerAncestralDiscreteScheduler)}
+
+
+def _stock_class(scheduler):
+    """The stock diffusers class of ``scheduler`` (itself, or the base of an accelerated one)."""
+    for cls in type(scheduler).__mro__:
+        if cls.__module__.startswith("diffusers."):
+            return cls
+    return None
+
+
+def accelerate(scheduler, *, seed=None, strict=True, track_logp=False):
+    """An accelerated copy of a diffusers ``scheduler`` (same config; the input is left as is).
+
+    seed: None (noise as stock draws it: from ``generator``, else torch's global generator), an
+    int, or a (B,) integer tensor of per-sample seeds: noise drawn inside the fused step from
+    diffaccel's Philox stream (image i depends only on seed i). A ``generator`` passed to
+    ``step`` still takes precedence, so pipelines that pass one get stock's noise.
+    track_logp: keep ``scheduler.logp`` (B,), each sample's log-density, updated in the step
+    (stochastic schedulers only). strict: raise ValueError for a scheduler or config that has no
+    accelerated step; with strict=False return ``scheduler`` itself with a warning.
+    """
+    stock = _stock_class(scheduler)
+    name = stock.__name__ if stock is not None else type(scheduler).__name__
+    try:
+        if name not in ACCELERATED:
+            raise ValueError(f"scheduler: {name} has no accelerated step (supported: "
+                             f"{', '.join(ACCELERATED)})")
+        new = ACCELERATED[name].from_config(scheduler.config)
+        new._da_check_config()
+        new._da_init(seed, track_logp)
+    except ValueError as e:
+        if strict:
+            raise
+        warnings.warn(f"diffaccel: returning the stock scheduler unchanged ({e})", stacklevel=2)
+        return scheduler
+    if getattr(scheduler, "num_inference_steps", None) is not None:
+        _copy_schedule(scheduler, new)
+    return new
+
+
+def _copy_schedule(old, new):
+    """Carry a schedule already set on ``old`` over to ``new`` (as custom timesteps/sigmas)."""
+    dev = old.timesteps.device
+    if isinstance(new, (DDIMScheduler, DDPMScheduler)):
+        new.set_timesteps(timesteps=old.timesteps.cpu().tolist(), device=dev)
+    elif isinstance(new, EulerAncestralDiscreteScheduler):
+        new.set_timesteps(sigmas=old.sigmas.cpu(), device=dev)
+        new.timesteps = old.timesteps.clone()
+        new._da_build(dev)
+    else:
+        new.set_timesteps(sigmas=old.sigmas.cpu().numpy(), device=dev)
+    begin = getattr(old, "_begin_index", None)
+    if begin is not None:
+        new.set_begin_index(begin)
+
+
+@dataclass(frozen=True)
+class Stroke:
+    """Stroke-size noising for :func:`training_targets` (MATH.md-style multi-scale block blur).
+
+    scales: block sizes (each >= 2); weights: None (``diffaccel.stroke_weights`` of each
+    sample's log-SNR with ``w_max``), a (J,) or (B, J) tensor, or a callable
+    ``logsnr (B,) -> (B, J)``. The same weights blur the data and the noise."""
+    scales: tuple = (2, 4, 8)
+    weights: object = None
+    w_max: float = 0.5
+
+
+def _alpha_sigma(scheduler, timesteps, device):
+    """Per-sample (alpha, sigma) of the forward process x_t = alpha x0 + sigma eps (float64)."""
+    T = scheduler.config.num_train_timesteps
+    if not isinstance(timesteps, torch.Tensor):
+        timesteps = torch.as_tensor(timesteps)
+    if timesteps.is_floating_point():
+        if _validate.eager() and not bool((timesteps == timesteps.round()).all()):
+            raise ValueError("timesteps: expected integer training timesteps")
+    t = timesteps.to(device=device, dtype=torch.int64).reshape(-1)
+    if _validate.eager() and t.numel() and not bool(((t >= 0) & (t < T)).all()):
+        raise ValueError(f"timesteps: expected integers in [0, {T}), got min {int(t.min())}, max {int(t.max())}")
+    ac = scheduler.alphas_cumprod.to(device=device, dtype=torch.float64)[t]
+    if isinstance(scheduler, (EulerDiscreteScheduler, EulerAncestralDiscreteScheduler)):
+        return torch.ones_like(ac), ((1 - ac) / ac).sqrt()
+    return ac.sqrt(), (1 - ac).sqrt()
+
+
+_TARGETS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+
+
+def training_targets(scheduler, x0, timesteps, *, seed, stroke=None):
+    """``(noisy, target)`` for one training step of a model used with ``scheduler``, in one
+    fused pass (``diffaccel.stroke_noise``: the noise is drawn in the kernel, never stored).
+
+    x0: (B, C, H, W) clean samples; timesteps: (B,) integer training timesteps; seed: int or (B,)
+    integer tensor (per-sample seeds: each sample's noise independent of the batch).
+    noisy = alpha A x0 + sigma A eps with stock's forward process (DDPM/DDIM: alpha =
+    sqrt(abar_t), sigma = sqrt(1 - abar_t); Euler: alpha = 1, sigma = sqrt((1 - abar_t)/abar_t))
+    and the target of ``config.prediction_type``: epsilon A eps, sample A x0, v_prediction
+    alpha A eps - sigma A x0 (VP schedulers). A is the identity without ``stroke``; with
+    ``stroke`` (a :class:`Stroke`, or a tuple of scales) the multi-scale block blur of MATH.md.
+    """
+    stock = _stock_class(scheduler)
+    name = stock.__name__ if stock is not None else type(scheduler).__name__
+    if name not in ACCELERATED:
+        raise ValueError(f"scheduler: {name} is not supported by training_targets (supported: "
+                         f"{', '.join(ACCELERATED)})")
+    x0 = _validate.image(x0, "x0")
+    B = x0.shape[0]
+    pred = scheduler.config.prediction_type
+    if pred not in _TARGETS:
+        raise ValueError(f"prediction_type: {pred!r} has no training target (supported: {', '.join(_TARGETS)})")
+    is_sigma = name.startswith("Euler")
+    if is_sigma and pred == "v_prediction":
+        raise ValueError("prediction_type: v_prediction training targets are defined for the VP "
+                         "schedulers (DDPM, DDIM); train with DDPMScheduler's config")
+    if isinstance(timesteps, torch.Tensor) and timesteps.dim() == 0:
+        timesteps = timesteps.expand(B)
+    if isinstance(timesteps, torch.Tensor) and tuple(timesteps.shape) != (B,):
+        raise ValueError(f"timesteps: expected shape ({B},) (one per sample), got {tuple(timesteps.shape)}")
+    alpha, sigma = _alpha_sigma(scheduler, timesteps, x0.device)
+    if alpha.shape[0] != B:
+        raise ValueError(f"timesteps: expected {B} timesteps (one per sample), got {alpha.shape[0]}")
+    if stroke is None:
+        scales = (2,)
+        w = torch.zeros(B, 1, dtype=torch.float32, device=x0.device)
+    else:
+        if not isinstance(stroke, Stroke):
+            stroke = Stroke(scales=tuple(stroke) if not isinstance(stroke, int) else (stroke,))
+        scales = _validate.scales(stroke.scales)
+        logsnr = 2 * (alpha.log() - sigma.log())
+        if stroke.weights is None:
+            w = stroke_weights(logsnr.to(torch.float32), scales, w_max=stroke.w_max)
+        elif callable(stroke.weights):
+            w = stroke.weights(logsnr.to(torch.float32))
+        else:
+            w = stroke.weights
+    return stroke_noise(x0, alpha.to(torch.float32), sigma.to(torch.float32), scales=scales,
+                        data_weights=w, noise_weights=w, seed=seed, target=_TARGETS[pred])
+
+
+__all__ = ["accelerate", "training_targets", "Stroke", "DDPMScheduler", "DDIMScheduler",
+           "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "ACCELERATED"]

@@ -1,0 +1,245 @@
+"""diffusers drop-in (diffaccel.integrations.diffusers) against the real diffusers package:
+step by step against the stock schedulers (fp32 and bf16 model outputs; a generator, a list of
+generators, variance_noise), pipelines end to end with a tiny UNet2DModel built from a config,
+configs, signatures and named errors.
+
+Tolerances: both implementations evaluate the same linear combinations (at most 4 products
+summed, coefficients rounded to the working precision); ours rounds each coefficient once from
+float64 and the result once, stock rounds after every operation. Elementwise, the two then differ
+by at most a few units of roundoff of the *terms* (not of the result, which can cancel), so the
+bound is ``8 eps (|x| + c_M |M| + |x0| + |x_prev|)`` with ``c_M`` the largest coefficient of M
+in the step (VP eps: sqrt((1 - abar)/abar); sigma schedulers: sigma) and ``eps`` the unit roundoff
+of the precision stock computes in (float32: 2^-24; bfloat16 model outputs with a bfloat16
+sample: stock rounds every intermediate to bfloat16, 2^-8).
+"""
+import inspect
+import math
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+from conftest import backend_params  # noqa: E402
+from diffaccel.backends import use_backend  # noqa: E402
+from diffaccel.integrations import diffusers as dd  # noqa: E402
+
+STOCK = {
+    "ddpm": (diffusers.DDPMScheduler, {}),
+    "ddpm-v-large": (diffusers.DDPMScheduler, dict(prediction_type="v_prediction", variance_type="fixed_large",
+                                                   beta_schedule="scaled_linear", clip_sample=False)),
+    "ddim": (diffusers.DDIMScheduler, {}),
+    "ddim-v-linspace": (diffusers.DDIMScheduler, dict(prediction_type="v_prediction", timestep_spacing="linspace",
+                                                      clip_sample=False, set_alpha_to_one=False)),
+    "ddim-sample-trailing": (diffusers.DDIMScheduler, dict(prediction_type="sample", timestep_spacing="trailing",
+                                                           clip_sample_range=0.5)),
+    "euler": (diffusers.EulerDiscreteScheduler, {}),
+    "euler-v-karras": (diffusers.EulerDiscreteScheduler, dict(prediction_type="v_prediction", use_karras_sigmas=True,
+                                                              beta_schedule="scaled_linear")),
+    "euler-a": (diffusers.EulerAncestralDiscreteScheduler, {}),
+    "euler-a-v-leading": (diffusers.EulerAncestralDiscreteScheduler, dict(prediction_type="v_prediction",
+                                                                         timestep_spacing="leading", steps_offset=1)),
+}
+STEP_KW = {"ddim": [dict(eta=0.0), dict(eta=1.0), dict(eta=0.5, use_clipped_model_output=True)]}
+
+
+def _c_m(sched, t, i):
+    """Largest coefficient of the model output in the step (see the module docstring)."""
+    if hasattr(sched, "sigmas") and not isinstance(sched, diffusers.DDPMScheduler):
+        return float(sched.sigmas[i])
+    a = float(sched.alphas_cumprod[int(t)])
+    return max(1.0, math.sqrt((1 - a) / a))
+
+
+def _close(ours, theirs, x, m, c_m, eps, what):
+    ours, theirs = ours.double(), theirs.double()
+    scale = x.double().abs() + c_m * m.double().abs() + theirs.abs()
+    err = (ours - theirs).abs()
+    bad = err > 8 * eps * scale + 1e-30
+    n = int(bad.sum())
+    assert n == 0, (f"{what}: {n} of {err.numel()} elements differ beyond 8 eps (|x| + c_M |M| + |y|); "
+                    f"max error {err.max().item():.3g}, worst ratio {(err / scale).max().item():.3g} "
+                    f"(eps {eps:.3g})")
+
+
+def _scaled(s, x, t):
+    return s.scale_model_input(x, t) if hasattr(s, "is_scale_input_called") else x
+
+
+@pytest.mark.parametrize("name", list(STOCK))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("noise", ["generator", "generators", "variance_noise"])
+def test_step_matches_stock(name, dtype, noise, rng):
+    cls, cfg = STOCK[name]
+    if noise == "variance_noise" and "variance_noise" not in inspect.signature(cls.step).parameters:
+        pytest.skip(f"{cls.__name__}.step takes no variance_noise")
+    stock = cls(**cfg)
+    acc = dd.accelerate(stock)
+    assert type(acc).__name__ == cls.__name__ and isinstance(acc, cls)
+    n = 7
+    stock.set_timesteps(n)
+    acc.set_timesteps(n)
+    torch.testing.assert_close(acc.timesteps, stock.timesteps, rtol=0, atol=0)
+    B, S = 3, (2, 5, 3)
+    x = (torch.randn(B, *S, generator=rng) * float(stock.init_noise_sigma)).to(dtype)
+    eps_ = 2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -24
+    for kw in STEP_KW.get(name.split("-")[0], [{}]):
+        stock.set_timesteps(n)
+        acc.set_timesteps(n)
+        xs = x
+        for i, t in enumerate(stock.timesteps):
+            m = torch.randn(B, *S, generator=rng).to(dtype)
+            seed = int(torch.randint(0, 2**31, (1,), generator=rng))
+            gens = lambda: ([torch.Generator().manual_seed(seed + b) for b in range(B)]  # noqa: E731
+                            if noise == "generators" else torch.Generator().manual_seed(seed))
+            g_s, g_a = gens(), gens()
+            extra_s, extra_a = dict(kw), dict(kw)
+            if noise == "variance_noise":
+                vn = torch.randn(B, *S, generator=rng).to(dtype)
+                extra_s["variance_noise"] = extra_a["variance_noise"] = vn
+            else:
+                extra_s["generator"], extra_a["generator"] = g_s, g_a
+            ins, ina = _scaled(stock, xs, t), _scaled(acc, xs, t)
+            _close(ina, ins, xs, xs, 0.0, 2 * eps_, f"{name} scale_model_input step {i}")
+            out_s = stock.step(m, t, xs, **extra_s)
+            out_a = acc.step(m, t, xs, **extra_a)
+            assert type(out_a) is type(out_s)
+            for key in out_s.keys():
+                a_, s_ = out_a[key], out_s[key]
+                assert a_.dtype == s_.dtype, f"{key}: dtype {a_.dtype} != stock {s_.dtype}"
+                _close(a_, s_, xs, m, _c_m(stock, t, i), eps_, f"{name} {kw} {noise} {key} step {i}")
+            tup = acc.step(m, t, xs, return_dict=False, **{k: v for k, v in extra_a.items() if k != "generator"}) \
+                if noise == "variance_noise" else None
+            if tup is not None:
+                assert isinstance(tup, tuple) and len(tup) == len(out_s)
+                if hasattr(acc, "_da_i"):
+                    acc._da_i.sub_(1)  # the extra call advanced the counter; step i again next
+            if noise != "variance_noise":  # the same number of draws from the same generators
+                for a_g, s_g in zip(*(g if isinstance(g, list) else [g] for g in (g_a, g_s))):
+                    assert torch.equal(a_g.get_state(), s_g.get_state()), "generator states differ"
+            if hasattr(stock, "step_index"):
+                assert acc.step_index == stock.step_index
+            xs = out_s.prev_sample
+
+
+def test_step_backends(rng):
+    """The accelerated DDIM (eta > 0, clipped) and EulerAncestral steps agree on every backend."""
+    outs = {}
+    params = [p for p in backend_params("sample_step") if p.values[1] == "cpu" and not p.marks]
+    x = torch.randn(2, 3, 4, 5, generator=rng)
+    m = torch.randn(2, 3, 4, 5, generator=rng)
+    z = torch.randn(2, 3, 4, 5, generator=rng)
+    for name in ["reference"] + [p.values[0] for p in params]:
+        res = []
+        with use_backend(name):
+            for cls in (dd.DDIMScheduler, dd.EulerAncestralDiscreteScheduler):
+                s = cls()
+                s.set_timesteps(5)
+                t = s.timesteps[1]
+                if cls is dd.DDIMScheduler:
+                    res.append(s.step(m, t, x, eta=0.7, variance_noise=z).prev_sample)
+                else:
+                    s.set_begin_index(1)
+                    res.append(s.step(m, t, x, seed=torch.tensor([3, 4])).prev_sample)
+        outs[name] = res
+    for name, res in outs.items():
+        for r, e in zip(res, outs["reference"]):
+            torch.testing.assert_close(r, e, rtol=1e-5, atol=1e-5 * e.abs().max().item(), msg=name)
+
+
+def _tiny_unet():
+    return diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                                 block_out_channels=(8, 16), norm_num_groups=4,
+                                 down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=4)
+
+
+@pytest.mark.parametrize("pipe_cls", [diffusers.DDPMPipeline, diffusers.DDIMPipeline])
+@pytest.mark.parametrize("gens", ["one", "list"])
+def test_pipeline_end_to_end(pipe_cls, gens):
+    """Stock pipeline against the same pipeline with the accelerated scheduler: the same images."""
+    torch.manual_seed(int.from_bytes(__import__("os").urandom(2), "little"))
+    unet = _tiny_unet().eval()
+    pipe = pipe_cls(unet=unet, scheduler=diffusers.DDPMScheduler())
+    kw = dict(eta=1.0) if pipe_cls is diffusers.DDIMPipeline else {}
+
+    def gen():
+        return ([torch.Generator().manual_seed(10 + b) for b in range(2)] if gens == "list"
+                else torch.Generator().manual_seed(10))
+
+    with torch.no_grad():
+        img_s = pipe(batch_size=2, num_inference_steps=5, generator=gen(), output_type="np", **kw).images
+        pipe.scheduler = dd.accelerate(pipe.scheduler)
+        assert getattr(pipe.scheduler, "is_accelerated", False)
+        img_a = pipe(batch_size=2, num_inference_steps=5, generator=gen(), output_type="np", **kw).images
+    err = abs(img_a - img_s).max()
+    # float32 rounding (~1e-7 relative per step) through 5 UNet calls stays far below 1e-4
+    assert err < 1e-4, f"{pipe_cls.__name__} ({gens}): max image difference {err:.3g}"
+
+
+def _public(cfg):
+    return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
+
+
+def test_accelerate_config_and_errors(tmp_path):
+    for cls, cfg in STOCK.values():
+        stock = cls(**cfg)
+        acc = dd.accelerate(stock)
+        assert _public(acc.config) == _public(stock.config)
+        again = type(acc).from_config(acc.config)
+        assert type(again) is type(acc) and _public(again.config) == _public(stock.config)
+        acc.save_config(tmp_path / cls.__name__)
+        loaded = cls.from_pretrained(tmp_path / cls.__name__)
+        assert type(loaded) is cls  # the saved class name is stock's
+        assert _public(loaded.config) == _public(stock.config)
+        for meth in ("step", "set_timesteps", "scale_model_input", "add_noise"):
+            if not hasattr(stock, meth):
+                continue
+            ps = list(inspect.signature(getattr(stock, meth)).parameters.values())
+            pa = list(inspect.signature(getattr(acc, meth)).parameters.values())
+            assert [p.name for p in ps] == [p.name for p in pa[:len(ps)]], meth
+            for p, q in zip(ps, pa):  # same defaults (num_inference_steps may become optional:
+                assert p.default == q.default or (p.default is p.empty and q.name == "num_inference_steps"), \
+                    (meth, p.name)  # custom timesteps/sigmas are the alternative)
+            assert all(p.kind == p.KEYWORD_ONLY or p.default is not p.empty for p in pa[len(ps):]), meth
+    with pytest.raises(ValueError, match="PNDMScheduler.*supported: DDPMScheduler"):
+        dd.accelerate(diffusers.PNDMScheduler())
+    with pytest.warns(UserWarning, match="stock scheduler"):
+        s = diffusers.PNDMScheduler()
+        assert dd.accelerate(s, strict=False) is s
+    with pytest.raises(ValueError, match="thresholding"):
+        dd.accelerate(diffusers.DDIMScheduler(thresholding=True))
+    with pytest.raises(ValueError, match="variance_type='learned'"):
+        dd.accelerate(diffusers.DDPMScheduler(variance_type="learned"))
+    with pytest.raises(ValueError, match="track_logp.*deterministic"):
+        dd.accelerate(diffusers.EulerDiscreteScheduler(), track_logp=True)
+    # a schedule already set carries over
+    st = diffusers.DDIMScheduler()
+    st.set_timesteps(6)
+    assert torch.equal(dd.accelerate(st).timesteps, st.timesteps)
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "euler", "euler-a"])
+def test_bad_input_named_and_state_unchanged(name, rng):
+    cls, cfg = STOCK[name]
+    acc = dd.accelerate(cls(**cfg))
+    acc.set_timesteps(5)
+    x = torch.randn(2, 3, 4, 4, generator=rng)
+    t = acc.timesteps[0]
+    ctr = None if not hasattr(acc, "_da_i") else acc._da_i.clone()
+    kw = dict(eta=1.0) if name == "ddim" else {}
+    with pytest.raises(ValueError, match="model_output: expected shape"):
+        acc.step(x[:, :2], t, x, **kw)
+    with pytest.raises(ValueError, match="model_output: expected a tensor on"):
+        acc.step(x.to("meta"), t, x, **kw)
+    with pytest.raises(TypeError, match="model_output: expected a float"):
+        acc.step(x.to(torch.int32), t, x, **kw)
+    with pytest.raises(ValueError, match="timestep: .* is not one of the scheduler's timesteps"):
+        acc.step(x, t + 0.5 if name.startswith("euler") else int(t) + 1, x, **kw)
+    if name != "euler":
+        with pytest.raises(ValueError, match="seed: expected shape"):
+            acc.step(x, t, x, seed=torch.tensor([1, 2, 3]), **kw)
+    if ctr is not None:
+        assert torch.equal(acc._da_i, ctr), "a failed step moved the step counter"
+    out = acc.step(x, t, x, **kw).prev_sample  # and the scheduler still works
+    assert out.shape == x.shape and bool(torch.isfinite(out).all())
