@@ -243,3 +243,67 @@ def test_bad_input_named_and_state_unchanged(name, rng):
         assert torch.equal(acc._da_i, ctr), "a failed step moved the step counter"
     out = acc.step(x, t, x, **kw).prev_sample  # and the scheduler still works
     assert out.shape == x.shape and bool(torch.isfinite(out).all())
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddpm-v-large", "ddim-sample-trailing", "euler"])
+def test_training_targets_match_stock_add_noise(name, rng):
+    """No stroke: noisy = stock add_noise(x0, eps, t) and the target of the prediction type, with
+    eps the Philox normals of the seed (diffaccel.noise); per-sample seeds: batch-invariant."""
+    import diffaccel
+
+    cls, cfg = STOCK[name]
+    stock = cls(**cfg)
+    B = 5
+    x0 = torch.randn(B, 3, 6, 7, generator=rng)
+    t = torch.randint(0, 1000, (B,), generator=rng)
+    seeds = torch.randint(0, 2**62, (B,), generator=rng)
+    for sched in (stock, dd.accelerate(stock)):  # stock or accelerated: the same targets
+        noisy, target = dd.training_targets(sched, x0, t, seed=seeds)
+        eps = diffaccel.noise(x0.shape, seed=seeds)
+        if name == "euler":
+            ac = stock.alphas_cumprod[t].double()
+            ref = x0.double() + ((1 - ac) / ac).sqrt()[:, None, None, None] * eps.double()
+        else:
+            ref = stock.add_noise(x0, eps, t)
+        tol = dict(rtol=2e-6, atol=2e-6 * ref.abs().max().item())
+        torch.testing.assert_close(noisy.double(), ref.double(), **tol)
+        pred = stock.config.prediction_type
+        want = {"epsilon": eps, "sample": x0}.get(pred)
+        if pred == "v_prediction":
+            want = stock.get_velocity(x0, eps, t)
+        torch.testing.assert_close(target.double(), want.double(), rtol=2e-6, atol=2e-6)
+    one_noisy, one_target = dd.training_targets(stock, x0[2:3], t[2:3], seed=seeds[2:3])
+    assert torch.equal(one_noisy, noisy[2:3]) and torch.equal(one_target, target[2:3])
+
+
+def test_training_targets_and_add_noise_with_stroke(rng):
+    """stroke=: alpha A_w x0 + sigma A_w eps (diffaccel.stroke_blur), weights of the log-SNR."""
+    import diffaccel
+
+    stock = diffusers.DDPMScheduler(prediction_type="v_prediction")
+    acc = dd.accelerate(stock)
+    B = 4
+    x0 = torch.randn(B, 2, 8, 8, generator=rng)
+    t = torch.tensor([0, 300, 700, 999])
+    st = dd.Stroke(scales=(2, 4))
+    noisy, target = dd.training_targets(acc, x0, t, seed=7, stroke=st)
+    eps = diffaccel.noise(x0.shape, seed=7)
+    a = stock.alphas_cumprod[t].double().sqrt()
+    s = (1 - stock.alphas_cumprod[t].double()).sqrt()
+    w = diffaccel.stroke_weights((2 * (a.log() - s.log())).float(), (2, 4))
+    assert bool((w[-1] > w[0]).all()), "coarser strokes weigh more at low SNR"
+    Ax, Ae = (diffaccel.stroke_blur(v, w, (2, 4), backend="reference").double() for v in (x0, eps))
+    r = lambda v: v[:, None, None, None]  # noqa: E731
+    torch.testing.assert_close(noisy.double(), r(a) * Ax + r(s) * Ae, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(target.double(), r(a) * Ae - r(s) * Ax, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(acc.add_noise(x0, eps, t, stroke=st).double(), r(a) * Ax + r(s) * Ae,
+                               rtol=1e-5, atol=1e-5)
+    assert torch.equal(acc.add_noise(x0, eps, t), stock.add_noise(x0, eps, t))
+    with pytest.raises(ValueError, match="timesteps: expected integers in"):
+        dd.training_targets(acc, x0, torch.tensor([0, 1, 2, 1000]), seed=1)
+    with pytest.raises(ValueError, match="timesteps: expected shape"):
+        dd.training_targets(acc, x0, torch.tensor([0, 1]), seed=1)
+    with pytest.raises(ValueError, match="seed: expected shape"):
+        dd.training_targets(acc, x0, t, seed=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="PNDMScheduler"):
+        dd.training_targets(diffusers.PNDMScheduler(), x0, t, seed=1)

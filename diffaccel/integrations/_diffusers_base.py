@@ -144,6 +144,35 @@ class AcceleratedMixin:
         z = randn_tensor(model_output.shape, generator=generator, device=model_output.device, dtype=dtype)
         return z, False
 
+    # ---- forward process -----------------------------------------------------------------
+    def _da_alpha_sigma(self, timesteps, B, device):
+        """Per-sample (alpha, sigma) of stock's forward process x_t = alpha x0 + sigma n at
+        ``timesteps``, read off stock's own ``add_noise`` on (B, 1) unit inputs (so every
+        config and timestep lookup is stock's)."""
+        one = torch.ones(B, 1, dtype=torch.float32, device=device)
+        zero = torch.zeros_like(one)
+        stock_add = super().add_noise
+        return stock_add(one, zero, timesteps).reshape(B), stock_add(zero, one, timesteps).reshape(B)
+
+    def add_noise(self, original_samples, noise, timesteps, *, stroke=None):
+        """Stock's ``add_noise`` (unchanged without ``stroke``). With ``stroke`` (a ``Stroke`` or
+        a tuple of scales): alpha A_w x0 + sigma A_w noise, A_w the multi-scale block blur with
+        the stroke's weights at each sample's log-SNR (``diffaccel.stroke_blur``)."""
+        if stroke is None:
+            return super().add_noise(original_samples, noise, timesteps)
+        from ..stroke import stroke_blur
+        from .diffusers import stroke_weights_for
+
+        x0 = _validate.image(original_samples, "original_samples")
+        if not isinstance(noise, torch.Tensor) or noise.shape != x0.shape:
+            raise ValueError(f"noise: expected a tensor of shape {tuple(x0.shape)}")
+        B = x0.shape[0]
+        alpha, sigma = self._da_alpha_sigma(timesteps, B, x0.device)
+        scales, w = stroke_weights_for(stroke, alpha, sigma)
+        a = alpha.reshape(B, 1, 1, 1).to(x0.dtype)
+        s = sigma.reshape(B, 1, 1, 1).to(x0.dtype)
+        return a * stroke_blur(x0, w, scales) + s * stroke_blur(noise.to(x0.dtype), w, scales)
+
     # ---- log-density ---------------------------------------------------------------------
     def _da_logp_buffer(self, B, device, x):
         if not self._da_track_logp:

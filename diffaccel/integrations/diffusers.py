@@ -12,6 +12,7 @@ optional stroke-size noising).
 import warnings
 from dataclasses import dataclass
 
+import diffusers as diffusers_stock
 import torch
 
 from .. import _validate
@@ -89,19 +90,41 @@ class Stroke:
     w_max: float = 0.5
 
 
-def _alpha_sigma(scheduler, timesteps, device):
-    """Per-sample (alpha, sigma) of the forward process x_t = alpha x0 + sigma eps (float64)."""
+def stroke_weights_for(stroke, alpha, sigma):
+    """(scales, (B, J) weights) of ``stroke`` (a :class:`Stroke` or a tuple of scales) at each
+    sample's log-SNR 2 log(alpha / sigma)."""
+    if not isinstance(stroke, Stroke):
+        if isinstance(stroke, (list, tuple, int)):
+            stroke = Stroke(scales=tuple(stroke) if not isinstance(stroke, int) else (stroke,))
+        else:
+            raise TypeError(f"stroke: expected a Stroke or a tuple of scales, got {type(stroke).__name__}")
+    scales = _validate.scales(stroke.scales)
+    logsnr = (2 * (alpha.double().log() - sigma.double().log())).to(torch.float32)
+    if stroke.weights is None:
+        w = stroke_weights(logsnr, scales, w_max=stroke.w_max)
+    elif callable(stroke.weights):
+        w = stroke.weights(logsnr)
+    else:
+        w = stroke.weights
+    return scales, w
+
+
+def _alpha_sigma(scheduler, timesteps, B, device):
+    """Per-sample (alpha, sigma) of the scheduler's forward process at training ``timesteps``."""
     T = scheduler.config.num_train_timesteps
     if not isinstance(timesteps, torch.Tensor):
         timesteps = torch.as_tensor(timesteps)
-    if timesteps.is_floating_point():
-        if _validate.eager() and not bool((timesteps == timesteps.round()).all()):
-            raise ValueError("timesteps: expected integer training timesteps")
-    t = timesteps.to(device=device, dtype=torch.int64).reshape(-1)
+    if timesteps.dim() == 0:
+        timesteps = timesteps.expand(B)
+    if tuple(timesteps.shape) != (B,):
+        raise ValueError(f"timesteps: expected shape ({B},) (one per sample), got {tuple(timesteps.shape)}")
+    if timesteps.is_floating_point() or timesteps.dtype == torch.bool or timesteps.is_complex():
+        raise TypeError(f"timesteps: expected an integer tensor of training timesteps, got {timesteps.dtype}")
+    t = timesteps.to(device=device, dtype=torch.int64)
     if _validate.eager() and t.numel() and not bool(((t >= 0) & (t < T)).all()):
         raise ValueError(f"timesteps: expected integers in [0, {T}), got min {int(t.min())}, max {int(t.max())}")
     ac = scheduler.alphas_cumprod.to(device=device, dtype=torch.float64)[t]
-    if isinstance(scheduler, (EulerDiscreteScheduler, EulerAncestralDiscreteScheduler)):
+    if isinstance(scheduler, (diffusers_stock.EulerDiscreteScheduler, diffusers_stock.EulerAncestralDiscreteScheduler)):
         return torch.ones_like(ac), ((1 - ac) / ac).sqrt()
     return ac.sqrt(), (1 - ac).sqrt()
 
@@ -135,27 +158,12 @@ def training_targets(scheduler, x0, timesteps, *, seed, stroke=None):
     if is_sigma and pred == "v_prediction":
         raise ValueError("prediction_type: v_prediction training targets are defined for the VP "
                          "schedulers (DDPM, DDIM); train with DDPMScheduler's config")
-    if isinstance(timesteps, torch.Tensor) and timesteps.dim() == 0:
-        timesteps = timesteps.expand(B)
-    if isinstance(timesteps, torch.Tensor) and tuple(timesteps.shape) != (B,):
-        raise ValueError(f"timesteps: expected shape ({B},) (one per sample), got {tuple(timesteps.shape)}")
-    alpha, sigma = _alpha_sigma(scheduler, timesteps, x0.device)
-    if alpha.shape[0] != B:
-        raise ValueError(f"timesteps: expected {B} timesteps (one per sample), got {alpha.shape[0]}")
+    alpha, sigma = _alpha_sigma(scheduler, timesteps, B, x0.device)
     if stroke is None:
-        scales = (2,)
+        scales = (2,)  # zero weights: A is the identity
         w = torch.zeros(B, 1, dtype=torch.float32, device=x0.device)
     else:
-        if not isinstance(stroke, Stroke):
-            stroke = Stroke(scales=tuple(stroke) if not isinstance(stroke, int) else (stroke,))
-        scales = _validate.scales(stroke.scales)
-        logsnr = 2 * (alpha.log() - sigma.log())
-        if stroke.weights is None:
-            w = stroke_weights(logsnr.to(torch.float32), scales, w_max=stroke.w_max)
-        elif callable(stroke.weights):
-            w = stroke.weights(logsnr.to(torch.float32))
-        else:
-            w = stroke.weights
+        scales, w = stroke_weights_for(stroke, alpha, sigma)
     return stroke_noise(x0, alpha.to(torch.float32), sigma.to(torch.float32), scales=scales,
                         data_weights=w, noise_weights=w, seed=seed, target=_TARGETS[pred])
 
