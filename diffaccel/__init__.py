@@ -1,7 +1,7 @@
 """diffaccel: compiled kernels (C++, Triton, CUDA) for the hot paths of diffusion models.
 
 Every op has a plain PyTorch reference (``diffaccel.reference``, the numerics contract of
-MATH.md) and fast backends tested against it; see ``diffaccel.backends`` for how one is chosen.
+docs/math.md) and fast backends tested against it; see ``diffaccel.backends`` for how one is chosen.
 Importing diffaccel compiles and loads nothing; the extension loads on first use.
 """
 from .backends import BACKENDS, BackendUnavailable, use_backend

@@ -29,7 +29,7 @@ __device__ __forceinline__ int64_t thread_stride() {
   return static_cast<int64_t>(gridDim.x) * blockDim.x;
 }
 
-// Stream position of element (b, i) of a (B, D) layout (MATH.md Section 1).
+// Stream position of element (b, i) of a (B, D) layout (docs/math.md Section 1).
 struct NoiseStream {
   const int64_t* seeds;
   bool per_sample;

@@ -1,7 +1,7 @@
 """Shared machinery of the accelerated diffusers schedulers.
 
 Every accelerated ``step()`` is one or two passes of the fused step op
-(``diffaccel.sampling.step.fused_step``, MATH.md Section 3.1):
+(``diffaccel.sampling.step.fused_step``, docs/math.md Section 3.1):
 
     pass A (only where stock returns ``pred_original_sample``):  x0 = bx x + bm M   (then clamped
             when the config clips it)
@@ -15,7 +15,7 @@ captured in a CUDA graph.
 Noise: with a ``generator`` (one, or a list of one per sample) or ``variance_noise`` the noise is
 drawn exactly as stock draws it (``diffusers.utils.torch_utils.randn_tensor``, same shape, dtype,
 device and count) and passed to the kernel; with a ``seed`` (an int, or a (B,) tensor of
-per-sample seeds) it is drawn inside the kernel from diffaccel's Philox stream (MATH.md Section 1)
+per-sample seeds) it is drawn inside the kernel from diffaccel's Philox stream (docs/math.md Section 1)
 with a per-step key, so that per-sample seeds give noise independent of the batch; with neither,
 from torch's global generator as stock does.
 """

@@ -80,7 +80,7 @@ def _copy_schedule(old, new):
 
 @dataclass(frozen=True)
 class Stroke:
-    """Stroke-size noising for :func:`training_targets` (MATH.md-style multi-scale block blur).
+    """Stroke-size noising for :func:`training_targets` (the multi-scale block blur of docs/math.md Section 2).
 
     scales: block sizes (each >= 2); weights: None (``diffaccel.stroke_weights`` of each
     sample's log-SNR with ``w_max``), a (J,) or (B, J) tensor, or a callable
@@ -142,7 +142,7 @@ def training_targets(scheduler, x0, timesteps, *, seed, stroke=None):
     sqrt(abar_t), sigma = sqrt(1 - abar_t); Euler: alpha = 1, sigma = sqrt((1 - abar_t)/abar_t))
     and the target of ``config.prediction_type``: epsilon A eps, sample A x0, v_prediction
     alpha A eps - sigma A x0 (VP schedulers). A is the identity without ``stroke``; with
-    ``stroke`` (a :class:`Stroke`, or a tuple of scales) the multi-scale block blur of MATH.md.
+    ``stroke`` (a :class:`Stroke`, or a tuple of scales) the multi-scale block blur of docs/math.md Section 2.
     """
     stock = _stock_class(scheduler)
     name = stock.__name__ if stock is not None else type(scheduler).__name__
