@@ -157,6 +157,10 @@ def test_total_variation():
     i, j = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
     board = (((i + j) % 2) * 2 - 1).float().reshape(1, 1, 4, 4)
     assert torch.allclose(M.total_variation(board), torch.tensor([2.0]).double())
+    # stripes (3 x 5): only the 2 x 5 vertical neighbour pairs differ (by 2), not the 3 x 4
+    # horizontal ones: TV = 2 * 10 / (10 + 12)
+    stripes = ((torch.arange(3) % 2) * 2 - 1).float().reshape(1, 1, 3, 1).expand(2, 1, 3, 5)
+    assert torch.allclose(M.total_variation(stripes), torch.full((2,), 20 / 22).double())
     with pytest.raises(ValueError, match="x"):
         M.total_variation(torch.ones(4, 4))
 
