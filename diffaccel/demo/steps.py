@@ -115,9 +115,10 @@ class Demo:
             "16x16 would put the data on a 64-dimensional subspace and make bits per dimension "
             "meaningless); 17 pixel levels mapped to [-1, 1].")
         r.p(f"Models: two `diffusers.UNet2DModel` eps-predictors ({n_par} parameters each, "
-            "weights shipped as float16 safetensors), trained with the same budget on the DDPM "
-            "linear schedule (1000 steps): **plain** noising, and **stroke**-size noising "
-            f"(scales {T.SCALES}, default `stroke_weights`). "
+            "float16 safetensors), trained with the same budget on the DDPM linear schedule "
+            "(1000 steps) with `diffaccel.integrations.diffusers.training_targets`: **plain** "
+            f"noising, and **stroke**-size noising (scales {T.SCALES}, default "
+            "`stroke_weights`). "
             + ("; ".join(f"{k}: {v}" for k, v in self.train_info.items()) or
                f"Shipped weights ({T.TRAIN_STEPS_DEFAULT} steps each; `--retrain` retrains them)."))
         r.p(f"Distance to held-out data, used throughout: the sliced 2-Wasserstein distance on "
