@@ -12,6 +12,7 @@ in the step (VP eps: sqrt((1 - abar)/abar); sigma schedulers: sigma) and ``eps``
 of the precision stock computes in (float32: 2^-24; bfloat16 model outputs with a bfloat16
 sample: stock rounds every intermediate to bfloat16, 2^-8).
 """
+import copy
 import inspect
 import math
 
@@ -39,27 +40,66 @@ STOCK = {
     "euler-a": (diffusers.EulerAncestralDiscreteScheduler, {}),
     "euler-a-v-leading": (diffusers.EulerAncestralDiscreteScheduler, dict(prediction_type="v_prediction",
                                                                          timestep_spacing="leading", steps_offset=1)),
+    "dpm": (diffusers.DPMSolverMultistepScheduler, {}),
+    "dpm-3-heun-sigmamin": (diffusers.DPMSolverMultistepScheduler, dict(
+        solver_order=3, solver_type="heun", beta_schedule="scaled_linear", final_sigmas_type="sigma_min",
+        lower_order_final=False)),
+    "dpm-3-v-lowerfinal-karras": (diffusers.DPMSolverMultistepScheduler, dict(
+        solver_order=3, prediction_type="v_prediction", use_karras_sigmas=True)),
+    "dpm-sde-heun": (diffusers.DPMSolverMultistepScheduler, dict(algorithm_type="sde-dpmsolver++", solver_type="heun")),
+    "dpm-sde-3-eulerfinal": (diffusers.DPMSolverMultistepScheduler, dict(
+        algorithm_type="sde-dpmsolver++", solver_order=3, euler_at_final=True, final_sigmas_type="sigma_min",
+        prediction_type="sample")),
+    "dpm-1": (diffusers.DPMSolverMultistepScheduler, dict(solver_order=1, use_karras_sigmas=True)),
+    "flow": (diffusers.FlowMatchEulerDiscreteScheduler, dict(shift=3.0)),
+    "flow-stochastic": (diffusers.FlowMatchEulerDiscreteScheduler, dict(stochastic_sampling=True)),
 }
 STEP_KW = {"ddim": [dict(eta=0.0), dict(eta=1.0), dict(eta=0.5, use_clipped_model_output=True)]}
 
 
 def _c_m(sched, t, i):
     """Largest coefficient of the model output in the step (see the module docstring)."""
+    if isinstance(sched, diffusers.DPMSolverMultistepScheduler):
+        # x0 = (x - sigma_t M)/alpha_t, then differences of the last three x0 over r0, r1
+        return 32 * float(sched.sigmas[max(0, i - 2):i + 1].max()) / min(1.0, float(sched.sigmas[i + 1]) + 1e-3)
     if hasattr(sched, "sigmas") and not isinstance(sched, diffusers.DDPMScheduler):
         return float(sched.sigmas[i])
     a = float(sched.alphas_cumprod[int(t)])
     return max(1.0, math.sqrt((1 - a) / a))
 
 
-def _close(ours, theirs, x, m, c_m, eps, what):
+def _close(ours, theirs, x, m, c_m, eps, what, hist=()):
     ours, theirs = ours.double(), theirs.double()
+    assert bool(torch.isfinite(theirs).all()), f"{what}: stock is not finite (a degenerate case)"
     scale = x.double().abs() + c_m * m.double().abs() + theirs.abs()
+    for c, h in hist:  # multistep: the x0 predictions m_k enter with coefficients c_k
+        scale = scale + abs(c) * h.double().abs()
     err = (ours - theirs).abs()
     bad = err > 8 * eps * scale + 1e-30
     n = int(bad.sum())
     assert n == 0, (f"{what}: {n} of {err.numel()} elements differ beyond 8 eps (|x| + c_M |M| + |y|); "
                     f"max error {err.max().item():.3g}, worst ratio {(err / scale).max().item():.3g} "
                     f"(eps {eps:.3g})")
+
+
+def _dpm_order_of_next_step(stock):
+    """Which update stock's next step calls (its three update methods, spied on)."""
+    calls = []
+    for k, meth in enumerate(("dpm_solver_first_order_update", "multistep_dpm_solver_second_order_update",
+                              "multistep_dpm_solver_third_order_update")):
+        orig = getattr(type(stock), meth)
+        setattr(stock, meth, (lambda o, kk: lambda *a, **kw: (calls.append(kk + 1), o(stock, *a, **kw))[1])(orig, k))
+    state = (stock.model_outputs[:], stock.lower_order_nums, stock._step_index)
+    x = torch.zeros(1, 1)
+    try:
+        with torch.no_grad():
+            stock.step(x, stock.timesteps[stock._step_index or 0], x, variance_noise=x)
+    finally:
+        stock.model_outputs[:], stock.lower_order_nums, stock._step_index = state
+        for meth in ("dpm_solver_first_order_update", "multistep_dpm_solver_second_order_update",
+                     "multistep_dpm_solver_third_order_update"):
+            delattr(stock, meth)
+    return calls[0]
 
 
 def _scaled(s, x, t):
@@ -81,7 +121,7 @@ def test_step_matches_stock(name, dtype, noise, rng):
     acc.set_timesteps(n)
     torch.testing.assert_close(acc.timesteps, stock.timesteps, rtol=0, atol=0)
     B, S = 3, (2, 5, 3)
-    x = (torch.randn(B, *S, generator=rng) * float(stock.init_noise_sigma)).to(dtype)
+    x = (torch.randn(B, *S, generator=rng) * float(getattr(stock, "init_noise_sigma", 1.0))).to(dtype)
     eps_ = 2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -24
     for kw in STEP_KW.get(name.split("-")[0], [{}]):
         stock.set_timesteps(n)
@@ -101,19 +141,29 @@ def test_step_matches_stock(name, dtype, noise, rng):
                 extra_s["generator"], extra_a["generator"] = g_s, g_a
             ins, ina = _scaled(stock, xs, t), _scaled(acc, xs, t)
             _close(ina, ins, xs, xs, 0.0, 2 * eps_, f"{name} scale_model_input step {i}")
+            hist = ()
+            if isinstance(stock, diffusers.DPMSolverMultistepScheduler):  # stock's order, recorded
+                order = _dpm_order_of_next_step(stock)
+                assert int(acc._da_order(acc._da_index(t, xs.device))) == order, f"order at step {i}"
+                # rounding bound of sum_k c_k m_k over the past x0 predictions m_1, m_2 with the
+                # step's coefficients (a wrong c_k gives errors ~ |c_k m_k|, far beyond it)
+                W = 7 + 3 * stock.config.solver_order
+                row = acc._da_tab[stock._step_index or 0, 10 + (order - 1) * W:10 + order * W]
+                past = [h for h in stock.model_outputs[::-1] if h is not None]  # m_1, m_2
+                hist = [(float(row[7 + 3 * (k + 1)]), h) for k, h in enumerate(past[:order - 1])]
             out_s = stock.step(m, t, xs, **extra_s)
+            acc_before = copy.deepcopy(acc) if noise == "variance_noise" else None
             out_a = acc.step(m, t, xs, **extra_a)
             assert type(out_a) is type(out_s)
             for key in out_s.keys():
                 a_, s_ = out_a[key], out_s[key]
                 assert a_.dtype == s_.dtype, f"{key}: dtype {a_.dtype} != stock {s_.dtype}"
-                _close(a_, s_, xs, m, _c_m(stock, t, i), eps_, f"{name} {kw} {noise} {key} step {i}")
-            tup = acc.step(m, t, xs, return_dict=False, **{k: v for k, v in extra_a.items() if k != "generator"}) \
-                if noise == "variance_noise" else None
-            if tup is not None:
+                _close(a_, s_, xs, m, _c_m(stock, t, i), eps_, f"{name} {kw} {noise} {key} step {i}", hist)
+            if noise == "variance_noise":  # return_dict=False: stock's tuple (on a copy)
+                twin = copy.deepcopy(acc_before)
+                tup = twin.step(m, t, xs, return_dict=False, **extra_a)
                 assert isinstance(tup, tuple) and len(tup) == len(out_s)
-                if hasattr(acc, "_da_i"):
-                    acc._da_i.sub_(1)  # the extra call advanced the counter; step i again next
+                assert torch.equal(tup[0], out_a.prev_sample)
             if noise != "variance_noise":  # the same number of draws from the same generators
                 for a_g, s_g in zip(*(g if isinstance(g, list) else [g] for g in (g_a, g_s))):
                     assert torch.equal(a_g.get_state(), s_g.get_state()), "generator states differ"

@@ -53,7 +53,7 @@ class _SigmaMixin(AcceleratedMixin):
             raise ValueError(f"{type(self).__name__}: prediction_type={self.config.prediction_type!r} "
                              f"is not supported (supported: {', '.join(self.PREDICTIONS)})")
 
-    def _da_build(self, device):
+    def _da_make_table(self):
         s = self.sigmas.to(torch.float64).cpu()
         n = s.shape[0] - 1
         sc, sn = s[:-1], s[1:]
@@ -70,10 +70,18 @@ class _SigmaMixin(AcceleratedMixin):
         tab[:, W1 + AM0] = 1 - ratio
         tab[:, W1 + AZ] = up
         tab[:, SCALE] = (sc ** 2 + 1).sqrt()
-        self._da_tab = tab.to(device=device, dtype=torch.float32)
+        return tab
+
+    def _da_build(self, device):
+        """Tables on ``device`` and the step counter reset (after stock's set_timesteps)."""
+        self._da_tab = self._da_make_table().to(device=device, dtype=torch.float32)
         self._da_ts = self.timesteps.to(device=device, dtype=torch.float32)
         self._da_ts_host = frozenset(float(t) for t in self.timesteps.tolist())
         self._da_i = torch.full((1,), -1, dtype=torch.int64, device=device)
+        self._da_on_build(device)
+
+    def _da_on_build(self, device):
+        pass
 
     def _da_state(self, device):
         if getattr(self, "_da_tab", None) is None or self.num_inference_steps is None:
@@ -82,7 +90,11 @@ class _SigmaMixin(AcceleratedMixin):
             self._da_tab = self._da_tab.to(device)
             self._da_ts = self._da_ts.to(device)
             self._da_i = self._da_i.to(device)
+            self._da_on_build_move(device)
         return self._da_tab
+
+    def _da_on_build_move(self, device):
+        pass
 
     def _da_index(self, timestep, device):
         """(1,) device index of this step: the counter, or at the first step begin_index or the
@@ -115,13 +127,6 @@ class _SigmaMixin(AcceleratedMixin):
         v = int(i[0])
         return None if v < 0 else v
 
-    def scale_model_input(self, sample, timestep):
-        """sample / sqrt(sigma^2 + 1) at this step (stock's; the index stays on the device)."""
-        tab = self._da_state(sample.device)
-        i = self._da_index(timestep, sample.device)
-        self.is_scale_input_called = True
-        return sample / tab.index_select(0, i)[0, SCALE]
-
     def _da_run(self, model_output, timestep, sample, generator, seed, draw):
         if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)) and not isinstance(timestep, bool):
             raise ValueError("timestep: passing integer indices (e.g. from `enumerate(timesteps)`) "
@@ -146,7 +151,16 @@ class _SigmaMixin(AcceleratedMixin):
         return prev.to(model_output.dtype), x0
 
 
-class EulerDiscreteScheduler(_SigmaMixin, _StockEuler):
+class _ScaleInputMixin:
+    def scale_model_input(self, sample, timestep):
+        """sample / sqrt(sigma^2 + 1) at this step (stock's; the index stays on the device)."""
+        tab = self._da_state(sample.device)
+        i = self._da_index(timestep, sample.device)
+        self.is_scale_input_called = True
+        return sample / tab.index_select(0, i)[0, SCALE]
+
+
+class EulerDiscreteScheduler(_ScaleInputMixin, _SigmaMixin, _StockEuler):
     """``diffusers.EulerDiscreteScheduler`` with the fused step (s_churn = 0)."""
 
     def _da_down_up(self, sc, sn):
@@ -170,7 +184,7 @@ class EulerDiscreteScheduler(_SigmaMixin, _StockEuler):
         return EulerDiscreteSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
 
 
-class EulerAncestralDiscreteScheduler(_SigmaMixin, _StockEA):
+class EulerAncestralDiscreteScheduler(_ScaleInputMixin, _SigmaMixin, _StockEA):
     """``diffusers.EulerAncestralDiscreteScheduler`` with the fused step; ``set_timesteps`` also
     takes custom ``timesteps`` or ``sigmas`` (with the final sigma, as EulerDiscreteScheduler;
     e.g. ``diffaccel.vrg.to_sigmas``)."""

@@ -17,11 +17,13 @@ import torch
 
 from .. import _validate
 from ..stroke import stroke_noise, stroke_weights
+from ._diffusers_multistep import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 from ._diffusers_sigma import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from ._diffusers_vp import DDIMScheduler, DDPMScheduler
 
-ACCELERATED = {cls.__name__: cls for cls in (DDPMScheduler, DDIMScheduler, EulerDiscreteScheduler,
-                                             EulerAncestralDiscreteScheduler)}
+ACCELERATED = {cls.__name__: cls for cls in (
+    DDPMScheduler, DDIMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler,
+    DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler)}
 
 
 def _stock_class(scheduler):
@@ -63,16 +65,17 @@ def accelerate(scheduler, *, seed=None, strict=True, track_logp=False):
 
 
 def _copy_schedule(old, new):
-    """Carry a schedule already set on ``old`` over to ``new`` (as custom timesteps/sigmas)."""
+    """Carry a schedule already set on ``old`` over to ``new``."""
     dev = old.timesteps.device
     if isinstance(new, (DDIMScheduler, DDPMScheduler)):
-        new.set_timesteps(timesteps=old.timesteps.cpu().tolist(), device=dev)
-    elif isinstance(new, EulerAncestralDiscreteScheduler):
-        new.set_timesteps(sigmas=old.sigmas.cpu(), device=dev)
+        new.set_timesteps(old.num_inference_steps, device=dev)
+        if not torch.equal(new.timesteps.cpu(), old.timesteps.cpu()):
+            new.set_timesteps(timesteps=old.timesteps.cpu().tolist(), device=dev)
+    else:
+        new.set_timesteps(old.num_inference_steps, device=dev)
+        new.sigmas = old.sigmas.clone()
         new.timesteps = old.timesteps.clone()
         new._da_build(dev)
-    else:
-        new.set_timesteps(sigmas=old.sigmas.cpu().numpy(), device=dev)
     begin = getattr(old, "_begin_index", None)
     if begin is not None:
         new.set_begin_index(begin)
@@ -169,4 +172,5 @@ def training_targets(scheduler, x0, timesteps, *, seed, stroke=None):
 
 
 __all__ = ["accelerate", "training_targets", "Stroke", "DDPMScheduler", "DDIMScheduler",
-           "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "ACCELERATED"]
+           "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler",
+           "FlowMatchEulerDiscreteScheduler", "ACCELERATED"]
