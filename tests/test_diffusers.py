@@ -396,3 +396,189 @@ def test_step_compiles_without_graph_breaks(name, kw):
         x = g(x, t)
     assert cnt.frame_count == (2 if name.startswith("dpm") else 1), f"compiled {cnt.frame_count} times"
     torch.testing.assert_close(x, eager, rtol=1e-5, atol=1e-5)
+
+
+def _run_gm(name, n, B, gm, seed_base):
+    """Sample an exact Gaussian mixture (its exact eps as the model) with track_logp, starting
+    from the exact log-density of the initial latents; returns (tracked logp, exact logp)."""
+    cls, cfg = {"ddpm": (diffusers.DDPMScheduler, dict(clip_sample=False)),
+                "euler-a": (diffusers.EulerAncestralDiscreteScheduler, {})}[name]
+    acc = dd.accelerate(cls(**cfg), track_logp=True, seed=torch.arange(B) + seed_base)
+    acc.set_timesteps(n)
+    ac = acc.alphas_cumprod.double()
+    gen = torch.Generator().manual_seed(seed_base)
+    if name == "euler-a":
+        x = torch.randn(B, 2, generator=gen) * float(acc.init_noise_sigma)
+        acc.init_logp(x, gm.log_prob(x, float(acc.sigmas[0])))
+    else:
+        x = torch.randn(B, 2, generator=gen)
+        a0 = ac[int(acc.timesteps[0])]
+        acc.init_logp(x, gm.log_prob_ab(x, a0.sqrt(), (1 - a0).sqrt()))
+    for i, t in enumerate(acc.timesteps):
+        if name == "euler-a":
+            sig = float(acc.sigmas[i])
+            a = 1 / math.sqrt(1 + sig ** 2)
+            m = gm.eps(acc.scale_model_input(x, t), a, sig * a).float()
+        else:
+            a = ac[int(t)]
+            m = gm.eps(x, a.sqrt(), (1 - a).sqrt()).float()
+        x = acc.step(m, t, x).prev_sample
+    return acc.logp, gm.log_prob(x, 0.0)
+
+
+@pytest.mark.parametrize("name", ["ddpm", "euler-a"])
+def test_track_logp_exact_mixture(name):
+    """scheduler.logp against the exact log p of a two-mode Gaussian mixture (D = 2): the
+    update is first order in the step, so the bias shrinks ~4x from 50 to 200 steps, and at 200
+    steps it is small and the tracked values follow the exact ones sample by sample."""
+    from diffaccel.models import GaussianMixture
+
+    gm = GaussianMixture.two_modes(2, p=0.7, m=1.0, c=0.3)
+    s = int.from_bytes(__import__("os").urandom(3), "little")
+    lp1, ex1 = _run_gm(name, 50, 128, gm, s)
+    lp4, ex4 = _run_gm(name, 200, 128, gm, s + 1000)
+    bias1, bias4 = (lp1 - ex1).mean().item(), (lp4 - ex4).mean().item()
+    corr = torch.corrcoef(torch.stack([lp4, ex4]))[0, 1].item()
+    assert abs(bias4) < 0.9 and abs(bias1) > 2.5 * abs(bias4), (bias1, bias4)
+    assert corr > 0.6, corr
+    acc = dd.accelerate(diffusers.EulerAncestralDiscreteScheduler(), track_logp=True)
+    acc.set_timesteps(3)
+    with pytest.raises(ValueError, match="logp: track_logp=True needs a starting value"):
+        acc.step(torch.zeros(2, 2), acc.timesteps[0], torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="track_logp: DDIM tracks the log-density at eta = 1"):
+        d = dd.accelerate(diffusers.DDIMScheduler(), track_logp=True)
+        d.set_timesteps(3)
+        d.init_logp(torch.zeros(2, 2))
+        d.step(torch.zeros(2, 2), d.timesteps[0], torch.zeros(2, 2), eta=0.5)
+
+
+@pytest.mark.parametrize("name,kw", [("ddpm", {}), ("ddim-v-linspace", dict(eta=0.7)), ("euler-a", {})])
+def test_return_logprob_against_float64(name, kw, rng):
+    """step(..., return_logprob=True): log N(prev; mean, std^2) averaged over the non-batch dims,
+    against the stock step in float64 for the mean (model output with and without noise) and
+    the same formula in float64; re-scoring a stored prev_sample gives gradients to the model
+    output that equal the analytic ones."""
+    cls, cfg = STOCK[name]
+    acc = dd.accelerate(cls(**cfg))
+    stock = cls(**cfg)
+    acc.set_timesteps(6)
+    stock.set_timesteps(6)
+    B, S = 3, (2, 4, 5)
+    total_grad = 0.0
+    for i, t in enumerate(acc.timesteps[:-1]):
+        x = torch.randn(B, *S, generator=rng)
+        m = torch.randn(B, *S, generator=rng)
+        seed = int(torch.randint(0, 2**31, (1,), generator=rng))
+        g = torch.Generator().manual_seed(seed)
+        if hasattr(acc, "is_scale_input_called"):
+            acc.scale_model_input(x, t)
+            stock.scale_model_input(x, t)
+        prev, x0, lp = acc.step(m, t, x, generator=g, return_logprob=True, **kw)
+        # the mean: stock's step with zero noise (float64 where stock keeps the dtype)
+        dt = torch.float32 if name == "euler-a" else torch.float64
+        st_kw = dict(kw, variance_noise=torch.zeros(B, *S, dtype=dt)) if name.startswith("ddim") else kw
+        st = stock if name == "euler-a" else copy.deepcopy(stock)  # (its step index advances)
+        if name == "ddpm":
+            mean = _ddpm_mean64(st, m.double(), t, x.double())
+        elif name == "euler-a":
+            mean = (st.step(m, t, x, generator=torch.Generator().manual_seed(seed)).prev_sample.double()
+                    - _ea_noise(st, i, B, S, seed))
+        else:
+            mean = st.step(m.double(), t, x.double(), **st_kw).prev_sample
+        std = _std64(stock, t, i, kw.get("eta"))
+        ref = (-(prev.double() - mean) ** 2 / (2 * std ** 2) - math.log(std)
+               - 0.5 * math.log(2 * math.pi)).flatten(1).mean(1)
+        # |log p| terms are ~ z^2/2 with z = (prev - mean)/std: float32 error ~ 1e-6 |z|^2
+        torch.testing.assert_close(lp.double(), ref, rtol=1e-4, atol=1e-4)
+        # re-score: gradient flows to the model output
+        mg = m.clone().requires_grad_(True)
+        _, _, lp2 = acc.step(mg, t, x, return_logprob=True, prev_sample=prev, **kw) if not hasattr(
+            acc, "_da_i") else _rescore(acc, mg, t, x, prev, kw)
+        torch.testing.assert_close(lp2.detach().double(), lp.double(), rtol=1e-5, atol=1e-5)
+        lp2.sum().backward()
+        assert mg.grad is not None and bool(torch.isfinite(mg.grad).all())
+        total_grad += mg.grad.abs().sum().item()  # (zero where x0 is clipped)
+        eps_, lps = 1e-3, []
+        for sgn in (1, -1):  # central difference (the log-density is quadratic in m)
+            mp = m.clone()
+            mp[0, 0, 0, 0] += sgn * eps_
+            lps.append((_rescore(acc, mp, t, x, prev, kw) if hasattr(acc, "_da_i") else
+                        acc.step(mp, t, x, return_logprob=True, prev_sample=prev, **kw))[2][0].item())
+        fd = (lps[0] - lps[1]) / (2 * eps_)
+        assert abs(fd - mg.grad[0, 0, 0, 0].item()) < 2e-2 * (1 + abs(fd)), (fd, mg.grad[0, 0, 0, 0].item())
+    assert total_grad > 0
+
+
+def _rescore(acc, m, t, x, prev, kw):
+    """Re-score at the same step index (the counter advanced with the first call)."""
+    acc._da_i.sub_(1)
+    return acc.step(m, t, x, return_logprob=True, prev_sample=prev, **kw)
+
+
+def _ddpm_mean64(st, m, t, x):
+    a = st.alphas_cumprod.double()
+    ts = st.timesteps.tolist()
+    k = ts.index(int(t))
+    ap = a[ts[k + 1]] if k + 1 < len(ts) else torch.tensor(1.0, dtype=torch.float64)
+    at = a[int(t)]
+    x0 = ((x - (1 - at).sqrt() * m) / at.sqrt()).clamp(-1, 1)
+    beta = 1 - at / ap
+    return ap.sqrt() * beta / (1 - at) * x0 + (at / ap).sqrt() * (1 - ap) / (1 - at) * x
+
+
+def _std64(stock, t, i, eta):
+    a = stock.alphas_cumprod.double()
+    if isinstance(stock, diffusers.EulerAncestralDiscreteScheduler):
+        s, s2 = stock.sigmas.double()[i], stock.sigmas.double()[i + 1]
+        return math.sqrt(s2 ** 2 * (s ** 2 - s2 ** 2) / s ** 2)
+    ts = stock.timesteps.tolist()
+    if isinstance(stock, diffusers.DDIMScheduler):
+        prev_t = int(t) - stock.config.num_train_timesteps // stock.num_inference_steps
+        ap = a[prev_t] if prev_t >= 0 else stock.final_alpha_cumprod.double()
+    else:
+        k = ts.index(int(t))
+        ap = a[ts[k + 1]] if k + 1 < len(ts) else torch.tensor(1.0, dtype=torch.float64)
+    at = a[int(t)]
+    var = (1 - ap) / (1 - at) * (1 - at / ap)
+    return float((eta if eta is not None else 1.0) * var.sqrt())
+
+
+def _ea_noise(st, i, B, S, seed):
+    s, s2 = st.sigmas.double()[i], st.sigmas.double()[i + 1]
+    up = (s2 ** 2 * (s ** 2 - s2 ** 2) / s ** 2).sqrt()
+    return up * torch.randn(B, *S, generator=torch.Generator().manual_seed(seed)).double()
+
+
+BATCH_CASES = [("ddpm", {}), ("ddim", dict(eta=1.0)), ("euler-a", {}), ("dpm-sde-heun", {}),
+               ("flow-stochastic", {})]
+
+
+@pytest.mark.parametrize("name,kw", BATCH_CASES, ids=[c[0] for c in BATCH_CASES])
+def test_seeds_batch_invariant_bitwise(name, kw, rng):
+    """accelerate(seed=(B,) seeds): sample i is bitwise the same alone or in a batch of 8."""
+    cls, cfg = STOCK[name]
+    seeds = torch.randint(0, 2**62, (8,), generator=rng)
+    x0 = torch.randn(8, 3, 5, 6, generator=rng)
+
+    def run(idx, sd=seeds):
+        acc = dd.accelerate(cls(**cfg), seed=sd[idx])
+        acc.set_timesteps(5)
+        x = x0[idx].clone()
+        for t in acc.timesteps:
+            x_in = acc.scale_model_input(x, t) if hasattr(acc, "scale_model_input") else x
+            x = acc.step(torch.tanh(x_in), t, x, **kw).prev_sample  # a per-sample "model"
+        return x
+
+    full = run(slice(0, 8))
+    for i in (0, 5):
+        alone = run(slice(i, i + 1))
+        assert torch.equal(alone[0], full[i]), f"sample {i}: max diff {(alone[0] - full[i]).abs().max()}"
+    assert not torch.equal(run(slice(0, 8), seeds + 1), full), "other seeds, same samples"
+    # a seed per step call (step(..., seed=)) overrides the scheduler's
+    acc = dd.accelerate(cls(**cfg))
+    acc.set_timesteps(5)
+    t = acc.timesteps[0]
+    x = x0.clone()
+    x_in = acc.scale_model_input(x, t) if hasattr(acc, "scale_model_input") else x
+    a = acc.step(torch.tanh(x_in), t, x, seed=seeds, **kw).prev_sample
+    assert bool(torch.isfinite(a).all())

@@ -42,6 +42,7 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
     takes custom ``sigmas`` (descending, with the final sigma)."""
 
     ALGORITHMS = ("dpmsolver++", "sde-dpmsolver++")
+    _da_logp_ready = False
     PREDICTIONS = ("epsilon", "sample", "v_prediction", "flow_prediction")
 
     def _da_check_config(self):
@@ -211,6 +212,8 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
 class FlowMatchEulerDiscreteScheduler(_SigmaMixin, _StockFlow):
     """``diffusers.FlowMatchEulerDiscreteScheduler`` (SD3 / Flux) with the fused step,
     deterministic and ``stochastic_sampling``."""
+
+    _da_logp_ready = False
 
     def _da_check_config(self):
         pass  # every config: the step reads only stock's sigmas
