@@ -13,17 +13,28 @@ seeds ("accel+seed"). Steps at a fixed step index: the step counters are reset b
 timed call (for both).
 """
 import argparse
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_step import time_call  # noqa: E402
+import time  # noqa: E402
 
 import diffusers  # noqa: E402
 
 from diffaccel.integrations.diffusers import accelerate  # noqa: E402
+
+def time_call(fn, repeats=15, warmup=2, min_time=None):
+    """Minimum wall time (seconds) of ``fn()`` over ``repeats`` calls after ``warmup``: on a
+    shared, loaded machine the minimum is the stable statistic (the median there measures the
+    other jobs)."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
 
 SCHEDULERS = {
     "ddim": (lambda: diffusers.DDIMScheduler(), dict(eta=0.0)),
@@ -107,17 +118,17 @@ def loop_rows(B=16, steps=20, names=("ddim", "euler-a", "dpm++2m"), compiled=Tru
                             x = fn(x, t)
                     return x
 
-                rows.append((name, label, mode, time_call(loop, repeats=3, warmup=1, min_time=0)))
+                rows.append((name, label, mode, time_call(loop, repeats=3, warmup=1)))
     return rows
 
 
 def format_rows(step, loop):
-    out = ["one step() on 4x64x64 latents (median wall time)",
+    out = ["one step() on 4x64x64 latents (minimum wall time)",
            f"{'scheduler':<10} {'dtype':<9} {'B':>3} {'impl':<11} {'ms':>8} {'vs stock':>9}"]
     for name, dt, B, label, sec, sp in step:
         out.append(f"{name:<10} {dt:<9} {B:>3} {label:<11} {sec * 1e3:8.3f} {sp:8.2f}x")
     if loop:
-        out += ["", "20-step loop, B=16, 1x1-conv model (total wall time)",
+        out += ["", "20-step loop, B=16, 1x1-conv model (total wall time, minimum of 3)",
                 f"{'scheduler':<10} {'impl':<11} {'mode':<9} {'ms':>9}"]
         for name, label, mode, sec in loop:
             out.append(f"{name:<10} {label:<11} {mode:<9} {sec * 1e3:9.1f}")
@@ -139,7 +150,11 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-loop", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (1 is the "
+                    "stable choice on a shared machine)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(run(quick=args.quick, loop=not args.no_loop))

@@ -31,7 +31,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
 from ..reference.step import coef_width
 from ..sampling.step import fused_step
-from ._diffusers_base import AX, AZ, BM, W1, backend_for, check_model_output, run_pass_a, step_seeds
+from ._diffusers_base import (AX, AZ, BM, W1, backend_for, check_model_output, gaussian_logprob,
+                              run_pass_a, step_seeds)
 from ._diffusers_sigma import _SigmaMixin, sigma_to_t
 
 AM = 7  # first model column; model k at AM + 3k
@@ -252,9 +253,18 @@ class FlowMatchEulerDiscreteScheduler(_SigmaMixin, _StockFlow):
         return s4 * stroke_blur(noise.to(sample.dtype), w, scales) + (1 - s4) * stroke_blur(sample, w, scales)
 
     def step(self, model_output, timestep, sample, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
-             s_noise=1.0, generator=None, per_token_timesteps=None, return_dict=True, *, seed=None):
+             s_noise=1.0, generator=None, per_token_timesteps=None, return_dict=True, *, seed=None,
+             return_logprob=False, prev_sample=None):
         """Stock's step (same arguments and outputs; s_churn, s_tmin, s_tmax, s_noise are
-        ignored, as stock ignores them) as one fused pass."""
+        ignored, as stock ignores them) as one fused pass. With ``stochastic_sampling``,
+        ``return_logprob`` returns ``(prev_sample, log_prob)``: log N(prev; (1 - s') x0, s'^2)
+        averaged over the non-batch dims (Flow-GRPO); with ``prev_sample`` it re-scores that
+        sample, differentiably in model_output."""
+        if return_logprob and not self.config.stochastic_sampling:
+            raise ValueError("return_logprob: the deterministic FlowMatch step has no transition "
+                             "density (use stochastic_sampling=True)")
+        if prev_sample is not None and not return_logprob:
+            raise ValueError("prev_sample: only used with return_logprob=True (re-scoring)")
         if per_token_timesteps is not None:
             raise ValueError("per_token_timesteps: not supported by the accelerated step")
         if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)) and not isinstance(timestep, bool):
@@ -270,6 +280,19 @@ class FlowMatchEulerDiscreteScheduler(_SigmaMixin, _StockFlow):
             z, kernel_draw = self._da_noise(model_output, generator, None, seed, True, torch.float32)
         seeds = step_seeds(seed if seed is not None else self._da_seed, B, dev, i) if kernel_draw else None
         W = coef_width(1)
+        if return_logprob:
+            r = tab.index_select(0, i)[0]
+            mean = r[AX] * x + r[AM] * model_output.to(torch.float32)
+            std = r[AZ:AZ + 1]
+            if prev_sample is None:
+                if z is None:
+                    from ..random import noise as _noise  # the kernel's draws, made explicit
+                    z = _noise(x.shape, seed=seeds, device=dev)
+                prev_sample = (mean + std * z).to(model_output.dtype)
+            else:
+                check_model_output(prev_sample, sample)
+            self._da_i.copy_(i + 1)
+            return prev_sample, gaussian_logprob(prev_sample, mean, std)
         prev = fused_step(x, [model_output], tab.index_select(0, i).expand(B, W), z=z, seed=seeds,
                           dist="normal" if kernel_draw else None, out=torch.empty_like(x),
                           backend=backend_for(x.dtype))

@@ -102,7 +102,9 @@ def stroke_weights_for(stroke, alpha, sigma):
         else:
             raise TypeError(f"stroke: expected a Stroke or a tuple of scales, got {type(stroke).__name__}")
     scales = _validate.scales(stroke.scales)
-    logsnr = (2 * (alpha.double().log() - sigma.double().log())).to(torch.float32)
+    # pure noise (alpha = 0) or clean data (sigma = 0) have an infinite log-SNR: the weights'
+    # limits are reached well within +-60
+    logsnr = (2 * (alpha.double().log() - sigma.double().log())).clamp(-60, 60).to(torch.float32)
     if stroke.weights is None:
         w = stroke_weights(logsnr, scales, w_max=stroke.w_max)
     elif callable(stroke.weights):
