@@ -113,6 +113,8 @@ def test_step_matches_stock(name, dtype, noise, rng):
     cls, cfg = STOCK[name]
     if noise == "variance_noise" and "variance_noise" not in inspect.signature(cls.step).parameters:
         pytest.skip(f"{cls.__name__}.step takes no variance_noise")
+    if dtype == torch.bfloat16 and noise != "generator":
+        pytest.skip("bf16: the noise paths are dtype-independent; covered in float32 (test time)")
     stock = cls(**cfg)
     acc = dd.accelerate(stock)
     assert type(acc).__name__ == cls.__name__ and isinstance(acc, cls)
@@ -218,12 +220,12 @@ def test_pipeline_end_to_end(pipe_cls, gens):
                 else torch.Generator().manual_seed(10))
 
     with torch.no_grad():
-        img_s = pipe(batch_size=2, num_inference_steps=5, generator=gen(), output_type="np", **kw).images
+        img_s = pipe(batch_size=2, num_inference_steps=4, generator=gen(), output_type="np", **kw).images
         pipe.scheduler = dd.accelerate(pipe.scheduler)
         assert getattr(pipe.scheduler, "is_accelerated", False)
-        img_a = pipe(batch_size=2, num_inference_steps=5, generator=gen(), output_type="np", **kw).images
+        img_a = pipe(batch_size=2, num_inference_steps=4, generator=gen(), output_type="np", **kw).images
     err = abs(img_a - img_s).max()
-    # float32 rounding (~1e-7 relative per step) through 5 UNet calls stays far below 1e-4
+    # float32 rounding (~1e-7 relative per step) through 4 UNet calls stays far below 1e-4
     assert err < 1e-4, f"{pipe_cls.__name__} ({gens}): max image difference {err:.3g}"
 
 
