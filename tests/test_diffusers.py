@@ -652,3 +652,21 @@ def test_flow_logprob_scale_noise_and_custom_trajectories(rng):
     dpm_st.set_timesteps(6)
     dpm.set_timesteps(sigmas=dpm_st.sigmas)
     assert torch.equal(dpm.sigmas, dpm_st.sigmas) and len(dpm.timesteps) == 6
+
+
+def test_training_targets_flow_match(rng):
+    """FlowMatch: x_t = (1 - s) x0 + s eps (stock's scale_noise with the same eps) and the
+    velocity eps - x0, s = t / num_train_timesteps."""
+    import diffaccel
+
+    stock = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    stock.set_timesteps(10)
+    x0 = torch.randn(4, 3, 6, 6, generator=rng)
+    t = stock.timesteps[[0, 2, 5, 9]]
+    seeds = torch.randint(0, 2**62, (4,), generator=rng)
+    noisy, target = dd.training_targets(stock, x0, t, seed=seeds)
+    eps = diffaccel.noise(x0.shape, seed=seeds)
+    torch.testing.assert_close(noisy, stock.scale_noise(x0, t, eps), rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(target, eps - x0, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="timesteps: expected values in"):
+        dd.training_targets(stock, x0, torch.tensor([0.0, 1.0, 2.0, 1001.0]), seed=1)
