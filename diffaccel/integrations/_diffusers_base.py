@@ -19,6 +19,7 @@ per-sample seeds) it is drawn inside the kernel from diffaccel's Philox stream (
 with a per-step key, so that per-sample seeds give noise independent of the batch; with neither,
 from torch's global generator as stock does.
 """
+import math
 import numbers
 
 import torch
@@ -86,6 +87,21 @@ def run_pass_a(x, model, coef, backend):
     return fused_step(x, [model], coef, out=torch.empty_like(x), backend=backend)
 
 
+def with_logp_dim(cB, D):
+    """The per-dimension constant of a log-density update (column C0) times D."""
+    return torch.cat([cB[:, :C0], cB[:, C0:C0 + 1] * D, cB[:, C0 + 1:]], 1)
+
+
+def gaussian_logprob(prev, mean, std):
+    """log N(prev; mean, std^2 I) per sample, averaged over the non-batch dimensions (as DDPO
+    and Flow-GRPO report it); plain PyTorch in float32 or wider, differentiable. std: (1,)."""
+    ct = torch.promote_types(prev.dtype, torch.float32)
+    d = prev.to(ct) - mean.to(ct)
+    sd = std.to(ct).reshape(())
+    lp = -(d * d) / (2 * sd * sd) - torch.log(sd) - 0.5 * math.log(2 * math.pi)
+    return lp.reshape(lp.shape[0], -1).mean(1)
+
+
 def backend_for(dtype):
     return "reference" if dtype == torch.float64 else None
 
@@ -96,7 +112,7 @@ class AcceleratedMixin:
     is_accelerated = True
     _da_seed = None
     _da_track_logp = False
-    _da_logp_ready = False
+    _da_logp_ready = True
     logp = None
 
     # ---- configuration -------------------------------------------------------------------
@@ -108,11 +124,29 @@ class AcceleratedMixin:
             raise ValueError(f"track_logp: {type(self).__name__} with this config is deterministic "
                              f"(no log-density update is defined); {self._da_logp_help}")
         if track_logp and not self._da_logp_ready:
-            raise ValueError(f"track_logp: not available for {type(self).__name__} yet")
+            raise ValueError(f"track_logp: not available for {type(self).__name__}; "
+                             f"{self._da_logp_help}")
         self._da_track_logp = bool(track_logp)
         self.logp = None
 
-    _da_logp_help = "track_logp is supported by DDPM, DDIM (eta > 0) and EulerAncestral"
+    _da_logp_help = "track_logp is supported by DDPM, DDIM (eta = 1) and EulerAncestral"
+
+    def init_logp(self, latents, logp=None):
+        """Start tracking from ``latents`` (B, ...): ``scheduler.logp`` becomes ``logp`` (a (B,)
+        tensor) or the prior's log-density log N(latents; 0, init_noise_sigma^2 I) (float64)."""
+        if not self._da_track_logp:
+            raise ValueError("init_logp: the scheduler was not accelerated with track_logp=True")
+        B = latents.shape[0]
+        if logp is not None:
+            if not isinstance(logp, torch.Tensor) or tuple(logp.shape) != (B,):
+                raise ValueError(f"logp: expected a ({B},) tensor")
+            self.logp = logp.to(device=latents.device, dtype=torch.float64).clone()
+            return self.logp
+        s0 = float(getattr(self, "init_noise_sigma", 1.0))
+        x = latents.double().reshape(B, -1)
+        D = x.shape[1]
+        self.logp = -0.5 * (x * x).sum(1) / s0 ** 2 - D * (math.log(s0) + 0.5 * math.log(2 * math.pi))
+        return self.logp
 
     def _da_stochastic(self):
         return False

@@ -25,9 +25,9 @@ from diffusers.schedulers.scheduling_euler_ancestral_discrete import \
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
 
 from ..sampling.step import fused_step
-from ._diffusers_base import (AM0, AX, AZ, BM, W1, W2, AcceleratedMixin, backend_for,
-                              check_model_output, host_value, run_pass_a, step_seeds,
-                              tensor_host_known)
+from ._diffusers_base import (AM0, AX, AZ, BM, C1, C2, SM0, SX, W1, W2, AcceleratedMixin,
+                              backend_for, check_model_output, gaussian_logprob, host_value,
+                              run_pass_a, step_seeds, tensor_host_known)
 
 SCALE = W1 + W2  # column: sqrt(s^2 + 1), the divisor of scale_model_input
 
@@ -53,7 +53,7 @@ class _SigmaMixin(AcceleratedMixin):
             raise ValueError(f"{type(self).__name__}: prediction_type={self.config.prediction_type!r} "
                              f"is not supported (supported: {', '.join(self.PREDICTIONS)})")
 
-    def _da_build(self, device):
+    def _da_make_table(self):
         s = self.sigmas.to(torch.float64).cpu()
         n = s.shape[0] - 1
         sc, sn = s[:-1], s[1:]
@@ -69,11 +69,43 @@ class _SigmaMixin(AcceleratedMixin):
         tab[:, W1 + AX] = ratio
         tab[:, W1 + AM0] = 1 - ratio
         tab[:, W1 + AZ] = up
+        # log-density (docs/math.md 3.1 with f = 0, g^2 h = q = s^2 - s'^2): with the score
+        # s = (x0 - x)/s^2 the step is x' = x + A s + s_up z, A = s^2 (1 - ratio); Ito's formula
+        # gives logp += (A - q/2) |s|^2 + s_up (s . z) + (s_up^2 - q)/2 div s. The last term
+        # (second order in the step, except where the step is not small against s) needs the
+        # model's divergence and is left out.
+        q = sc ** 2 - sn ** 2
+        tab[:, W1 + SX], tab[:, W1 + SM0] = -1 / sc ** 2, 1 / sc ** 2
+        tab[:, W1 + C1], tab[:, W1 + C2] = sc ** 2 * (1 - ratio) - q / 2, up
         tab[:, SCALE] = (sc ** 2 + 1).sqrt()
-        self._da_tab = tab.to(device=device, dtype=torch.float32)
+        return tab
+
+    def _da_build(self, device):
+        """Tables on ``device`` and the step counter reset (after stock's set_timesteps)."""
+        self._da_tab = self._da_make_table().to(device=device, dtype=torch.float32)
         self._da_ts = self.timesteps.to(device=device, dtype=torch.float32)
         self._da_ts_host = frozenset(float(t) for t in self.timesteps.tolist())
         self._da_i = torch.full((1,), -1, dtype=torch.int64, device=device)
+        self._da_on_build(device)
+
+    def _da_on_build(self, device):
+        pass
+
+    def _da_logprob(self, model_output, x, r, z, kernel_draw, prev_sample, seed, i):
+        """(prev_sample, pred_original_sample, log N(prev; mean, s_up^2 I) averaged over the
+        non-batch dims), plain PyTorch, differentiable in model_output."""
+        m = model_output.to(torch.float32)
+        c = lambda j: r[0, j]  # noqa: E731
+        x0 = c(AX) * x + c(BM) * m
+        mean = c(W1 + AX) * x + c(W1 + AM0) * x0
+        std = r[0, W1 + AZ:W1 + AZ + 1]
+        if prev_sample is None:
+            if z is None:
+                from ..random import noise as _noise  # the kernel's draws, made explicit
+                z = _noise(x.shape, seed=step_seeds(seed if seed is not None else self._da_seed,
+                                                    x.shape[0], x.device, i), device=x.device)
+            prev_sample = (mean + std * z.to(torch.float32)).to(model_output.dtype)
+        return prev_sample, x0, gaussian_logprob(prev_sample, mean, std)
 
     def _da_state(self, device):
         if getattr(self, "_da_tab", None) is None or self.num_inference_steps is None:
@@ -82,7 +114,11 @@ class _SigmaMixin(AcceleratedMixin):
             self._da_tab = self._da_tab.to(device)
             self._da_ts = self._da_ts.to(device)
             self._da_i = self._da_i.to(device)
+            self._da_on_build_move(device)
         return self._da_tab
+
+    def _da_on_build_move(self, device):
+        pass
 
     def _da_index(self, timestep, device):
         """(1,) device index of this step: the counter, or at the first step begin_index or the
@@ -115,14 +151,8 @@ class _SigmaMixin(AcceleratedMixin):
         v = int(i[0])
         return None if v < 0 else v
 
-    def scale_model_input(self, sample, timestep):
-        """sample / sqrt(sigma^2 + 1) at this step (stock's; the index stays on the device)."""
-        tab = self._da_state(sample.device)
-        i = self._da_index(timestep, sample.device)
-        self.is_scale_input_called = True
-        return sample / tab.index_select(0, i)[0, SCALE]
-
-    def _da_run(self, model_output, timestep, sample, generator, seed, draw):
+    def _da_run(self, model_output, timestep, sample, generator, seed, draw, return_logprob=False,
+                prev_sample=None):
         if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)) and not isinstance(timestep, bool):
             raise ValueError("timestep: passing integer indices (e.g. from `enumerate(timesteps)`) "
                              "is not supported; pass one of `scheduler.timesteps`")
@@ -134,6 +164,14 @@ class _SigmaMixin(AcceleratedMixin):
         be = backend_for(x.dtype)
         z, kernel_draw = self._da_noise(model_output, generator, None, seed, draw, model_output.dtype)
         r = tab.index_select(0, i)
+        if prev_sample is not None:
+            if not return_logprob:
+                raise ValueError("prev_sample: only used with return_logprob=True (re-scoring)")
+            check_model_output(prev_sample, sample)
+        if return_logprob:
+            out = self._da_logprob(model_output, x, r, z, kernel_draw, prev_sample, seed, i)
+            self._da_i.copy_(i + 1)
+            return out
         x0 = run_pass_a(x, model_output, r[:, :W1].expand(B, W1), be)
         seeds = None
         if kernel_draw:
@@ -146,7 +184,16 @@ class _SigmaMixin(AcceleratedMixin):
         return prev.to(model_output.dtype), x0
 
 
-class EulerDiscreteScheduler(_SigmaMixin, _StockEuler):
+class _ScaleInputMixin:
+    def scale_model_input(self, sample, timestep):
+        """sample / sqrt(sigma^2 + 1) at this step (stock's; the index stays on the device)."""
+        tab = self._da_state(sample.device)
+        i = self._da_index(timestep, sample.device)
+        self.is_scale_input_called = True
+        return sample / tab.index_select(0, i)[0, SCALE]
+
+
+class EulerDiscreteScheduler(_ScaleInputMixin, _SigmaMixin, _StockEuler):
     """``diffusers.EulerDiscreteScheduler`` with the fused step (s_churn = 0)."""
 
     def _da_down_up(self, sc, sn):
@@ -170,7 +217,7 @@ class EulerDiscreteScheduler(_SigmaMixin, _StockEuler):
         return EulerDiscreteSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
 
 
-class EulerAncestralDiscreteScheduler(_SigmaMixin, _StockEA):
+class EulerAncestralDiscreteScheduler(_ScaleInputMixin, _SigmaMixin, _StockEA):
     """``diffusers.EulerAncestralDiscreteScheduler`` with the fused step; ``set_timesteps`` also
     takes custom ``timesteps`` or ``sigmas`` (with the final sigma, as EulerDiscreteScheduler;
     e.g. ``diffaccel.vrg.to_sigmas``)."""
@@ -219,12 +266,18 @@ class EulerAncestralDiscreteScheduler(_SigmaMixin, _StockEA):
             self._begin_index = None
         self._da_build(self.timesteps.device)
 
-    def step(self, model_output, timestep, sample, generator=None, return_dict=True, *, seed=None):
+    def step(self, model_output, timestep, sample, generator=None, return_dict=True, *, seed=None,
+             return_logprob=False, prev_sample=None):
         """Stock's step (same arguments and outputs) as two fused passes; ``seed``: int or (B,)
-        integer tensor, noise drawn in the kernel (batch-invariant with per-sample seeds)."""
-        if self.config.prediction_type == "sample":
-            raise NotImplementedError("prediction_type not implemented yet: sample")
-        prev, x0 = self._da_run(model_output, timestep, sample, generator, seed, True)
+        integer tensor, noise drawn in the kernel (batch-invariant with per-sample seeds).
+        ``return_logprob``: returns ``(prev_sample, pred_original_sample, log_prob)`` (B,), the
+        transition's log-density averaged over the non-batch dims; with ``prev_sample`` it
+        re-scores that sample (gradients flow to model_output)."""
+        res = self._da_run(model_output, timestep, sample, generator, seed, True, return_logprob,
+                           prev_sample)
+        if return_logprob:
+            return res
+        prev, x0 = res
         if not return_dict:
             return (prev, x0)
         return EulerAncestralDiscreteSchedulerOutput(prev_sample=prev, pred_original_sample=x0)

@@ -29,9 +29,10 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 
 from ..sampling.step import fused_step
-from ._diffusers_base import (AM0, AM1, AX, AZ, BM, W1, W2, AcceleratedMixin, backend_for,
-                              check_model_output, host_value, run_pass_a, step_seeds,
-                              tensor_host_known)
+from ._diffusers_base import (AM0, AM1, AX, AZ, BM, C0, C1, C2, C3, SM0, SX, W1, W2,
+                              AcceleratedMixin, backend_for, check_model_output, gaussian_logprob,
+                              host_value, run_pass_a, step_seeds, tensor_host_known,
+                              with_logp_dim)
 
 PREDICTIONS = ("epsilon", "sample", "v_prediction")
 
@@ -119,9 +120,14 @@ class _VPMixin(AcceleratedMixin):
         return torch.tensor([int(timestep)], dtype=torch.int64, device=device)
 
     def _da_run(self, model_output, timestep, sample, cB_fn, draw, generator, variance_noise, seed,
-                clip):
-        """Both passes: returns (prev_sample, pred_original_sample) in stock's dtype."""
+                clip, return_logprob=False, prev_sample=None):
+        """Both passes: returns (prev_sample, pred_original_sample) in stock's dtype, plus the
+        transition log-probability with ``return_logprob``."""
         check_model_output(model_output, sample)
+        if prev_sample is not None:
+            if not return_logprob:
+                raise ValueError("prev_sample: only used with return_logprob=True (re-scoring)")
+            check_model_output(prev_sample, sample)
         B = sample.shape[0]
         dev = sample.device
         idx = self._da_index(timestep, dev)
@@ -137,14 +143,45 @@ class _VPMixin(AcceleratedMixin):
             r_ = self.config.clip_sample_range
             x0.clamp_(-r_, r_)
         cB = cB_fn(r)
+        if return_logprob:
+            return self._da_logprob(model_output, sample, r, cB, clip, z, kernel_draw, prev_sample,
+                                    timestep, seed, generator)
         seeds = None
         if kernel_draw:
             seeds = step_seeds(seed if seed is not None else self._da_seed, B, dev, idx)
         logp = self._da_logp_buffer(B, dev, x)
+        if logp is not None:
+            cB = with_logp_dim(cB, x[0].numel())
         prev = fused_step(x, [x0, model_output], cB.expand(B, W2), z=z, seed=seeds,
                           dist="normal" if kernel_draw else None, out=torch.empty_like(x),
                           logp=logp, backend=be)
         return prev, x0
+
+    def _da_logprob(self, model_output, sample, r, cB, clip, z, kernel_draw, prev_sample,
+                    timestep, seed, generator):
+        """(prev_sample, pred_original_sample, log N(prev; mean, std^2 I) averaged over the
+        non-batch dims) in plain PyTorch, differentiable in model_output (DDPO / re-scoring)."""
+        std = cB[:, AZ]
+        if tensor_host_known(timestep) and float(std[0]) == 0:
+            raise ValueError(f"return_logprob: the step at timestep {host_value(timestep)} adds no "
+                             "noise (std = 0), so it has no transition density")
+        ct = torch.promote_types(torch.promote_types(sample.dtype, model_output.dtype), torch.float32)
+        x, m = sample.to(ct), model_output.to(ct)
+        c = lambda j, row=r: row[0, j].to(ct)  # noqa: E731
+        x0 = c(AX) * x + c(BM) * m
+        if clip:
+            x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
+        mean = cB[0, AX].to(ct) * x + cB[0, AM0].to(ct) * x0 + cB[0, AM1].to(ct) * m
+        if prev_sample is None:
+            if z is None:
+                if not kernel_draw:
+                    raise ValueError("return_logprob: this step draws no noise")
+                from ..random import noise as _noise  # the kernel's draws, made explicit
+                seeds = step_seeds(seed if seed is not None else self._da_seed, sample.shape[0],
+                                   sample.device, self._da_index(timestep, sample.device))
+                z = _noise(sample.shape, seed=seeds, device=sample.device)
+            prev_sample = (mean + std[0].to(ct) * z.to(ct)).to(torch.promote_types(sample.dtype, model_output.dtype))
+        return prev_sample, x0.to(prev_sample.dtype), gaussian_logprob(prev_sample, mean, std[:1])
 
 
 class DDPMScheduler(_VPMixin, _StockDDPM):
@@ -185,15 +222,25 @@ class DDPMScheduler(_VPMixin, _StockDDPM):
         tab[:, o + AX] = alpha_t.sqrt() * (1 - a_prev) / b
         tab[:, o + AM0] = a_prev.sqrt() * beta_t / b
         tab[:, o + AZ] = std
+        # log-density (docs/math.md 3.1, reverse SDE in the step's own terms): with the score
+        # s = (sqrt(a) x0 - x)/b the step is x' = ax_eff x + (...) s + std z, so
+        # logp += -D log(ax_eff) + std^2/2 |s|^2 + std (s . z)
+        tab[:, o + SX], tab[:, o + SM0] = -1 / b, a.sqrt() / b
+        ax_eff = tab[:, o + AX] + tab[:, o + AM0] / a.sqrt()
+        tab[:, o + C0] = -ax_eff.log()
+        tab[:, o + C1], tab[:, o + C2] = std ** 2 / 2, std
         return tab
 
     def step(self, model_output, timestep, sample, generator=None, return_dict=True, *,
-             seed=None):
+             seed=None, return_logprob=False, prev_sample=None):
         """Stock's step (same arguments and outputs) as two fused passes; ``seed``: int or (B,)
         integer tensor, noise drawn in the kernel (batch-invariant with per-sample seeds)."""
         draw = (host_value(timestep) > 0) if tensor_host_known(timestep) else None
-        prev, x0 = self._da_run(model_output, timestep, sample, lambda r: r[:, W1:], draw,
-                                generator, None, seed, self.config.clip_sample)
+        res = self._da_run(model_output, timestep, sample, lambda r: r[:, W1:], draw,
+                           generator, None, seed, self.config.clip_sample, return_logprob, prev_sample)
+        if return_logprob:
+            return res
+        prev, x0 = res
         if not return_dict:
             return (prev, x0)
         return DDPMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
@@ -251,6 +298,9 @@ class DDIMScheduler(_VPMixin, _StockDDIM):
         tab[:, AX], tab[:, BM] = bx, bm
         o = W1
         tab[:, o + AM0] = a_prev.sqrt()
+        # log-density at eta = 1 (see DDPMScheduler): ax_eff = sqrt(a'/a); std set per step
+        tab[:, o + SX], tab[:, o + SM0] = -1 / b, a.sqrt() / b
+        tab[:, o + C0] = -0.5 * (a_prev / a).log()
         for k, clipped in ((1, False), (2, True)):
             ex, e0, em = _eps_coefs(pred, a, b, clipped)
             q = o + k * W2
@@ -260,7 +310,8 @@ class DDIMScheduler(_VPMixin, _StockDDIM):
         return tab
 
     def step(self, model_output, timestep, sample, eta=0.0, use_clipped_model_output=False,
-             generator=None, variance_noise=None, return_dict=True, *, seed=None):
+             generator=None, variance_noise=None, return_dict=True, *, seed=None,
+             return_logprob=False, prev_sample=None):
         """Stock's step (same arguments and outputs) as two fused passes; ``seed``: int or (B,)
         integer tensor, noise drawn in the kernel (batch-invariant with per-sample seeds)."""
         if self.num_inference_steps is None:
@@ -272,8 +323,12 @@ class DDIMScheduler(_VPMixin, _StockDDIM):
         if eta > 0 and variance_noise is not None and generator is not None:
             raise ValueError("Cannot pass both generator and variance_noise. Please make sure that "
                              "either `generator` or `variance_noise` stays `None`.")
-        if self._da_track_logp and eta == 0:
-            raise ValueError("track_logp: DDIM with eta = 0 is deterministic; pass eta > 0")
+        if self._da_track_logp and eta != 1:
+            raise ValueError(f"track_logp: DDIM tracks the log-density at eta = 1 only (got eta={eta}): "
+                             "for eta < 1 the update needs the model's divergence, which a step "
+                             "does not have")
+        if return_logprob and eta == 0:
+            raise ValueError("return_logprob: DDIM with eta = 0 is deterministic (no transition density)")
         q = W1 + (2 if use_clipped_model_output else 1) * W2
         e = W1 + 3 * W2
 
@@ -284,11 +339,15 @@ class DDIMScheduler(_VPMixin, _StockDDIM):
             std = eta * r[:, e + 1:e + 2]
             d = (r[:, e:e + 1] ** 2 - std * std).sqrt()
             c = P + d * Q
-            return torch.cat([c[:, :AZ], std, c[:, AZ + 1:]], 1)
+            return torch.cat([c[:, :AZ], std, c[:, AZ + 1:C1], std * std / 2, std, c[:, C3:]], 1)
 
-        prev, x0 = self._da_run(model_output, timestep, sample, coef_b, eta > 0,
-                                generator, variance_noise if eta > 0 else None,
-                                seed if eta > 0 else None, self.config.clip_sample)
+        res = self._da_run(model_output, timestep, sample, coef_b, eta > 0,
+                           generator, variance_noise if eta > 0 else None,
+                           seed if eta > 0 else None, self.config.clip_sample, return_logprob,
+                           prev_sample)
+        if return_logprob:
+            return res
+        prev, x0 = res
         if not return_dict:
             return (prev, x0)
         return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)

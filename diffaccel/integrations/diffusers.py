@@ -17,11 +17,13 @@ import torch
 
 from .. import _validate
 from ..stroke import stroke_noise, stroke_weights
+from ._diffusers_multistep import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 from ._diffusers_sigma import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from ._diffusers_vp import DDIMScheduler, DDPMScheduler
 
-ACCELERATED = {cls.__name__: cls for cls in (DDPMScheduler, DDIMScheduler, EulerDiscreteScheduler,
-                                             EulerAncestralDiscreteScheduler)}
+ACCELERATED = {cls.__name__: cls for cls in (
+    DDPMScheduler, DDIMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler,
+    DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler)}
 
 
 def _stock_class(scheduler):
@@ -63,16 +65,17 @@ def accelerate(scheduler, *, seed=None, strict=True, track_logp=False):
 
 
 def _copy_schedule(old, new):
-    """Carry a schedule already set on ``old`` over to ``new`` (as custom timesteps/sigmas)."""
+    """Carry a schedule already set on ``old`` over to ``new``."""
     dev = old.timesteps.device
     if isinstance(new, (DDIMScheduler, DDPMScheduler)):
-        new.set_timesteps(timesteps=old.timesteps.cpu().tolist(), device=dev)
-    elif isinstance(new, EulerAncestralDiscreteScheduler):
-        new.set_timesteps(sigmas=old.sigmas.cpu(), device=dev)
+        new.set_timesteps(old.num_inference_steps, device=dev)
+        if not torch.equal(new.timesteps.cpu(), old.timesteps.cpu()):
+            new.set_timesteps(timesteps=old.timesteps.cpu().tolist(), device=dev)
+    else:
+        new.set_timesteps(old.num_inference_steps, device=dev)
+        new.sigmas = old.sigmas.clone()
         new.timesteps = old.timesteps.clone()
         new._da_build(dev)
-    else:
-        new.set_timesteps(sigmas=old.sigmas.cpu().numpy(), device=dev)
     begin = getattr(old, "_begin_index", None)
     if begin is not None:
         new.set_begin_index(begin)
@@ -99,7 +102,9 @@ def stroke_weights_for(stroke, alpha, sigma):
         else:
             raise TypeError(f"stroke: expected a Stroke or a tuple of scales, got {type(stroke).__name__}")
     scales = _validate.scales(stroke.scales)
-    logsnr = (2 * (alpha.double().log() - sigma.double().log())).to(torch.float32)
+    # pure noise (alpha = 0) or clean data (sigma = 0) have an infinite log-SNR: the weights'
+    # limits are reached well within +-60
+    logsnr = (2 * (alpha.double().log() - sigma.double().log())).clamp(-60, 60).to(torch.float32)
     if stroke.weights is None:
         w = stroke_weights(logsnr, scales, w_max=stroke.w_max)
     elif callable(stroke.weights):
@@ -118,6 +123,11 @@ def _alpha_sigma(scheduler, timesteps, B, device):
         timesteps = timesteps.expand(B)
     if tuple(timesteps.shape) != (B,):
         raise ValueError(f"timesteps: expected shape ({B},) (one per sample), got {tuple(timesteps.shape)}")
+    if _is_flow(scheduler):  # x_t = (1 - s) x0 + s eps, s = t / T (stock's timesteps = s T)
+        s = timesteps.to(device=device, dtype=torch.float64) / T
+        if _validate.eager() and s.numel() and not bool(((s >= 0) & (s <= 1)).all()):
+            raise ValueError(f"timesteps: expected values in [0, {T}] (sigma * num_train_timesteps)")
+        return 1 - s, s
     if timesteps.is_floating_point() or timesteps.dtype == torch.bool or timesteps.is_complex():
         raise TypeError(f"timesteps: expected an integer tensor of training timesteps, got {timesteps.dtype}")
     t = timesteps.to(device=device, dtype=torch.int64)
@@ -127,6 +137,10 @@ def _alpha_sigma(scheduler, timesteps, B, device):
     if isinstance(scheduler, (diffusers_stock.EulerDiscreteScheduler, diffusers_stock.EulerAncestralDiscreteScheduler)):
         return torch.ones_like(ac), ((1 - ac) / ac).sqrt()
     return ac.sqrt(), (1 - ac).sqrt()
+
+
+def _is_flow(scheduler):
+    return isinstance(scheduler, diffusers_stock.FlowMatchEulerDiscreteScheduler)
 
 
 _TARGETS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
@@ -141,8 +155,9 @@ def training_targets(scheduler, x0, timesteps, *, seed, stroke=None):
     noisy = alpha A x0 + sigma A eps with stock's forward process (DDPM/DDIM: alpha =
     sqrt(abar_t), sigma = sqrt(1 - abar_t); Euler: alpha = 1, sigma = sqrt((1 - abar_t)/abar_t))
     and the target of ``config.prediction_type``: epsilon A eps, sample A x0, v_prediction
-    alpha A eps - sigma A x0 (VP schedulers). A is the identity without ``stroke``; with
-    ``stroke`` (a :class:`Stroke`, or a tuple of scales) the multi-scale block blur of docs/math.md Section 2.
+    alpha A eps - sigma A x0 (VP schedulers); FlowMatch: x_t = (1 - s) A x0 + s A eps with
+    s = timesteps / num_train_timesteps (float timesteps allowed) and the velocity A eps - A x0. A is the identity without ``stroke``; with
+    ``stroke`` (a :class:`Stroke`, or a tuple of scales) the multi-scale block blur of docs/math.md.
     """
     stock = _stock_class(scheduler)
     name = stock.__name__ if stock is not None else type(scheduler).__name__
@@ -151,8 +166,9 @@ def training_targets(scheduler, x0, timesteps, *, seed, stroke=None):
                          f"{', '.join(ACCELERATED)})")
     x0 = _validate.image(x0, "x0")
     B = x0.shape[0]
-    pred = scheduler.config.prediction_type
-    if pred not in _TARGETS:
+    flow = _is_flow(scheduler)
+    pred = "flow" if flow else scheduler.config.prediction_type
+    if not flow and pred not in _TARGETS:
         raise ValueError(f"prediction_type: {pred!r} has no training target (supported: {', '.join(_TARGETS)})")
     is_sigma = name.startswith("Euler")
     if is_sigma and pred == "v_prediction":
@@ -164,9 +180,20 @@ def training_targets(scheduler, x0, timesteps, *, seed, stroke=None):
         w = torch.zeros(B, 1, dtype=torch.float32, device=x0.device)
     else:
         scales, w = stroke_weights_for(stroke, alpha, sigma)
-    return stroke_noise(x0, alpha.to(torch.float32), sigma.to(torch.float32), scales=scales,
-                        data_weights=w, noise_weights=w, seed=seed, target=_TARGETS[pred])
+    noisy, target = stroke_noise(x0, alpha.to(torch.float32), sigma.to(torch.float32), scales=scales,
+                                 data_weights=w, noise_weights=w, seed=seed,
+                                 target="v" if flow else _TARGETS[pred])
+    if flow:
+        # the flow velocity A eps - A x0 from x_t = (1-s) A x0 + s A eps and v = (1-s) A eps - s A x0
+        # (a rotation: well conditioned for every s): u = ((2s - 1) x_t + v) / ((1-s)^2 + s^2)
+        sh = (B,) + (1,) * (x0.dim() - 1)
+        s = sigma.reshape(sh)
+        det = (1 - s) ** 2 + s ** 2
+        target = (((2 * s - 1) / det).to(torch.float32) * noisy.float()
+                  + (1 / det).to(torch.float32) * target.float()).to(x0.dtype)
+    return noisy, target
 
 
 __all__ = ["accelerate", "training_targets", "Stroke", "DDPMScheduler", "DDIMScheduler",
-           "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "ACCELERATED"]
+           "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler",
+           "FlowMatchEulerDiscreteScheduler", "ACCELERATED"]
