@@ -51,6 +51,7 @@ class Demo:
         self.device = torch.device(args.device)
         self.rep = Report(args.out)
         self.summary = []
+        self.seconds = {}
         self.t0 = time.perf_counter()
 
     # --------------------------------------------------------------------- helpers
@@ -488,11 +489,13 @@ class Demo:
         r = self.rep
         sec = time.perf_counter() - self.t0
         r.h("Summary")
-        r.lines += [f"- {s}" for s in self.summary] + [f"- whole run: {sec:.0f} s", ""]
+        parts = ", ".join(f"{k} {v:.0f}" for k, v in self.seconds.items())
+        r.lines += [f"- {s}" for s in self.summary] + [f"- whole run: {sec:.0f} s ({parts})", ""]
         path = r.write()
         print("\n".join(["", "diffaccel demo summary:", *[f"  {s}" for s in self.summary],
                          f"  report and {len(r.figures)} figures written to {r.out}/ "
                          f"(open {path}); {sec:.0f} s"]))
+        print("  seconds per step: " + ", ".join(f"{k} {v:.0f}" for k, v in self.seconds.items()))
 
 
 STEPS = ("info", "setup", "stroke_size", "vrg", "likelihood", "increments", "schedules", "bench")
@@ -501,6 +504,8 @@ STEPS = ("info", "setup", "stroke_size", "vrg", "likelihood", "increments", "sch
 def run(args):
     demo = Demo(args)
     for name in tqdm(STEPS, desc="diffaccel demo", unit="step"):
+        t0 = time.perf_counter()
         getattr(demo, name)()
+        demo.seconds[name] = time.perf_counter() - t0
     demo.finish()
     return 0
