@@ -475,6 +475,13 @@ class Demo:
             "shared; `python -m diffaccel bench` adds the torch.compile rows). The Triton "
             "interpreter on the CPU is a correctness tool and is not timed.")
         r.table(["op", "implementation", "ms", "GB/s"], rows)
+        from .oracle import stroke_check
+
+        checks = stroke_check(self.device.type, size=cfg.bench_size, batch=cfg.bench_batch)
+        r.p("Each backend's `stroke_noise` (x_t and the target, same seeds) against the bit-exact "
+            "reference (normals may differ in the last float32 bits: libm's log and cos):")
+        r.table(["backend", "ms (one call)", "max abs difference from the reference"],
+                [[b, ms, err] for b, ms, err in checks])
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6, 0.35 * len(rows) + 1))
