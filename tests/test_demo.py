@@ -239,3 +239,19 @@ def test_shipped_weights_are_small_and_load():
         with torch.no_grad():
             out = model(torch.randn(2, 1, 8, 8), torch.tensor([10, 900])).sample
         assert out.shape == (2, 1, 8, 8) and torch.isfinite(out).all()
+
+
+def test_report_formatting_and_grid(tmp_path):
+    from diffaccel.demo.report import Report, fmt, image_grid
+
+    assert fmt(float("nan")) == "n/a" and fmt(float("inf")) == "n/a" and fmt(None) == "n/a"
+    assert fmt(0) == "0" and fmt(0.123456) == "0.1235" and fmt(-2.5e-5) == "-2.500e-05"
+    assert float(fmt(123456.0)) == 123500.0
+    g = image_grid(torch.linspace(-2, 2, 5 * 64).reshape(5, 1, 8, 8), cols=3)
+    assert g.shape == (2 * 9 + 1, 3 * 9 + 1) and g.dtype.name == "uint8"
+    assert g[1:9, 1:9].min() == 0 and g[10:18, 10:18].max() == 255  # clamped to [-1, 1]
+    r = Report(tmp_path)
+    r.h("T")
+    r.table(["a", "b"], [["x", 1.5], ["y", float("nan")]])
+    text = open(r.write()).read()
+    assert "| x | 1.5 |" in text and "| y | n/a |" in text
