@@ -14,19 +14,22 @@ import argparse
 import torch
 
 from .oracle import sampling, stroke_check  # noqa: F401  (exact-answer checks, also used by tests)
+from .train import TRAIN_STEPS_DEFAULT
 
 
 def add_arguments(p):
     p.add_argument("--out", default="diffaccel-report", help="folder for report.md and the PNGs")
     p.add_argument("--quick", action="store_true", help="smaller sizes: about a minute")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where models and samplers run (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is much faster on a "
                         "machine whose cores are busy with other work)")
     p.add_argument("--retrain", action="store_true",
                    help="train both models again first (minutes on a CPU) and use the new weights")
     p.add_argument("--train-steps", type=int, default=None,
-                   help="optimizer steps per model with --retrain (default: the shipped weights' 3000)")
+                   help="optimizer steps per model with --retrain (default: the shipped weights' "
+                        f"{TRAIN_STEPS_DEFAULT})")
     p.add_argument("--weights", default=None,
                    help="folder of plain.safetensors and stroke.safetensors (default: the shipped ones; "
                         "--retrain writes there)")
@@ -45,7 +48,6 @@ def run(args):
         raise SystemExit(f"diffaccel demo needs the demo extra (missing: {', '.join(missing)}): "
                          "pip install 'diffaccel[demo]'")
     from . import steps as _steps
-    from .train import TRAIN_STEPS_DEFAULT
 
     if args.train_steps is None:
         args.train_steps = TRAIN_STEPS_DEFAULT
