@@ -27,7 +27,8 @@ install: $(STAMP)
 $(STAMP): $(SOURCES)
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel ninja
-	$(PIP) install -q "torch>=2.4" triton numpy tqdm pytest pytest-benchmark
+	$(PIP) install -q "torch>=2.4" triton numpy tqdm pytest pytest-benchmark "diffusers>=0.42,<0.43"
+	$(PIP) install -q "scikit-learn>=1.3" "matplotlib>=3.7" "safetensors>=0.4"  # the rest of the demo extra
 	$(PIP) install -q "accelerate>=0.26"  # tests of diffaccel.distributed under accelerate launch
 	DIFFACCEL_REQUIRE_EXT=1 $(PIP) install -q --no-build-isolation --config-settings editable_mode=strict -e .
 	$(PYTHON) -m diffaccel info
@@ -39,14 +40,15 @@ $(STAMP): $(SOURCES)
 test: $(STAMP)
 	$(PYTHON) -m pytest -q tests
 
+# the main job: trains nothing (weights ship in the package), writes diffaccel-report/
 demo: $(STAMP)
-	$(PYTHON) -m diffaccel demo
+	$(PYTHON) -m diffaccel demo --out diffaccel-report
 
 bench: $(STAMP)
 	$(PYTHON) -m diffaccel bench
 	$(PYTHON) -m pytest -q benchmarks --benchmark-only
 
-# k-diffusion's log_likelihood beside ours (MATH.md 3.3). k-diffusion is no dependency: its
+# k-diffusion's log_likelihood beside ours (docs/math.md 3.3). k-diffusion is no dependency: its
 # imports pull in clip, kornia, wandb, ... and pin numpy < 2, so it gets a venv of its own with
 # the same torch as $(VENV), and imports this tree's build through PYTHONPATH.
 KD_VENV ?= .venv-kd

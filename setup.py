@@ -72,7 +72,7 @@ def _extensions():
     os.environ["TORCH_CUDA_ARCH_LIST"] = archs  # read by torch's build helper for -gencode flags
     cxx += ["-DDIFFACCEL_WITH_CUDA", f'-DDIFFACCEL_CUDA_ARCHS="{archs}"']
     sources += sorted(glob.glob("csrc/cuda/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu"))
-    # No --use_fast_math: __logf/__cosf would break the 4e-6 agreement of normal draws (MATH.md 1).
+    # No --use_fast_math: __logf/__cosf would break the 4e-6 agreement of normal draws (docs/math.md 1).
     nvcc = ["-O3", "-std=c++20", "-lineinfo"]
     return [cpp_extension.CUDAExtension("diffaccel._C", sources, include_dirs=include_dirs,
                                         extra_compile_args={"cxx": cxx, "nvcc": nvcc},

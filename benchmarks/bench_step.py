@@ -14,7 +14,7 @@ Two steps are timed:
   and its vjp; writes x and the next step's Rademacher probe; logp += c0 + cw v.w).
 
 The plain PyTorch step draws its noise with ``torch.randn`` / ``torch.randint`` (PyTorch's own
-generator, what a user would write); the fast backends draw the Philox stream of MATH.md
+generator, what a user would write); the fast backends draw the Philox stream of docs/math.md
 Section 1 in the kernel. The floor moves the same bytes with one PyTorch op
 (``torch.add(a, b, out=c)``-style reads and writes of the step's tensors).
 

@@ -1,7 +1,7 @@
 """diffaccel: compiled kernels (C++, Triton, CUDA) for the hot paths of diffusion models.
 
 Every op has a plain PyTorch reference (``diffaccel.reference``, the numerics contract of
-MATH.md) and fast backends tested against it; see ``diffaccel.backends`` for how one is chosen.
+docs/math.md) and fast backends tested against it; see ``diffaccel.backends`` for how one is chosen.
 Importing diffaccel compiles and loads nothing; the extension loads on first use.
 """
 from . import _source_tree
@@ -16,7 +16,7 @@ _source_tree.install(__path__[0])  # diffaccel.kernels from ../kernels when run 
 
 # Subpackages load on first use (``diffaccel.vrg``, ``diffaccel.sampling``, ...), keeping
 # ``import diffaccel`` light; ``import diffaccel.vrg`` works as usual.
-_SUBMODULES = ("vrg", "sampling", "schedules", "models", "reference", "library")
+_SUBMODULES = ("vrg", "sampling", "schedules", "models", "reference", "library", "integrations")
 
 
 def __getattr__(name):

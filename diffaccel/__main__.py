@@ -1,4 +1,4 @@
-"""``python -m diffaccel info`` | ``python -m diffaccel bench [...]``."""
+"""``python -m diffaccel info`` | ``demo [...]`` | ``bench [...]``."""
 import argparse
 import sys
 
@@ -7,11 +7,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="diffaccel")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, backends and compiled CUDA architectures")
-    sub.add_parser("demo", help="the stroke-size noising step on every backend, checked against the reference")
+    demo = sub.add_parser("demo", help="end-to-end demo on two small trained digit models: writes a report "
+                          "with figures (needs diffaccel[demo])")
     bench = sub.add_parser("bench", help="benchmark table: every backend beside the reference")
     from .bench import add_arguments
 
     add_arguments(bench)
+    from .demo import add_arguments as demo_arguments
+
+    demo_arguments(demo)
     args = parser.parse_args(argv)
     if args.command == "info":
         from .info import format_info
@@ -19,9 +23,9 @@ def main(argv=None):
         print(format_info())
         return 0
     if args.command == "demo":
-        from .demo import main as demo
+        from .demo import run
 
-        return demo()
+        return run(args)
     from .bench import run
 
     return run(args)

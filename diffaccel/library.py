@@ -29,7 +29,7 @@ SCHEMAS = {
     "stroke_noise":
         "(Tensor x0, Tensor alpha, Tensor sigma, Tensor data_weights, Tensor noise_weights, "
         "int[] scales, Tensor seeds, int offset, int dist, int target) -> (Tensor, Tensor)",
-    # fused sampler step (MATH.md 3.1), in place on x [B, *S], logp [B] and logp_var [B];
+    # fused sampler step (docs/math.md 3.1), in place on x [B, *S], logp [B] and logp_var [B];
     # models: K tensors [B, *S]; coef [B, 7 + 3K]; probes [P, B, *S]; vjps: K x [P, B, *S];
     # dist -1: no increment; probes_out [P', B, *S] or empty (see diffaccel/sampling/step.py)
     "sample_step":
@@ -41,7 +41,7 @@ SCHEMAS = {
         "(Tensor x, Tensor(a!) out, Tensor(b!) logp, Tensor(c!) logp_var, Tensor[] models, "
         "Tensor coef, Tensor? z, Tensor seeds, int offset, int dist, Tensor? probes, "
         "Tensor[] vjps, Tensor(d!) probes_out, int probe_offset, int probe_dist) -> ()",
-    # VRG (MATH.md 5): pred, target [B, ...], bins [B] int64 -> [num_bins, 3] float64
+    # VRG (docs/math.md 5): pred, target [B, ...], bins [B] int64 -> [num_bins, 3] float64
     # (element count, sum e, sum e^2), e = pred - target
     "vrg_error_moments": "(Tensor pred, Tensor target, Tensor bins, int num_bins) -> Tensor",
     # abar [K, N] float64 trajectories, MSE table grid [M] (increasing), mse [M] -> cpe [K];

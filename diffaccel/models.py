@@ -1,4 +1,4 @@
-"""Exact oracle models (MATH.md Section 4): no trained network needed.
+"""Exact oracle models (docs/math.md Section 4): no trained network needed.
 
 Both models know their noised marginals in closed form under ``x = a x_0 + b z``. Called like a
 k-diffusion denoiser, ``model(x, sigma)`` returns ``E[x_0 | x]`` for ``x = x_0 + sigma z``
@@ -168,7 +168,7 @@ def _log_cosh(y):
 class CurieWeiss:
     """Curie-Weiss spins ``x_1`` in {-1, +1}^d as a mixture of two product measures with
     magnetization +-m, ``m = tanh(beta m)``, weights ``W_+- = e^{+-hm} / (2 cosh(hm))``,
-    ``h = log(p/(1-p)) / 2`` (MATH.md Section 4). ``compute_dtype``: float64 (default) or
+    ``h = log(p/(1-p)) / 2`` (docs/math.md Section 4). ``compute_dtype``: float64 (default) or
     float32 for the posterior (large d and many samples; the log-density stays float64)."""
 
     def __init__(self, d, beta, p=0.5, *, compute_dtype=torch.float64):

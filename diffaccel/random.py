@@ -1,4 +1,4 @@
-"""Counter-based noise (MATH.md Section 1): the same numbers on every backend.
+"""Counter-based noise (docs/math.md Section 1): the same numbers on every backend.
 
 Element ``i`` (flat index within its sample) of sample ``b`` is drawn at Philox offset
 ``offset + i`` under ``seed[b]`` when ``seed`` is a (B,) tensor (noise independent of the rest

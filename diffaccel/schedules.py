@@ -1,4 +1,4 @@
-"""Noise schedules (MATH.md Sections 0 and 4) and conversions between their parameterizations.
+"""Noise schedules (docs/math.md Sections 0 and 4) and conversions between their parameterizations.
 
 Conventions: ``x_t = a_t x_0 + b_t eps``; VP schedules have ``a^2 + b^2 = 1`` and ``abar = a^2``;
 the k-diffusion / EDM noise level is ``sigma = b / a``; the log-SNR is

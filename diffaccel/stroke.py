@@ -1,4 +1,4 @@
-"""Stroke size (MATH.md Section 2): multi-scale block blur and the fused stroke noising.
+"""Stroke size (docs/math.md Section 2): multi-scale block blur and the fused stroke noising.
 
     A_w x = (1 - sum_j w_j) x + sum_j w_j S_{k_j} x,   S_k = U_k P_k (k x k block means, upsampled)
     x_t   = alpha A_{w^x} x0 + sigma A_{w^e} eps
@@ -31,7 +31,7 @@ def stroke_noise(x0, alpha, sigma, *, scales, data_weights, noise_weights, seed,
     """Fused stroke noising: returns ``(x_t, target)``, both shaped and typed like ``x0``.
 
     x0: (B, C, H, W); alpha, sigma: numbers or (B,) tensors; data_weights, noise_weights: (B, J);
-    seed: int or (B,) integer tensor and ``offset`` for the noise stream (MATH.md Section 1);
+    seed: int or (B,) integer tensor and ``offset`` for the noise stream (docs/math.md Section 1);
     dist: normal | laplace | uniform | rademacher; target: "eps" (A_{w^e} eps), "x0"
     (A_{w^x} x0) or "v" (alpha A_{w^e} eps - sigma A_{w^x} x0).
 

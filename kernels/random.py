@@ -1,4 +1,4 @@
-"""Counter-based noise in Triton (MATH.md Section 1): Triton's own Philox and laws."""
+"""Counter-based noise in Triton (docs/math.md Section 1): Triton's own Philox and laws."""
 import math
 
 import torch

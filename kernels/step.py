@@ -1,4 +1,4 @@
-"""The fused sampler step in Triton (MATH.md Section 3.1; contract: diffaccel/reference/step.py).
+"""The fused sampler step in Triton (docs/math.md Section 3.1; contract: diffaccel/reference/step.py).
 
 Two kernels, laid out like the CUDA one (csrc/cuda/step.cu):
 

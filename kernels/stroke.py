@@ -1,4 +1,4 @@
-"""Stroke operator and fused stroke noising in Triton (MATH.md Section 2).
+"""Stroke operator and fused stroke noising in Triton (docs/math.md Section 2).
 
 Two paths:
 

@@ -1,4 +1,4 @@
-"""Variance-Reduction Guidance in Triton (MATH.md Section 5); the same formulas as
+"""Variance-Reduction Guidance in Triton (docs/math.md Section 5); the same formulas as
 ``csrc/include/diffaccel/vrg.h``.
 
 - ``_error_moments_kernel``: one program per (sample, chunk of its elements) reads pred and

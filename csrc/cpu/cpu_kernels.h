@@ -11,7 +11,7 @@ namespace cpu {
 void philox_uint32(const int64_t* seeds, bool per_sample, int64_t B, int64_t D, uint64_t offset,
                    int64_t* out);
 
-// out[B, D] = draws of law `dist` (MATH.md Section 1 layout).
+// out[B, D] = draws of law `dist` (docs/math.md Section 1 layout).
 template <typename T>
 void noise(const int64_t* seeds, bool per_sample, int64_t B, int64_t D, uint64_t offset,
            int32_t dist, T* out);

@@ -46,7 +46,7 @@ __device__ __forceinline__ I thread_stride() {
   return static_cast<I>(gridDim.x) * blockDim.x;
 }
 
-// Stream position of element (b, i) of a (B, D) layout (MATH.md Section 1).
+// Stream position of element (b, i) of a (B, D) layout (docs/math.md Section 1).
 struct NoiseStream {
   const int64_t* seeds;
   bool per_sample;

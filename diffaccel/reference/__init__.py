@@ -1,4 +1,4 @@
-"""The PyTorch reference path: the numerics contract of MATH.md, written plainly.
+"""The PyTorch reference path: the numerics contract of docs/math.md, written plainly.
 
 Every compiled kernel is tested against these functions. They run on any device, support
 autograd where the op is differentiable, and favour clarity over speed.

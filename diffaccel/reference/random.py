@@ -1,4 +1,4 @@
-"""Counter-based noise, MATH.md Section 1, in plain PyTorch (int64 arithmetic on uint32 values).
+"""Counter-based noise, docs/math.md Section 1, in plain PyTorch (int64 arithmetic on uint32 values).
 
 The stream is Triton's Philox4x32-10 (``tl.randint4x``): key (seed lo, seed hi), counter
 (offset lo, offset hi, 0, 0), ten rounds. Every backend must reproduce these integers exactly.
@@ -71,7 +71,7 @@ def draw(i1, i2, dist):
 
 
 def stream_offsets(seeds, shape, offset, device=None):
-    """Per-element (seed, offset) of MATH.md's layout for a tensor of ``shape``.
+    """Per-element (seed, offset) of docs/math.md's layout for a tensor of ``shape``.
 
     ``seeds``: int64 tensor (1,) for one seed (element i of sample b at offset0 + b*D + i) or
     (B,) for one seed per sample (offset0 + i).
@@ -88,7 +88,7 @@ def stream_offsets(seeds, shape, offset, device=None):
 
 
 def noise(seeds, shape, offset=0, dist="normal", dtype=torch.float32, device=None):
-    """Draws of law ``dist`` with the layout of MATH.md Section 1, float32 arithmetic."""
+    """Draws of law ``dist`` with the layout of docs/math.md Section 1, float32 arithmetic."""
     seed, pos = stream_offsets(seeds, tuple(shape), offset, device)
     i1, i2, _, _ = philox_uint32(seed, pos)
     return draw(i1, i2, dist).to(dtype)

@@ -1,4 +1,4 @@
-"""The fused sampler step, MATH.md Section 3.1, in plain PyTorch (the contract of every backend).
+"""The fused sampler step, docs/math.md Section 3.1, in plain PyTorch (the contract of every backend).
 
 Per sample b (x, model outputs M_k, increment z, probes v_p and vector-Jacobian products
 w_{k,p} flattened to D elements), with the per-sample coefficients in ``coef[b]``:

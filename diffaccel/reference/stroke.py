@@ -1,4 +1,4 @@
-"""Stroke size, MATH.md Section 2, in plain PyTorch (differentiable through autograd).
+"""Stroke size, docs/math.md Section 2, in plain PyTorch (differentiable through autograd).
 
     P_k: k x k block averages (a partial border block averages over its real size)
     U_k: nearest upsampling back;  S_k = U_k P_k  (orthogonal projection)

@@ -1,7 +1,7 @@
-"""Variance-Reduction Guidance, MATH.md Section 5, in plain PyTorch (float64, autograd).
+"""Variance-Reduction Guidance, docs/math.md Section 5, in plain PyTorch (float64, autograd).
 
 Trajectories are ``abar`` tensors ``(K, N)``: ``abar[:, 0]`` is the least noisy level
-(``abar_1`` of MATH.md), ``abar[:, N-1]`` the level where sampling starts; the sampler's last
+(``abar_1`` of docs/math.md Section 5), ``abar[:, N-1]`` the level where sampling starts; the sampler's last
 step goes to ``abar_0 = 1`` (the clean sample). Column ``p`` (0-based) is level ``p + 1``.
 
 MSE interpolation: piecewise linear in ``abar`` on an increasing grid, exact at grid points,
@@ -61,7 +61,7 @@ def interp_mse(abar, grid, mse):
 # ---------------------------------------------------------------------------- closed form (DDIM)
 
 def ddim_cpe(abar, grid, mse):
-    """MATH.md Section 5 literally: sum_i (sqrt(1 - abar_i) - sqrt(alpha_i - abar_i))^2
+    """docs/math.md Section 5 literally: sum_i (sqrt(1 - abar_i) - sqrt(alpha_i - abar_i))^2
     MSE(abar_i) / abar_i with alpha_1 = abar_1, alpha_i = abar_i / abar_{i-1}."""
     prev = torch.cat([torch.ones_like(abar[..., :1]), abar[..., :-1]], -1)
     # sqrt(alpha_i - abar_i) written as sqrt(abar_i) sqrt((1 - abar_{i-1}) / abar_{i-1}): the

@@ -1,4 +1,4 @@
-"""Samplers with in-place log-density tracking (MATH.md Section 3) on one fused step op.
+"""Samplers with in-place log-density tracking (docs/math.md Section 3) on one fused step op.
 
 - :func:`fused_step` / :func:`make_coef`: the fused step (``torch.ops.diffaccel.sample_step``)
   on the reference, cpu (C++), triton and cuda backends.

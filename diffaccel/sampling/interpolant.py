@@ -1,4 +1,4 @@
-"""Euler sampling of the stochastic-interpolant ODE (MATH.md Section 4).
+"""Euler sampling of the stochastic-interpolant ODE (docs/math.md Section 4).
 
 ``I = a(tau) x_1 + alpha(tau) z``, tau from 0 (noise) to 1 (data), with a = tau and
 VP: alpha = sqrt(1 - tau^2);  VE: alpha = sqrt(d) (1 - tau).

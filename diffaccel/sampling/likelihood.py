@@ -1,4 +1,4 @@
-"""Exact-likelihood estimation through the probability-flow ODE (MATH.md 3.2, 3.3).
+"""Exact-likelihood estimation through the probability-flow ODE (docs/math.md 3.2, 3.3).
 
 Encode the data from ``sigma_min`` up to ``sigma_max`` in ``t = log sigma``:
 ``dx/dt = x - Dn(x, e^t)`` and ``dDelta/dt = div Dn - D``, then

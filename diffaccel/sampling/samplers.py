@@ -1,4 +1,4 @@
-"""k-diffusion-style samplers on the fused step (MATH.md Sections 3.1, 3.3 to 3.6).
+"""k-diffusion-style samplers on the fused step (docs/math.md Sections 3.1, 3.3 to 3.6).
 
 ``model(x, sigma, **extra_args)`` returns the denoised x (x = x_0 + sigma z, EDM form); the
 score is ``s = (Dn - x) / sigma^2``. Every sampler takes ``(model, x, sigmas, extra_args=None,
@@ -283,7 +283,7 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, 
 def sample_hd(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
               sigma_switch=None, lambda_thr=None, first="ode", dist="normal", logp=None, probes=1,
               probe_dist="rademacher", seed=None, backend=None):
-    """High-density sampler (MATH.md 3.5): PF-ODE Euler steps down to the switch level, then
+    """High-density sampler (docs/math.md 3.5): PF-ODE Euler steps down to the switch level, then
     the high-density ODE ``dx/dsigma = 2 (x - Dn)/sigma`` (the score doubled). The switch is
     ``sigma_switch`` or the log-SNR ``lambda_thr`` (sigma = exp(-lambda_thr / 2)); steps that
     start at sigma <= switch are high-density steps, except a final step to sigma = 0, which is
@@ -307,7 +307,7 @@ def sample_euler_maruyama(model, x, sigmas, extra_args=None, callback=None, disa
                           seed=None, dist="normal", logp=None, backend=None):
     """Euler-Maruyama steps of the reverse SDE, from sigma_i to sigma_{i+1} (q = sigma_i^2 -
     sigma_{i+1}^2): ``x <- x + q s + sqrt(q) z`` with ``z`` of law ``dist`` drawn inside the
-    fused step. With ``logp``, the zero-overhead log-density (MATH.md 3.1, 3.3):
+    fused step. With ``logp``, the zero-overhead log-density (docs/math.md 3.1, 3.3):
     ``logp <- logp + q |s|^2 / 2 + sqrt(q) (s . z)``. A final step to sigma = 0 returns the
     denoised x (no log-density is defined there: with ``logp``, sigmas must end above 0)."""
     extra_args = {} if extra_args is None else extra_args
@@ -354,14 +354,14 @@ def ancestral_step(sigma, sigma_next, eta=1.0):
 def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, *, eta=0.0,
                 seed=None, dist="normal", logp=None, probes=1, probe_dist="rademacher",
                 backend=None):
-    """DDIM (MATH.md 3.6) in EDM form: ``x <- x + (sigma_down - sigma)(x - Dn)/sigma +
+    """DDIM (docs/math.md 3.6) in EDM form: ``x <- x + (sigma_down - sigma)(x - Dn)/sigma +
     sigma_up z``, which is the diffusers DDIM step in the coordinates ``x / sqrt(abar)``
     (``sigma = sqrt((1 - abar)/abar)``). Wrap an eps-prediction model with
     :class:`VPEpsDenoiser`; a VP-space state ``x_vp`` is ``x sqrt(abar)``, so start from
     ``x_vp / sqrt(abar_0)`` and multiply the result by ``sqrt(abar)`` of the last level (1 at
     sigma = 0). Increments are drawn in the step (``seed``, ``dist``). With ``eta = 0`` it is the
     PF-ODE's Euler step. ``logp`` tracks the log-density of ``x`` (EDM coordinates; add
-    ``-D/2 log abar`` for the VP variable), from the identity of MATH.md 3.1 along the
+    ``-D/2 log abar`` for the VP variable), from the identity of docs/math.md 3.1 along the
     eta-family of reverse processes (drift ``(1 + eta^2)/2 g^2 s``, noise ``eta g dW``):
     ``d logp = eta^2 g^2/2 |s|^2 dtau - (1 - eta^2) g^2/2 div s dtau + eta g s.dW``. Matched to the
     step's own drift ``A = sigma (sigma - sigma_down)`` and noise ``sigma_up``::

@@ -1,4 +1,4 @@
-"""The fused sampler step (MATH.md Section 3.1): one pass over x and the model outputs that
+"""The fused sampler step (docs/math.md Section 3.1): one pass over x and the model outputs that
 writes the new x, draws the increment in the kernel, adds every sample's log-density terms in
 place and can write the next step's Hutchinson probes.
 
@@ -107,7 +107,7 @@ def fused_step(x, models, coef, *, logp=None, logp_var=None, z=None, seed=None, 
     outputs); coef: (B, 7 + 3K) per-sample coefficients (:func:`make_coef`); logp, logp_var:
     (B,) float32/float64 accumulators updated in place (None: not tracked); z: a given
     increment, else draws of law ``dist`` (normal, laplace, uniform, rademacher) at
-    ``seed``/``offset`` (MATH.md Section 1), else (``dist=None``) none;
+    ``seed``/``offset`` (docs/math.md Section 1), else (``dist=None``) none;
     probes: (P, B, *S) and vjps: K tensors (P, B, *S) (``v_p^T J_k``) for the Hutchinson term;
     probes_out: (P', B, *S) buffer that receives the next step's probes of law ``probe_dist``
     at ``probe_offset`` (it must not be ``probes``). ``out``: write the new x there, leave x.

@@ -1,4 +1,4 @@
-"""Variance-Reduction Guidance (MATH.md Section 5): measure a model's prediction error per noise
+"""Variance-Reduction Guidance (docs/math.md Section 5): measure a model's prediction error per noise
 level, then find the sampling trajectory that minimizes the accumulated error.
 
 - :func:`error_moments`, :class:`ErrorStats`, :func:`measure_mse`: per-level error moments

@@ -1,4 +1,4 @@
-"""Error statistics of a model's predictions per noise level (MATH.md Section 5).
+"""Error statistics of a model's predictions per noise level (docs/math.md Section 5).
 
 For bin ``j`` keep the element count, ``sum e`` and ``sum e^2`` (``e = eps_hat - eps``) in
 float64; merging batches or ranks is addition and ``MSE_j = sum e^2 / n_j``.

@@ -1,4 +1,4 @@
-"""MSETable: a model's per-element eps-prediction MSE as a function of abar (MATH.md Section 5)."""
+"""MSETable: a model's per-element eps-prediction MSE as a function of abar (docs/math.md Section 5)."""
 import math
 import os
 

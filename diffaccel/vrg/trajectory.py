@@ -1,4 +1,4 @@
-"""Sampling-trajectory optimization by cumulative prediction error (MATH.md Section 5).
+"""Sampling-trajectory optimization by cumulative prediction error (docs/math.md Section 5).
 
 A trajectory is ``abar`` ``(N,)`` or a batch ``(K, N)`` of candidates, least noisy level first:
 ``1 > abar_1 > ... > abar_N > 0``; sampling starts at ``abar_N`` and the last step lands on

@@ -10,10 +10,10 @@
 
 namespace diffaccel {
 
-// Increment laws of MATH.md Sections 1 and 3.4 (the integer codes the Python side passes).
+// Increment laws of docs/math.md Sections 1 and 3.4 (the integer codes the Python side passes).
 enum Dist : int32_t { kNormal = 0, kLaplace = 1, kUniform = 2, kRademacher = 3 };
 
-// Stroke-noise targets of MATH.md Section 2.
+// Stroke-noise targets of docs/math.md Section 2.
 enum Target : int32_t { kEps = 0, kX0 = 1, kV = 2 };
 
 // At most this many stroke scales per op (checked on the Python and C++ sides).

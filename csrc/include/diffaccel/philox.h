@@ -1,4 +1,4 @@
-// Counter-based noise, MATH.md Section 1: Triton's Philox4x32-10 (`tl.randint4x`) bit for bit,
+// Counter-based noise, docs/math.md Section 1: Triton's Philox4x32-10 (`tl.randint4x`) bit for bit,
 // and the four increment laws built on it. Host and device share every line here.
 #pragma once
 #include <cmath>

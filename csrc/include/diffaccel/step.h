@@ -1,4 +1,4 @@
-// The fused sampler step, MATH.md Section 3.1: one formula per line, shared by the CPU loops
+// The fused sampler step, docs/math.md Section 3.1: one formula per line, shared by the CPU loops
 // (csrc/cpu/step_cpu.cpp) and the CUDA kernels (csrc/cuda/step.cu). The PyTorch contract is
 // diffaccel/reference/step.py.
 //
@@ -28,7 +28,7 @@ DA_HOST_DEVICE int step_am(int k) { return kStepHead + kStepPerModel * k; }
 DA_HOST_DEVICE int step_sm(int k) { return kStepHead + kStepPerModel * k + 1; }
 DA_HOST_DEVICE int step_cw(int k) { return kStepHead + kStepPerModel * k + 2; }
 
-// Stream position of the increment of element i of sample b (MATH.md Section 1 layout).
+// Stream position of the increment of element i of sample b (docs/math.md Section 1 layout).
 DA_HOST_DEVICE uint64_t step_noise_position(uint64_t offset, bool per_sample, int64_t b,
                                             int64_t D, int64_t i) {
   return offset + static_cast<uint64_t>((per_sample ? 0 : b * D) + i);

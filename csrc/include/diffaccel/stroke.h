@@ -1,4 +1,4 @@
-// Stroke size, MATH.md Section 2: the pieces of A_w x = (1 - sum_j w_j) x + sum_j w_j S_{k_j} x
+// Stroke size, docs/math.md Section 2: the pieces of A_w x = (1 - sum_j w_j) x + sum_j w_j S_{k_j} x
 // and of the stroke noising that every backend shares.
 #pragma once
 #include "diffaccel/common.h"

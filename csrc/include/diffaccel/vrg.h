@@ -1,4 +1,4 @@
-// Variance-Reduction Guidance, MATH.md Section 5: the per-step cumulative-prediction-error terms,
+// Variance-Reduction Guidance, docs/math.md Section 5: the per-step cumulative-prediction-error terms,
 // their derivatives, MSE interpolation and the error-moment update, shared by the CPU and CUDA
 // kernels (the Triton kernels in kernels/vrg.py write the same formulas).
 //

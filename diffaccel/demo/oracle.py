@@ -1,11 +1,7 @@
-"""``python -m diffaccel demo``: the stroke-size training step and likelihood-tracked sampling on
-every backend that can run here.
-
-Noises a batch at a training size with per-sample stroke weights from the default schedule,
-checks every fast backend against the bit-exact reference, and prints one timing line each.
-Then, on an exact Gaussian mixture (no trained network needed), samples with Euler-Maruyama and
-the zero-overhead log-density, and encodes data with ``log_likelihood`` (dopri5), each against
-the mixture's exact log p.
+"""The demo's backend checks on exact answers (no trained network): the fused stroke noising on
+every backend against the bit-exact reference (:func:`main`), and likelihood-tracked sampling and
+``log_likelihood`` on an exact Gaussian mixture against its exact log p (:func:`sampling`).
+Both print one line per backend and return their rows for the report.
 """
 import time
 
@@ -13,7 +9,6 @@ import torch
 
 import diffaccel
 from diffaccel.backends import BACKENDS, availability
-from diffaccel.info import format_info
 
 
 def _runnable(device, op):
@@ -26,9 +21,8 @@ def _runnable(device, op):
             print(f"  {name:9s} skipped: {why}")
 
 
-def main(size=64, batch=16, channels=4):
-    print(format_info())
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+def stroke_check(device, size=64, batch=16, channels=4):
+    """Rows (backend, ms, max |difference from reference|) of one stroke_noise call."""
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(batch, channels, size, size, generator=g).to(device)
     t = torch.rand(batch, generator=g).to(device)
@@ -41,6 +35,7 @@ def main(size=64, batch=16, channels=4):
     kw = dict(scales=scales, data_weights=w, noise_weights=w, seed=seeds, target="v")
     ref = diffaccel.stroke_noise(x0, alpha, sigma, backend="reference", **kw)
     print(f"\nstroke_noise  B={batch} C={channels} {size}x{size} scales={scales} on {device}:")
+    rows = []
     for name in _runnable(device, "stroke_noise"):
         out = diffaccel.stroke_noise(x0, alpha, sigma, backend=name, **kw)
         t0 = time.perf_counter()
@@ -50,8 +45,8 @@ def main(size=64, batch=16, channels=4):
         ms = (time.perf_counter() - t0) * 1e3
         err = max((a - b).abs().max().item() for a, b in zip(out, ref))
         print(f"  {name:9s} {ms:9.2f} ms   max |difference from reference| = {err:.2e}")
-    sampling(device)
-    return 0
+        rows.append((name, ms, err))
+    return rows
 
 
 def _mixture(d, g):
@@ -73,6 +68,7 @@ def sampling(device, d=3072, d_sde=64, batch=16, steps=400):
     x_T = (sde.sample(batch, generator=g) + 80.0 * torch.randn(batch, d_sde, generator=g)).float().to(device)
     data = gm.sample(batch, generator=g).float().to(device)
     print(f"\n4-component Gaussian mixtures, B={batch}, exact log p as the check, on {device}:")
+    rows = []
     for name in _runnable(device, "sample_step"):
         t0 = time.perf_counter()
         x, lp = S.sample_euler_maruyama(sde, x_T, sigmas, logp=sde.log_prob(x_T, 80.0), seed=1,
@@ -85,3 +81,5 @@ def sampling(device, d=3072, d_sde=64, batch=16, steps=400):
         print(f"  {name:9s} Euler-Maruyama + logp, D={d_sde}, {steps} steps: {t1 - t0:5.2f} s, mean "
               f"|logp - exact| {em:5.2f} nats;  log_likelihood dopri5, D={d}: {t2 - t1:5.2f} s, "
               f"{info['nfe']} evaluations, mean |error| {err:4.2f} nats")
+        rows.append((name, t1 - t0, em, t2 - t1, info["nfe"], err))
+    return rows

@@ -1,0 +1,221 @@
+"""Shared machinery of the accelerated diffusers schedulers.
+
+Every accelerated ``step()`` is one or two passes of the fused step op
+(``diffaccel.sampling.step.fused_step``, docs/math.md Section 3.1):
+
+    pass A (only where stock returns ``pred_original_sample``):  x0 = bx x + bm M   (then clamped
+            when the config clips it)
+    pass B:  x_prev = ax x + az z + a0 x0 + am M      (+ the log-density terms, when tracked)
+
+with per-step coefficients read from tables built at ``set_timesteps`` (float64 on the host,
+stored float32 on the device) through a device-resident index: a step never reads a tensor value
+on the host, so a denoising loop compiles once with ``torch.compile(fullgraph=True)`` and can be
+captured in a CUDA graph.
+
+Noise: with a ``generator`` (one, or a list of one per sample) or ``variance_noise`` the noise is
+drawn exactly as stock draws it (``diffusers.utils.torch_utils.randn_tensor``, same shape, dtype,
+device and count) and passed to the kernel; with a ``seed`` (an int, or a (B,) tensor of
+per-sample seeds) it is drawn inside the kernel from diffaccel's Philox stream (docs/math.md Section 1)
+with a per-step key, so that per-sample seeds give noise independent of the batch; with neither,
+from torch's global generator as stock does.
+"""
+import math
+import numbers
+
+import torch
+
+from .. import _validate
+from ..reference.step import coef_width
+from ..sampling.step import fused_step
+
+# Columns of the coefficient rows (diffaccel.reference.step layout).
+AX, AZ, SX, C0, C1, C2, C3 = range(7)
+W1 = coef_width(1)  # pass A: models [M]
+W2 = coef_width(2)  # pass B: models [x0, M]
+AM0, SM0, CW0, AM1, SM1, CW1 = range(7, 13)
+BM = 7  # pass A's model column
+
+# Per-step noise keys: XORed into the high word of each seed's Philox key, so that every step
+# draws an independent stream (the offset stays 0 and the key stays on the device).
+_KEY_SHIFT = 40
+
+
+def tensor_host_known(v):
+    """True when ``v``'s value can be read without a device synchronization."""
+    if isinstance(v, torch.Tensor):
+        return v.device.type == "cpu" and _validate.eager()
+    return isinstance(v, numbers.Real)
+
+
+def host_value(v):
+    return v.item() if isinstance(v, torch.Tensor) else v
+
+
+def check_model_output(model_output, sample):
+    """Named errors for a model output or sample that the step cannot use."""
+    for name, t in (("model_output", model_output), ("sample", sample)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+            raise TypeError(f"{name}: expected a float32, float16, bfloat16 or float64 tensor, got {t.dtype}")
+    if model_output.shape != sample.shape:
+        raise ValueError(f"model_output: expected shape {tuple(sample.shape)} (that of sample), "
+                         f"got {tuple(model_output.shape)}")
+    if model_output.device != sample.device:
+        raise ValueError(f"model_output: expected a tensor on {sample.device} (that of sample), "
+                         f"got {model_output.device}")
+    if sample.dim() < 1:
+        raise ValueError("sample: expected a (B, ...) tensor, got a 0-d tensor")
+
+
+def step_seeds(seed, B, device, key):
+    """int64 seeds for this step: the given seed(s) with the step key in the high word.
+
+    seed: int or (B,) / (1,) integer tensor; key: (1,) int64 device tensor (a timestep or step
+    index). Per-sample seeds stay per-sample, so noise is independent of the batch."""
+    s = _validate.seeds(seed, B, device)
+    return torch.bitwise_xor(s, (key.to(device=device, dtype=torch.int64) + 1) << _KEY_SHIFT)
+
+
+def row(table, idx, B, lo, hi):
+    """(B, hi - lo) coefficient block of the rows ``idx`` ((1,) device index)."""
+    return table.index_select(0, idx)[:, lo:hi].expand(B, hi - lo)
+
+
+def run_pass_a(x, model, coef, backend):
+    """x0 = bx x + bm M, in x's dtype (one fused pass)."""
+    return fused_step(x, [model], coef, out=torch.empty_like(x), backend=backend)
+
+
+def with_logp_dim(cB, D):
+    """The per-dimension constant of a log-density update (column C0) times D."""
+    return torch.cat([cB[:, :C0], cB[:, C0:C0 + 1] * D, cB[:, C0 + 1:]], 1)
+
+
+def gaussian_logprob(prev, mean, std):
+    """log N(prev; mean, std^2 I) per sample, averaged over the non-batch dimensions (as DDPO
+    and Flow-GRPO report it); plain PyTorch in float32 or wider, differentiable. std: (1,)."""
+    ct = torch.promote_types(prev.dtype, torch.float32)
+    d = prev.to(ct) - mean.to(ct)
+    sd = std.to(ct).reshape(())
+    lp = -(d * d) / (2 * sd * sd) - torch.log(sd) - 0.5 * math.log(2 * math.pi)
+    return lp.reshape(lp.shape[0], -1).mean(1)
+
+
+def backend_for(dtype):
+    return "reference" if dtype == torch.float64 else None
+
+
+class AcceleratedMixin:
+    """State and helpers shared by every accelerated scheduler (mixed into a stock subclass)."""
+
+    is_accelerated = True
+    _da_seed = None
+    _da_track_logp = False
+    _da_logp_ready = True
+    logp = None
+
+    # ---- configuration -------------------------------------------------------------------
+    def _da_init(self, seed, track_logp):
+        if seed is not None:
+            _validate.seeds(seed, 1 if not isinstance(seed, torch.Tensor) else seed.reshape(-1).shape[0], "cpu")
+        self._da_seed = seed
+        if track_logp and not self._da_stochastic():
+            raise ValueError(f"track_logp: {type(self).__name__} with this config is deterministic "
+                             f"(no log-density update is defined); {self._da_logp_help}")
+        if track_logp and not self._da_logp_ready:
+            raise ValueError(f"track_logp: not available for {type(self).__name__}; "
+                             f"{self._da_logp_help}")
+        self._da_track_logp = bool(track_logp)
+        self.logp = None
+
+    _da_logp_help = "track_logp is supported by DDPM, DDIM (eta = 1) and EulerAncestral"
+
+    def init_logp(self, latents, logp=None):
+        """Start tracking from ``latents`` (B, ...): ``scheduler.logp`` becomes ``logp`` (a (B,)
+        tensor) or the prior's log-density log N(latents; 0, init_noise_sigma^2 I) (float64)."""
+        if not self._da_track_logp:
+            raise ValueError("init_logp: the scheduler was not accelerated with track_logp=True")
+        B = latents.shape[0]
+        if logp is not None:
+            if not isinstance(logp, torch.Tensor) or tuple(logp.shape) != (B,):
+                raise ValueError(f"logp: expected a ({B},) tensor")
+            self.logp = logp.to(device=latents.device, dtype=torch.float64).clone()
+            return self.logp
+        s0 = float(getattr(self, "init_noise_sigma", 1.0))
+        x = latents.double().reshape(B, -1)
+        D = x.shape[1]
+        self.logp = -0.5 * (x * x).sum(1) / s0 ** 2 - D * (math.log(s0) + 0.5 * math.log(2 * math.pi))
+        return self.logp
+
+    def _da_stochastic(self):
+        return False
+
+    # ---- noise ---------------------------------------------------------------------------
+    def _da_noise(self, model_output, generator, variance_noise, seed, draw, dtype):
+        """(z, seeds_or_None, use_kernel_draw) for a step.
+
+        draw: True / False where stock's draw decision is known on the host, None where it is
+        not (the coefficient of z is then zero whenever stock would not draw)."""
+        if variance_noise is not None:
+            if not isinstance(variance_noise, torch.Tensor):
+                raise TypeError(f"variance_noise: expected a torch.Tensor, got {type(variance_noise).__name__}")
+            if variance_noise.shape != model_output.shape or variance_noise.device != model_output.device:
+                raise ValueError(f"variance_noise: expected shape {tuple(model_output.shape)} on "
+                                 f"{model_output.device}, got {tuple(variance_noise.shape)} on {variance_noise.device}")
+            return variance_noise, False
+        if draw is False:
+            return None, False
+        if seed is None and generator is None:
+            seed = self._da_seed
+        if seed is not None and generator is None:
+            return None, True
+        from diffusers.utils.torch_utils import randn_tensor
+
+        if isinstance(generator, list) and len(generator) not in (1, model_output.shape[0]):
+            raise ValueError(f"generator: expected one generator or a list of {model_output.shape[0]} "
+                             f"(one per sample), got a list of {len(generator)}")
+        z = randn_tensor(model_output.shape, generator=generator, device=model_output.device, dtype=dtype)
+        return z, False
+
+    # ---- forward process -----------------------------------------------------------------
+    def _da_alpha_sigma(self, timesteps, B, device):
+        """Per-sample (alpha, sigma) of stock's forward process x_t = alpha x0 + sigma n at
+        ``timesteps``, read off stock's own ``add_noise`` on (B, 1) unit inputs (so every
+        config and timestep lookup is stock's)."""
+        one = torch.ones(B, 1, dtype=torch.float32, device=device)
+        zero = torch.zeros_like(one)
+        stock_add = super().add_noise
+        return stock_add(one, zero, timesteps).reshape(B), stock_add(zero, one, timesteps).reshape(B)
+
+    def add_noise(self, original_samples, noise, timesteps, *, stroke=None):
+        """Stock's ``add_noise`` (unchanged without ``stroke``). With ``stroke`` (a ``Stroke`` or
+        a tuple of scales): alpha A_w x0 + sigma A_w noise, A_w the multi-scale block blur with
+        the stroke's weights at each sample's log-SNR (``diffaccel.stroke_blur``)."""
+        if stroke is None:
+            return super().add_noise(original_samples, noise, timesteps)
+        from ..stroke import stroke_blur
+        from .diffusers import stroke_weights_for
+
+        x0 = _validate.image(original_samples, "original_samples")
+        if not isinstance(noise, torch.Tensor) or noise.shape != x0.shape:
+            raise ValueError(f"noise: expected a tensor of shape {tuple(x0.shape)}")
+        B = x0.shape[0]
+        alpha, sigma = self._da_alpha_sigma(timesteps, B, x0.device)
+        scales, w = stroke_weights_for(stroke, alpha, sigma)
+        a = alpha.reshape(B, 1, 1, 1).to(x0.dtype)
+        s = sigma.reshape(B, 1, 1, 1).to(x0.dtype)
+        return a * stroke_blur(x0, w, scales) + s * stroke_blur(noise.to(x0.dtype), w, scales)
+
+    # ---- log-density ---------------------------------------------------------------------
+    def _da_logp_buffer(self, B, device, x):
+        if not self._da_track_logp:
+            return None
+        lp = self.logp
+        if lp is None:
+            raise ValueError("logp: track_logp=True needs a starting value: call "
+                             "scheduler.init_logp(latents) (the prior's log-density) or set "
+                             "scheduler.logp to a (B,) float32/float64 tensor")
+        if tuple(lp.shape) != (B,) or lp.device != device:
+            raise ValueError(f"logp: expected shape ({B},) on {device}, got {tuple(lp.shape)} on {lp.device}")
+        return lp

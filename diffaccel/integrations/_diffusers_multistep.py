@@ -1,0 +1,303 @@
+"""Accelerated ``DPMSolverMultistepScheduler`` (``dpmsolver++`` / ``sde-dpmsolver++``, orders
+1-3, midpoint / heun) and ``FlowMatchEulerDiscreteScheduler``.
+
+DPM-Solver++ in stock's notation (alpha_t, sigma_t from stock's ``_sigma_to_alpha_sigma_t``,
+lambda = log alpha - log sigma, h = lambda_t - lambda_s0, r0 = h_0/h, r1 = h_1/h, m0..m2 the
+current and past x0 predictions):
+
+    x_t = ax x + kA D0 + kB D1 + kC D2 + az z
+    D0 = m0,  D1_0 = (m0 - m1)/r0,  D1_1 = (m1 - m2)/r1
+    order 2: D1 = D1_0;  order 3: D1 = D1_0 + r0/(r0 + r1) (D1_0 - D1_1),  D2 = (D1_0 - D1_1)/(r0 + r1)
+
+with, for dpmsolver++: ax = sigma_t/sigma_s0, kA = -alpha_t (e^-h - 1); kB = kA/2 (midpoint) or
+alpha_t ((e^-h - 1)/h + 1) (heun, and order 3); kC = -alpha_t ((e^-h - 1 + h)/h^2 - 1/2);
+for sde-dpmsolver++: ax = sigma_t/sigma_s0 e^-h, kA = alpha_t (1 - e^-2h), kB = kA/2 (midpoint) or
+alpha_t ((1 - e^-2h)/(-2h) + 1), kC = alpha_t ((1 - e^-2h - 2h)/(2h)^2 - 1/2),
+az = sigma_t sqrt(1 - e^-2h). Expanded into coefficients of m0, m1, m2, one table row per
+(step, order); the order of each step (stock's rule: first order at the first step and, per
+``lower_order_final`` / ``euler_at_final`` / ``final_sigmas_type``, at the end) is chosen on the
+device from the step index and the number of steps taken.
+
+FlowMatch (sigma s = sigmas[i], s' = sigmas[i + 1]): deterministic x' = x + (s' - s) v;
+stochastic_sampling x' = (1 - s') (x - s v) + s' z: one fused pass each.
+"""
+import numpy as np
+import torch
+from diffusers import DPMSolverMultistepScheduler as _StockDPM
+from diffusers import FlowMatchEulerDiscreteScheduler as _StockFlow
+from diffusers.schedulers.scheduling_flow_match_euler_discrete import \
+    FlowMatchEulerDiscreteSchedulerOutput
+from diffusers.schedulers.scheduling_utils import SchedulerOutput
+
+from ..reference.step import coef_width
+from ..sampling.step import fused_step
+from ._diffusers_base import (AX, AZ, BM, W1, backend_for, check_model_output, gaussian_logprob,
+                              run_pass_a, step_seeds)
+from ._diffusers_sigma import _SigmaMixin, sigma_to_t
+
+AM = 7  # first model column; model k at AM + 3k
+
+
+class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
+    """``diffusers.DPMSolverMultistepScheduler`` with the fused step; ``set_timesteps`` also
+    takes custom ``sigmas`` (descending, with the final sigma)."""
+
+    ALGORITHMS = ("dpmsolver++", "sde-dpmsolver++")
+    _da_logp_ready = False
+    PREDICTIONS = ("epsilon", "sample", "v_prediction", "flow_prediction")
+
+    def _da_check_config(self):
+        cfg = self.config
+        if cfg.algorithm_type not in self.ALGORITHMS:
+            raise ValueError(f"DPMSolverMultistepScheduler: algorithm_type={cfg.algorithm_type!r} is "
+                             f"not supported (supported: {', '.join(self.ALGORITHMS)})")
+        if cfg.solver_type not in ("midpoint", "heun"):
+            raise ValueError(f"DPMSolverMultistepScheduler: solver_type={cfg.solver_type!r} is not "
+                             "supported (supported: midpoint, heun)")
+        if cfg.thresholding:
+            raise ValueError("DPMSolverMultistepScheduler: thresholding=True is not supported")
+        if cfg.variance_type is not None:
+            raise ValueError(f"DPMSolverMultistepScheduler: variance_type={cfg.variance_type!r} is not "
+                             "supported (supported: None)")
+        super()._da_check_config()
+
+    def _da_stochastic(self):
+        return self.config.algorithm_type.startswith("sde")
+
+    @property
+    def lower_order_nums(self):
+        """Stock's count of the steps taken, capped at solver_order (a host read)."""
+        n = getattr(self, "_da_taken", None)
+        return 0 if n is None else min(int(n[0]), self.config.solver_order)
+
+    @lower_order_nums.setter
+    def lower_order_nums(self, value):
+        pass  # stock resets it in set_timesteps; ours is reset with the tables
+
+    def set_timesteps(self, num_inference_steps=None, device=None, mu=None, timesteps=None, sigmas=None):
+        """Stock's ``set_timesteps``, plus custom ``sigmas`` (descending, ending with the final
+        sigma; timesteps by log-sigma interpolation as EulerDiscreteScheduler does)."""
+        if sigmas is None:
+            super().set_timesteps(num_inference_steps, device, mu, timesteps)
+        else:
+            if num_inference_steps is not None or timesteps is not None:
+                raise ValueError("sigmas: pass either sigmas or num_inference_steps / timesteps")
+            if self.config.use_flow_sigmas:
+                raise ValueError("sigmas: custom sigmas with use_flow_sigmas are not supported")
+            s = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1).cpu()
+            if s.numel() < 2 or not bool((s[1:] < s[:-1]).all()) or not bool((s >= 0).all()):
+                raise ValueError(f"sigmas: expected at least two strictly descending values >= 0 "
+                                 f"(the last is the final sigma), got {s.tolist()[:8]}")
+            ts = sigma_to_t(s[:-1].numpy(), self.alphas_cumprod.to(torch.float64).numpy())
+            self.sigmas = s.to(torch.float32)
+            self.timesteps = torch.from_numpy(np.round(ts).astype(np.int64)).to(device)
+            self.num_inference_steps = s.numel() - 1
+            self.model_outputs = [None] * self.config.solver_order
+            self._step_index = None
+            self._begin_index = None
+        self._da_build(self.timesteps.device)
+
+    def _da_make_table(self):
+        """(n, W1 + 3 W) rows: pass A (x0 of the model output), then pass B for orders 1, 2, 3."""
+        s = self.sigmas.to(torch.float64).cpu()
+        n = s.shape[0] - 1
+        K = self.config.solver_order
+        W = coef_width(K)
+        alpha, sig = self._sigma_to_alpha_sigma_t(s)
+        tab = torch.zeros(n, W1 + 3 * W, dtype=torch.float64)
+        pred = self.config.prediction_type
+        a0, s0 = alpha[:-1], sig[:-1]
+        if pred == "epsilon":
+            tab[:, AX], tab[:, BM] = 1 / a0, -s0 / a0
+        elif pred == "v_prediction":
+            tab[:, AX], tab[:, BM] = a0, -s0
+        elif pred == "flow_prediction":
+            tab[:, AX], tab[:, BM] = 1.0, -s[:-1]
+        else:
+            tab[:, BM] = 1.0
+        with np.errstate(all="ignore"):
+            lam = alpha.log() - sig.log()
+            sde = self.config.algorithm_type == "sde-dpmsolver++"
+            heun = self.config.solver_type == "heun"
+            for i in range(n):
+                at, st, ss0 = alpha[i + 1], sig[i + 1], sig[i]
+                h = lam[i + 1] - lam[i]
+                em, em2 = torch.exp(-h), torch.exp(-2 * h)
+                if sde:
+                    ax, kA, az = st / ss0 * em, at * (1 - em2), st * torch.sqrt(1 - em2)
+                    kB2 = at * ((1 - em2) / (-2 * h) + 1) if heun else kA / 2
+                    kB3 = at * ((1 - em2) / (-2 * h) + 1)
+                    kC = at * ((1 - em2 - 2 * h) / (2 * h) ** 2 - 0.5)
+                else:
+                    ax, kA, az = st / ss0, -at * (em - 1), 0.0
+                    kB2 = at * ((em - 1) / h + 1) if heun else kA / 2
+                    kB3 = at * ((em - 1) / h + 1)
+                    kC = -at * ((em - 1 + h) / h ** 2 - 0.5)
+                r0 = (lam[i] - lam[max(i - 1, 0)]) / h
+                r1 = (lam[max(i - 1, 0)] - lam[max(i - 2, 0)]) / h
+                rows = [(kA, 0.0, 0.0)]
+                rows.append((kA + kB2 / r0, -kB2 / r0, 0.0))
+                u = kB3 * (1 + r0 / (r0 + r1)) + kC / (r0 + r1)
+                v = -kB3 * r0 / (r0 + r1) - kC / (r0 + r1)
+                rows.append((kA + u / r0, -u / r0 + v / r1, -v / r1))
+                for o, cm in enumerate(rows):
+                    base = W1 + o * W
+                    tab[i, base + AX] = ax
+                    tab[i, base + AZ] = az
+                    for k in range(min(K, 3)):
+                        tab[i, base + AM + 3 * k] = cm[k]
+        return tab
+
+    def _da_on_build(self, device):
+        self._da_taken = torch.zeros(1, dtype=torch.int64, device=device)
+        self.model_outputs = [None] * self.config.solver_order
+
+    def _da_on_build_move(self, device):
+        self._da_taken = self._da_taken.to(device)
+
+    def _da_order(self, i):
+        """(1,) device order of the step at index i (stock's rule)."""
+        cfg = self.config
+        n = len(self.timesteps)
+        final = cfg.euler_at_final or (cfg.lower_order_final and n < 15) or cfg.final_sigmas_type == "zero"
+        second = cfg.lower_order_final and n < 15
+        taken = self._da_taken
+        o1 = (taken < 1) | ((i == n - 1) & final)
+        o2 = (taken < 2) | ((i == n - 2) & second)
+        order = torch.where(o1, 1, torch.where(o2, 2, 3))
+        return order.clamp(max=cfg.solver_order)
+
+    def step(self, model_output, timestep, sample, generator=None, variance_noise=None,
+             return_dict=True, *, seed=None):
+        """Stock's step (same arguments and outputs): the model output's x0 (pass A, kept in
+        ``model_outputs``) and the multistep update (pass B) as fused passes."""
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' "
+                             "after creating the scheduler")
+        check_model_output(model_output, sample)
+        B, dev = sample.shape[0], sample.device
+        tab = self._da_state(dev)
+        i = self._da_index(timestep, dev)
+        K = self.config.solver_order
+        W = coef_width(K)
+        cd = torch.promote_types(sample.dtype, model_output.dtype)
+        be = backend_for(cd)
+        sde = self._da_stochastic()
+        z, kernel_draw = None, False
+        if sde:
+            z, kernel_draw = self._da_noise(model_output, generator, variance_noise, seed, True,
+                                            torch.float32)
+            if z is not None:
+                z = z.to(device=dev, dtype=torch.float32)
+        order = self._da_order(i)
+        r = tab.index_select(0, i)
+        x0 = run_pass_a(sample.to(cd).contiguous(), model_output, r[:, :W1].expand(B, W1), be)
+        for k in range(K - 1):
+            self.model_outputs[k] = self.model_outputs[k + 1]
+        self.model_outputs[-1] = x0
+        hist = [m if m is not None else x0 for m in reversed(self.model_outputs)]  # m0, m1, m2
+        cols = W1 + (order - 1) * W + torch.arange(W, device=dev)
+        cB = r.index_select(1, cols).expand(B, W)
+        seeds = step_seeds(seed if seed is not None else self._da_seed, B, dev, i) if kernel_draw else None
+        x = sample.to(torch.float32).contiguous()
+        prev = fused_step(x, hist, cB, z=z, seed=seeds, dist="normal" if kernel_draw else None,
+                          out=torch.empty_like(x), backend=backend_for(x.dtype))
+        self._da_taken.add_(1)
+        self._da_i.copy_(i + 1)
+        prev = prev.to(x0.dtype)
+        if not return_dict:
+            return (prev,)
+        return SchedulerOutput(prev_sample=prev)
+
+
+class FlowMatchEulerDiscreteScheduler(_SigmaMixin, _StockFlow):
+    """``diffusers.FlowMatchEulerDiscreteScheduler`` (SD3 / Flux) with the fused step,
+    deterministic and ``stochastic_sampling``."""
+
+    _da_logp_ready = False
+
+    def _da_check_config(self):
+        pass  # every config: the step reads only stock's sigmas
+
+    def _da_stochastic(self):
+        return bool(self.config.stochastic_sampling)
+
+    def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None, timesteps=None):
+        super().set_timesteps(num_inference_steps, device, sigmas, mu, timesteps)
+        self._da_build(self.timesteps.device)
+
+    def _da_make_table(self):
+        s = self.sigmas.to(torch.float64).cpu()
+        sc, sn = s[:-1], s[1:]
+        W = coef_width(1)
+        tab = torch.zeros(sc.shape[0], W, dtype=torch.float64)
+        if self.config.stochastic_sampling:
+            tab[:, AX], tab[:, AM], tab[:, AZ] = 1 - sn, -(1 - sn) * sc, sn
+        else:
+            tab[:, AX], tab[:, AM] = 1.0, sn - sc
+        return tab
+
+    def scale_noise(self, sample, timestep, noise=None, *, stroke=None):
+        """Stock's ``scale_noise`` (sigma noise + (1 - sigma) sample); with ``stroke``: the same
+        with both blurred by the stroke weights at each sample's log-SNR."""
+        if stroke is None:
+            return super().scale_noise(sample, timestep, noise)
+        from ..stroke import stroke_blur
+        from .diffusers import stroke_weights_for
+
+        B = sample.shape[0]
+        one = torch.ones(B, 1, dtype=torch.float32, device=sample.device)
+        sig = super().scale_noise(torch.zeros_like(one), timestep, one).reshape(B)
+        scales, w = stroke_weights_for(stroke, 1 - sig, sig)
+        s4 = sig.reshape(B, 1, 1, 1).to(sample.dtype)
+        return s4 * stroke_blur(noise.to(sample.dtype), w, scales) + (1 - s4) * stroke_blur(sample, w, scales)
+
+    def step(self, model_output, timestep, sample, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
+             s_noise=1.0, generator=None, per_token_timesteps=None, return_dict=True, *, seed=None,
+             return_logprob=False, prev_sample=None):
+        """Stock's step (same arguments and outputs; s_churn, s_tmin, s_tmax, s_noise are
+        ignored, as stock ignores them) as one fused pass. With ``stochastic_sampling``,
+        ``return_logprob`` returns ``(prev_sample, log_prob)``: log N(prev; (1 - s') x0, s'^2)
+        averaged over the non-batch dims (Flow-GRPO); with ``prev_sample`` it re-scores that
+        sample, differentiably in model_output."""
+        if return_logprob and not self.config.stochastic_sampling:
+            raise ValueError("return_logprob: the deterministic FlowMatch step has no transition "
+                             "density (use stochastic_sampling=True)")
+        if prev_sample is not None and not return_logprob:
+            raise ValueError("prev_sample: only used with return_logprob=True (re-scoring)")
+        if per_token_timesteps is not None:
+            raise ValueError("per_token_timesteps: not supported by the accelerated step")
+        if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)) and not isinstance(timestep, bool):
+            raise ValueError("timestep: passing integer indices (e.g. from `enumerate(timesteps)`) "
+                             "is not supported; pass one of `scheduler.timesteps`")
+        check_model_output(model_output, sample)
+        B, dev = sample.shape[0], sample.device
+        tab = self._da_state(dev)
+        i = self._da_index(timestep, dev)
+        x = sample.to(torch.float32).contiguous()
+        z, kernel_draw = None, False
+        if self.config.stochastic_sampling:
+            z, kernel_draw = self._da_noise(model_output, generator, None, seed, True, torch.float32)
+        seeds = step_seeds(seed if seed is not None else self._da_seed, B, dev, i) if kernel_draw else None
+        W = coef_width(1)
+        if return_logprob:
+            r = tab.index_select(0, i)[0]
+            mean = r[AX] * x + r[AM] * model_output.to(torch.float32)
+            std = r[AZ:AZ + 1]
+            if prev_sample is None:
+                if z is None:
+                    from ..random import noise as _noise  # the kernel's draws, made explicit
+                    z = _noise(x.shape, seed=seeds, device=dev)
+                prev_sample = (mean + std * z).to(model_output.dtype)
+            else:
+                check_model_output(prev_sample, sample)
+            self._da_i.copy_(i + 1)
+            return prev_sample, gaussian_logprob(prev_sample, mean, std)
+        prev = fused_step(x, [model_output], tab.index_select(0, i).expand(B, W), z=z, seed=seeds,
+                          dist="normal" if kernel_draw else None, out=torch.empty_like(x),
+                          backend=backend_for(x.dtype))
+        self._da_i.copy_(i + 1)
+        prev = prev.to(model_output.dtype)
+        if not return_dict:
+            return (prev,)
+        return FlowMatchEulerDiscreteSchedulerOutput(prev_sample=prev)

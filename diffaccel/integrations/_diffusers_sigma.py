@@ -1,0 +1,283 @@
+"""Accelerated ``EulerDiscreteScheduler`` and ``EulerAncestralDiscreteScheduler`` (sigma form,
+x = x0 + sigma eps, step-indexed).
+
+Per step i with s = sigmas[i], s' = sigmas[i + 1] (stock's own sigmas, whatever config built
+them: Karras, exponential, beta, final_sigmas_type, ...):
+
+    x0 = bx x + bm M:  epsilon (1, -s); v_prediction (1/(s^2+1), -s/sqrt(s^2+1)); sample (0, 1)
+    Euler:           x_prev = x + (x - x0)/s (s' - s)      = (s'/s) x + (1 - s'/s) x0
+    EulerAncestral:  s_up = sqrt(s'^2 (s^2 - s'^2) / s^2), s_down = sqrt(s'^2 - s_up^2)
+                     x_prev = (s_down/s) x + (1 - s_down/s) x0 + s_up z
+
+The step index lives on the device: -1 after ``set_timesteps``; the first step finds the
+timestep in the schedule with device ops (stock's rule: the second match when it occurs twice)
+or starts at ``begin_index``; every step advances it in place. ``step_index`` reads it (a host
+read, only when asked).
+"""
+import numbers
+
+import numpy as np
+import torch
+from diffusers import EulerAncestralDiscreteScheduler as _StockEA
+from diffusers import EulerDiscreteScheduler as _StockEuler
+from diffusers.schedulers.scheduling_euler_ancestral_discrete import \
+    EulerAncestralDiscreteSchedulerOutput
+from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
+
+from ..sampling.step import fused_step
+from ._diffusers_base import (AM0, AX, AZ, BM, C1, C2, SM0, SX, W1, W2, AcceleratedMixin,
+                              backend_for, check_model_output, gaussian_logprob, host_value,
+                              run_pass_a, step_seeds, tensor_host_known)
+
+SCALE = W1 + W2  # column: sqrt(s^2 + 1), the divisor of scale_model_input
+
+
+def sigma_to_t(sigmas, alphas_cumprod):
+    """Timesteps of ``sigmas`` by log-sigma interpolation in the training schedule (stock's
+    ``_sigma_to_t``)."""
+    log_sigmas = np.log(np.array(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5))
+    s = np.asarray(sigmas, dtype=np.float64)
+    log_sigma = np.log(np.maximum(s, 1e-10))
+    dists = log_sigma - log_sigmas[:, None]
+    low = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    lo, hi = log_sigmas[low], log_sigmas[low + 1]
+    w = np.clip((lo - log_sigma) / (lo - hi), 0, 1)
+    return ((1 - w) * low + w * (low + 1)).reshape(s.shape)
+
+
+class _SigmaMixin(AcceleratedMixin):
+    PREDICTIONS = ("epsilon", "v_prediction", "sample")
+
+    def _da_check_config(self):
+        if self.config.prediction_type not in self.PREDICTIONS:
+            raise ValueError(f"{type(self).__name__}: prediction_type={self.config.prediction_type!r} "
+                             f"is not supported (supported: {', '.join(self.PREDICTIONS)})")
+
+    def _da_make_table(self):
+        s = self.sigmas.to(torch.float64).cpu()
+        n = s.shape[0] - 1
+        sc, sn = s[:-1], s[1:]
+        pred = self.config.prediction_type
+        tab = torch.zeros(n, W1 + W2 + 1, dtype=torch.float64)
+        if pred == "epsilon":
+            tab[:, AX], tab[:, BM] = 1.0, -sc
+        elif pred == "v_prediction":
+            tab[:, AX], tab[:, BM] = 1 / (sc ** 2 + 1), -sc / (sc ** 2 + 1).sqrt()
+        else:
+            tab[:, BM] = 1.0
+        ratio, up = self._da_down_up(sc, sn)
+        tab[:, W1 + AX] = ratio
+        tab[:, W1 + AM0] = 1 - ratio
+        tab[:, W1 + AZ] = up
+        # log-density (docs/math.md 3.1 with f = 0, g^2 h = q = s^2 - s'^2): with the score
+        # s = (x0 - x)/s^2 the step is x' = x + A s + s_up z, A = s^2 (1 - ratio); Ito's formula
+        # gives logp += (A - q/2) |s|^2 + s_up (s . z) + (s_up^2 - q)/2 div s. The last term
+        # (second order in the step, except where the step is not small against s) needs the
+        # model's divergence and is left out.
+        q = sc ** 2 - sn ** 2
+        tab[:, W1 + SX], tab[:, W1 + SM0] = -1 / sc ** 2, 1 / sc ** 2
+        tab[:, W1 + C1], tab[:, W1 + C2] = sc ** 2 * (1 - ratio) - q / 2, up
+        tab[:, SCALE] = (sc ** 2 + 1).sqrt()
+        return tab
+
+    def _da_build(self, device):
+        """Tables on ``device`` and the step counter reset (after stock's set_timesteps)."""
+        self._da_tab = self._da_make_table().to(device=device, dtype=torch.float32)
+        self._da_ts = self.timesteps.to(device=device, dtype=torch.float32)
+        self._da_ts_host = frozenset(float(t) for t in self.timesteps.tolist())
+        self._da_i = torch.full((1,), -1, dtype=torch.int64, device=device)
+        self._da_on_build(device)
+
+    def _da_on_build(self, device):
+        pass
+
+    def _da_logprob(self, model_output, x, r, z, kernel_draw, prev_sample, seed, i):
+        """(prev_sample, pred_original_sample, log N(prev; mean, s_up^2 I) averaged over the
+        non-batch dims), plain PyTorch, differentiable in model_output."""
+        m = model_output.to(torch.float32)
+        c = lambda j: r[0, j]  # noqa: E731
+        x0 = c(AX) * x + c(BM) * m
+        mean = c(W1 + AX) * x + c(W1 + AM0) * x0
+        std = r[0, W1 + AZ:W1 + AZ + 1]
+        if prev_sample is None:
+            if z is None:
+                from ..random import noise as _noise  # the kernel's draws, made explicit
+                z = _noise(x.shape, seed=step_seeds(seed if seed is not None else self._da_seed,
+                                                    x.shape[0], x.device, i), device=x.device)
+            prev_sample = (mean + std * z.to(torch.float32)).to(model_output.dtype)
+        return prev_sample, x0, gaussian_logprob(prev_sample, mean, std)
+
+    def _da_state(self, device):
+        if getattr(self, "_da_tab", None) is None or self.num_inference_steps is None:
+            raise ValueError("timestep: call set_timesteps before step")
+        if self._da_tab.device != device:
+            self._da_tab = self._da_tab.to(device)
+            self._da_ts = self._da_ts.to(device)
+            self._da_i = self._da_i.to(device)
+            self._da_on_build_move(device)
+        return self._da_tab
+
+    def _da_on_build_move(self, device):
+        pass
+
+    def _da_index(self, timestep, device):
+        """(1,) device index of this step: the counter, or at the first step begin_index or the
+        timestep's place in the schedule (found on the device)."""
+        if isinstance(timestep, bool) or not isinstance(timestep, (numbers.Real, torch.Tensor)):
+            raise TypeError(f"timestep: expected a number or a tensor, got {type(timestep).__name__}")
+        if isinstance(timestep, torch.Tensor) and timestep.numel() != 1:
+            raise ValueError(f"timestep: expected one timestep, got shape {tuple(timestep.shape)}")
+        self._da_state(device)
+        if tensor_host_known(timestep) and float(host_value(timestep)) not in self._da_ts_host:
+            raise ValueError(f"timestep: {float(host_value(timestep))} is not one of the "
+                             f"scheduler's timesteps ({self.timesteps[:4].tolist()}...)")
+        ctr = self._da_i
+        if self._begin_index is not None:
+            first = torch.full_like(ctr, self._begin_index)
+        else:
+            t = torch.as_tensor(timestep).reshape(1).to(device=device, dtype=torch.float32)
+            m = self._da_ts == t
+            cum = m.to(torch.int64).cumsum(0)
+            want = (cum[-1:] > 1).to(torch.int64) + 1
+            first = ((cum == want) & m).to(torch.int64).argmax().reshape(1)
+        return torch.where(ctr >= 0, ctr, first)
+
+    @property
+    def step_index(self):
+        """The current step index (a host read of the device counter); None before the first step."""
+        i = getattr(self, "_da_i", None)
+        if i is None:
+            return None
+        v = int(i[0])
+        return None if v < 0 else v
+
+    def _da_run(self, model_output, timestep, sample, generator, seed, draw, return_logprob=False,
+                prev_sample=None):
+        if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)) and not isinstance(timestep, bool):
+            raise ValueError("timestep: passing integer indices (e.g. from `enumerate(timesteps)`) "
+                             "is not supported; pass one of `scheduler.timesteps`")
+        check_model_output(model_output, sample)
+        B, dev = sample.shape[0], sample.device
+        tab = self._da_state(dev)
+        i = self._da_index(timestep, dev)
+        x = sample.to(torch.float32).contiguous()
+        be = backend_for(x.dtype)
+        z, kernel_draw = self._da_noise(model_output, generator, None, seed, draw, model_output.dtype)
+        r = tab.index_select(0, i)
+        if prev_sample is not None:
+            if not return_logprob:
+                raise ValueError("prev_sample: only used with return_logprob=True (re-scoring)")
+            check_model_output(prev_sample, sample)
+        if return_logprob:
+            out = self._da_logprob(model_output, x, r, z, kernel_draw, prev_sample, seed, i)
+            self._da_i.copy_(i + 1)
+            return out
+        x0 = run_pass_a(x, model_output, r[:, :W1].expand(B, W1), be)
+        seeds = None
+        if kernel_draw:
+            seeds = step_seeds(seed if seed is not None else self._da_seed, B, dev, i)
+        logp = self._da_logp_buffer(B, dev, x)
+        prev = fused_step(x, [x0, model_output], r[:, W1:W1 + W2].expand(B, W2), z=z, seed=seeds,
+                          dist="normal" if kernel_draw else None, out=torch.empty_like(x),
+                          logp=logp, backend=be)
+        self._da_i.copy_(i + 1)
+        return prev.to(model_output.dtype), x0
+
+
+class _ScaleInputMixin:
+    def scale_model_input(self, sample, timestep):
+        """sample / sqrt(sigma^2 + 1) at this step (stock's; the index stays on the device)."""
+        tab = self._da_state(sample.device)
+        i = self._da_index(timestep, sample.device)
+        self.is_scale_input_called = True
+        return sample / tab.index_select(0, i)[0, SCALE]
+
+
+class EulerDiscreteScheduler(_ScaleInputMixin, _SigmaMixin, _StockEuler):
+    """``diffusers.EulerDiscreteScheduler`` with the fused step (s_churn = 0)."""
+
+    def _da_down_up(self, sc, sn):
+        return sn / sc, torch.zeros_like(sc)
+
+    def set_timesteps(self, num_inference_steps=None, device=None, timesteps=None, sigmas=None):
+        super().set_timesteps(num_inference_steps, device, timesteps, sigmas)
+        self._da_build(self.timesteps.device)
+
+    def step(self, model_output, timestep, sample, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
+             s_noise=1.0, generator=None, return_dict=True, *, seed=None):
+        """Stock's step (same arguments and outputs) as two fused passes; only s_churn = 0
+        (stock's default) is supported."""
+        if s_churn != 0:
+            raise ValueError(f"s_churn: the accelerated EulerDiscreteScheduler supports s_churn=0 "
+                             f"only (stock's default), got {s_churn!r}; use "
+                             "EulerAncestralDiscreteScheduler for a stochastic sampler")
+        prev, x0 = self._da_run(model_output, timestep, sample, generator, seed, False)
+        if not return_dict:
+            return (prev, x0)
+        return EulerDiscreteSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+
+
+class EulerAncestralDiscreteScheduler(_ScaleInputMixin, _SigmaMixin, _StockEA):
+    """``diffusers.EulerAncestralDiscreteScheduler`` with the fused step; ``set_timesteps`` also
+    takes custom ``timesteps`` or ``sigmas`` (with the final sigma, as EulerDiscreteScheduler;
+    e.g. ``diffaccel.vrg.to_sigmas``)."""
+
+    PREDICTIONS = ("epsilon", "v_prediction")
+
+    def _da_stochastic(self):
+        return True
+
+    def _da_down_up(self, sc, sn):
+        up = (sn ** 2 * (sc ** 2 - sn ** 2) / sc ** 2).sqrt()
+        down = (sn ** 2 - up ** 2).sqrt()
+        return down / sc, up
+
+    def set_timesteps(self, num_inference_steps=None, device=None, timesteps=None, sigmas=None):
+        """Stock's ``set_timesteps(num_inference_steps, device)``, plus custom ``sigmas``
+        (descending, ending with the final sigma, usually 0) or ``timesteps`` (descending; the
+        sigmas interpolated in the training schedule, a final 0 appended)."""
+        given = [n for n, v in (("num_inference_steps", num_inference_steps), ("timesteps", timesteps),
+                                ("sigmas", sigmas)) if v is not None]
+        if len(given) != 1:
+            raise ValueError(f"set_timesteps: pass exactly one of num_inference_steps, timesteps, "
+                             f"sigmas (got {', '.join(given) or 'none'})")
+        if num_inference_steps is not None:
+            super().set_timesteps(num_inference_steps, device)
+        else:
+            ac = self.alphas_cumprod.to(torch.float64).numpy()
+            if sigmas is not None:
+                s = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1).cpu()
+                if s.numel() < 2:
+                    raise ValueError("sigmas: expected at least two values (the last is the final sigma)")
+                ts = sigma_to_t(s[:-1].numpy(), ac)
+            else:
+                ts = torch.as_tensor(timesteps, dtype=torch.float64).reshape(-1).cpu().numpy()
+                if ts.size < 1:
+                    raise ValueError("timesteps: expected at least one timestep")
+                full = ((1 - ac) / ac) ** 0.5
+                s = torch.cat([torch.from_numpy(np.interp(ts, np.arange(len(full)), full)),
+                               torch.zeros(1, dtype=torch.float64)])
+            if not bool((s[:-1] > 0).all()) or not bool((s[1:] <= s[:-1]).all()) or not bool(torch.isfinite(s).all()):
+                raise ValueError(f"sigmas: expected finite, positive, non-increasing values, got {s.tolist()[:8]}")
+            self.num_inference_steps = s.numel() - 1
+            self.sigmas = s.to(torch.float32)
+            self.timesteps = torch.from_numpy(np.asarray(ts, dtype=np.float32)).to(device)
+            self._step_index = None
+            self._begin_index = None
+        self._da_build(self.timesteps.device)
+
+    def step(self, model_output, timestep, sample, generator=None, return_dict=True, *, seed=None,
+             return_logprob=False, prev_sample=None):
+        """Stock's step (same arguments and outputs) as two fused passes; ``seed``: int or (B,)
+        integer tensor, noise drawn in the kernel (batch-invariant with per-sample seeds).
+        ``return_logprob``: returns ``(prev_sample, pred_original_sample, log_prob)`` (B,), the
+        transition's log-density averaged over the non-batch dims; with ``prev_sample`` it
+        re-scores that sample (gradients flow to model_output)."""
+        res = self._da_run(model_output, timestep, sample, generator, seed, True, return_logprob,
+                           prev_sample)
+        if return_logprob:
+            return res
+        prev, x0 = res
+        if not return_dict:
+            return (prev, x0)
+        return EulerAncestralDiscreteSchedulerOutput(prev_sample=prev, pred_original_sample=x0)

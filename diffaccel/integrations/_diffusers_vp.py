@@ -1,0 +1,353 @@
+"""Accelerated ``DDPMScheduler`` and ``DDIMScheduler`` (variance-preserving, timestep-indexed).
+
+Both stock steps are linear in the sample x, the model output M, the predicted x0 (clamped when
+``clip_sample``) and the noise z, with coefficients that depend only on the timestep t. The
+tables here hold, for every training timestep t (rows indexed by t itself, so no lookup of t in
+the schedule is needed on the device), with abar = alphas_cumprod, a = abar_t, b = 1 - a and
+a' = abar of the step's previous timestep:
+
+    x0 = bx x + bm M:  epsilon (1/sqrt(a), -sqrt(b)/sqrt(a)); sample (0, 1); v (sqrt(a), -sqrt(b))
+    DDPM:  x_prev = sqrt(a') (1 - a/a') / b x0 + sqrt(a/a') (1 - a') / b x + std z
+           std^2 = (1 - a')/b (1 - a/a') ("fixed_small", clamped at 1e-20) or 1 - a/a'
+           ("fixed_large"); std = 0 at t = 0
+    DDIM:  x_prev = sqrt(a') x0 + sqrt(1 - a' - std^2) eps + std z,  std = eta sqrt(var),
+           var = (1 - a')/b (1 - a/a'),  eps = ex x + e0 x0 + em M
+           (epsilon: M; v: sqrt(a) M + sqrt(b) x; sample: (x - sqrt(a) M) / sqrt(b); with
+           use_clipped_model_output: (x - sqrt(a) x0) / sqrt(b), x0 after the clamp)
+
+The previous timestep is stock's: DDPM the next entry of ``timesteps``; DDIM
+``t - num_train_timesteps // num_inference_steps`` (a quirk stock has with "linspace" spacing,
+kept), or the next entry for custom ``timesteps``.
+"""
+import math
+import numbers
+
+import torch
+from diffusers import DDIMScheduler as _StockDDIM
+from diffusers import DDPMScheduler as _StockDDPM
+from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
+
+from ..sampling.step import fused_step
+from ._diffusers_base import (AM0, AM1, AX, AZ, BM, C0, C1, C2, C3, SM0, SX, W1, W2,
+                              AcceleratedMixin, backend_for, check_model_output, gaussian_logprob,
+                              host_value, run_pass_a, step_seeds, tensor_host_known,
+                              with_logp_dim)
+
+PREDICTIONS = ("epsilon", "sample", "v_prediction")
+
+
+def _x0_coefs(pred, a, b):
+    """(bx, bm): x0 = bx x + bm M for prediction type ``pred`` (float64 (T,) tensors a, b)."""
+    if pred == "epsilon":
+        return 1 / a.sqrt(), -b.sqrt() / a.sqrt()
+    if pred == "sample":
+        return torch.zeros_like(a), torch.ones_like(a)
+    return a.sqrt(), -b.sqrt()
+
+
+def _eps_coefs(pred, a, b, clipped):
+    """(ex, e0, em): eps = ex x + e0 x0 + em M."""
+    z = torch.zeros_like(a)
+    if clipped:  # from the (clamped) x0
+        return 1 / b.sqrt(), -a.sqrt() / b.sqrt(), z
+    if pred == "sample":  # stock takes eps from the x0 before clamping, i.e. from M
+        return 1 / b.sqrt(), z, -a.sqrt() / b.sqrt()
+    if pred == "epsilon":
+        return z, z, torch.ones_like(a)
+    return b.sqrt(), z, a.sqrt()
+
+
+class _VPMixin(AcceleratedMixin):
+    """Timestep-indexed tables and the two-pass step shared by DDPM and DDIM."""
+
+    def _da_check_config(self):
+        cfg = self.config
+        name = type(self).__name__
+        if cfg.thresholding:
+            raise ValueError(f"{name}: thresholding=True is not supported by the accelerated step "
+                             "(supported: clip_sample True/False, prediction_type "
+                             f"{', '.join(PREDICTIONS)})")
+        if cfg.prediction_type not in PREDICTIONS:
+            raise ValueError(f"{name}: prediction_type={cfg.prediction_type!r} is not supported "
+                             f"(supported: {', '.join(PREDICTIONS)})")
+
+    def _da_prev_of(self, ts, custom):
+        """(T,) int64: previous timestep of every timestep t in the schedule (-1: the end)."""
+        T = self.config.num_train_timesteps
+        prev = torch.full((T,), -1, dtype=torch.int64)
+        for i in range(len(ts) - 1, -1, -1):  # the first occurrence wins, as stock's lookup
+            prev[ts[i]] = ts[i + 1] if i + 1 < len(ts) else -1
+        return prev
+
+    def _da_build(self, device, custom):
+        ts = [int(t) for t in self.timesteps.tolist()]
+        T = self.config.num_train_timesteps
+        bad = [t for t in ts if not 0 <= t < T]
+        if bad:
+            raise ValueError(f"timesteps: expected integers in [0, {T}), got {bad[:5]}")
+        self._da_valid = frozenset(ts)
+        ac = self.alphas_cumprod.to(torch.float64)
+        prev = self._da_prev_of(ts, custom)
+        a = ac
+        a_prev = torch.where(prev >= 0, ac[prev.clamp(min=0)],
+                             torch.as_tensor(self._da_final_abar(), dtype=torch.float64))
+        tab = self._da_table(a, 1 - a, a_prev)
+        self._da_tab = tab.to(device=device, dtype=torch.float32)
+        self._da_tab_cpu = tab
+
+    def _da_device_tab(self, device):
+        if self._da_tab.device != device:
+            self._da_tab = self._da_tab.to(device)
+        return self._da_tab
+
+    def _da_index(self, timestep, device):
+        """(1,) int64 row index on ``device`` (the timestep itself); named error when a timestep
+        readable on the host is not one of the schedule's."""
+        if self.num_inference_steps is None or getattr(self, "_da_tab", None) is None:
+            raise ValueError("timestep: call set_timesteps before step")
+        if isinstance(timestep, bool) or not isinstance(timestep, (numbers.Real, torch.Tensor)):
+            raise TypeError(f"timestep: expected an int or a tensor, got {type(timestep).__name__}")
+        if isinstance(timestep, torch.Tensor) and timestep.numel() != 1:
+            raise ValueError(f"timestep: expected one timestep, got shape {tuple(timestep.shape)}")
+        if tensor_host_known(timestep):
+            t = host_value(timestep)
+            if t != int(t) or int(t) not in self._da_valid:
+                raise ValueError(f"timestep: {t} is not one of the scheduler's timesteps "
+                                 f"({sorted(self._da_valid, reverse=True)[:8]}...)")
+        if isinstance(timestep, torch.Tensor):
+            return timestep.reshape(1).to(device=device, dtype=torch.int64)
+        return torch.tensor([int(timestep)], dtype=torch.int64, device=device)
+
+    def _da_run(self, model_output, timestep, sample, cB_fn, draw, generator, variance_noise, seed,
+                clip, return_logprob=False, prev_sample=None):
+        """Both passes: returns (prev_sample, pred_original_sample) in stock's dtype, plus the
+        transition log-probability with ``return_logprob``."""
+        check_model_output(model_output, sample)
+        if prev_sample is not None:
+            if not return_logprob:
+                raise ValueError("prev_sample: only used with return_logprob=True (re-scoring)")
+            check_model_output(prev_sample, sample)
+        B = sample.shape[0]
+        dev = sample.device
+        idx = self._da_index(timestep, dev)
+        tab = self._da_device_tab(dev)
+        cd = torch.promote_types(sample.dtype, model_output.dtype)
+        x = sample.to(cd).contiguous()
+        be = backend_for(cd)
+        z, kernel_draw = self._da_noise(model_output, generator, variance_noise, seed, draw,
+                                        model_output.dtype)
+        r = tab.index_select(0, idx)
+        x0 = run_pass_a(x, model_output, r[:, :W1].expand(B, W1), be)
+        if clip:
+            r_ = self.config.clip_sample_range
+            x0.clamp_(-r_, r_)
+        cB = cB_fn(r)
+        if return_logprob:
+            return self._da_logprob(model_output, sample, r, cB, clip, z, kernel_draw, prev_sample,
+                                    timestep, seed, generator)
+        seeds = None
+        if kernel_draw:
+            seeds = step_seeds(seed if seed is not None else self._da_seed, B, dev, idx)
+        logp = self._da_logp_buffer(B, dev, x)
+        if logp is not None:
+            cB = with_logp_dim(cB, x[0].numel())
+        prev = fused_step(x, [x0, model_output], cB.expand(B, W2), z=z, seed=seeds,
+                          dist="normal" if kernel_draw else None, out=torch.empty_like(x),
+                          logp=logp, backend=be)
+        return prev, x0
+
+    def _da_logprob(self, model_output, sample, r, cB, clip, z, kernel_draw, prev_sample,
+                    timestep, seed, generator):
+        """(prev_sample, pred_original_sample, log N(prev; mean, std^2 I) averaged over the
+        non-batch dims) in plain PyTorch, differentiable in model_output (DDPO / re-scoring)."""
+        std = cB[:, AZ]
+        if tensor_host_known(timestep) and float(std[0]) == 0:
+            raise ValueError(f"return_logprob: the step at timestep {host_value(timestep)} adds no "
+                             "noise (std = 0), so it has no transition density")
+        ct = torch.promote_types(torch.promote_types(sample.dtype, model_output.dtype), torch.float32)
+        x, m = sample.to(ct), model_output.to(ct)
+        c = lambda j, row=r: row[0, j].to(ct)  # noqa: E731
+        x0 = c(AX) * x + c(BM) * m
+        if clip:
+            x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
+        mean = cB[0, AX].to(ct) * x + cB[0, AM0].to(ct) * x0 + cB[0, AM1].to(ct) * m
+        if prev_sample is None:
+            if z is None:
+                if not kernel_draw:
+                    raise ValueError("return_logprob: this step draws no noise")
+                from ..random import noise as _noise  # the kernel's draws, made explicit
+                seeds = step_seeds(seed if seed is not None else self._da_seed, sample.shape[0],
+                                   sample.device, self._da_index(timestep, sample.device))
+                z = _noise(sample.shape, seed=seeds, device=sample.device)
+            prev_sample = (mean + std[0].to(ct) * z.to(ct)).to(torch.promote_types(sample.dtype, model_output.dtype))
+        return prev_sample, x0.to(prev_sample.dtype), gaussian_logprob(prev_sample, mean, std[:1])
+
+
+class DDPMScheduler(_VPMixin, _StockDDPM):
+    """``diffusers.DDPMScheduler`` with the fused step (same config, signatures and outputs)."""
+
+    _VARIANCES = ("fixed_small", "fixed_small_log", "fixed_large")
+
+    def _da_check_config(self):
+        super()._da_check_config()
+        if self.config.variance_type not in self._VARIANCES:
+            raise ValueError(f"DDPMScheduler: variance_type={self.config.variance_type!r} is not "
+                             f"supported (supported: {', '.join(self._VARIANCES)})")
+
+    def _da_final_abar(self):
+        return 1.0
+
+    def _da_stochastic(self):
+        return True
+
+    def set_timesteps(self, num_inference_steps=None, device=None, timesteps=None):
+        super().set_timesteps(num_inference_steps, device, timesteps)
+        self._da_build(self.timesteps.device, timesteps is not None)
+
+    def _da_table(self, a, b, a_prev):
+        T = a.shape[0]
+        t = torch.arange(T)
+        bx, bm = _x0_coefs(self.config.prediction_type, a, b)
+        alpha_t = a / a_prev
+        beta_t = 1 - alpha_t
+        if self.config.variance_type == "fixed_large":
+            var = beta_t
+        else:
+            var = ((1 - a_prev) / b * beta_t).clamp(min=1e-20)
+        std = torch.where(t > 0, var.sqrt(), torch.zeros_like(var))
+        tab = torch.zeros(T, W1 + W2, dtype=torch.float64)
+        tab[:, AX], tab[:, BM] = bx, bm
+        o = W1
+        tab[:, o + AX] = alpha_t.sqrt() * (1 - a_prev) / b
+        tab[:, o + AM0] = a_prev.sqrt() * beta_t / b
+        tab[:, o + AZ] = std
+        # log-density (docs/math.md 3.1, reverse SDE in the step's own terms): with the score
+        # s = (sqrt(a) x0 - x)/b the step is x' = ax_eff x + (...) s + std z, so
+        # logp += -D log(ax_eff) + std^2/2 |s|^2 + std (s . z)
+        tab[:, o + SX], tab[:, o + SM0] = -1 / b, a.sqrt() / b
+        ax_eff = tab[:, o + AX] + tab[:, o + AM0] / a.sqrt()
+        tab[:, o + C0] = -ax_eff.log()
+        tab[:, o + C1], tab[:, o + C2] = std ** 2 / 2, std
+        return tab
+
+    def step(self, model_output, timestep, sample, generator=None, return_dict=True, *,
+             seed=None, return_logprob=False, prev_sample=None):
+        """Stock's step (same arguments and outputs) as two fused passes; ``seed``: int or (B,)
+        integer tensor, noise drawn in the kernel (batch-invariant with per-sample seeds)."""
+        draw = (host_value(timestep) > 0) if tensor_host_known(timestep) else None
+        res = self._da_run(model_output, timestep, sample, lambda r: r[:, W1:], draw,
+                           generator, None, seed, self.config.clip_sample, return_logprob, prev_sample)
+        if return_logprob:
+            return res
+        prev, x0 = res
+        if not return_dict:
+            return (prev, x0)
+        return DDPMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+
+
+class DDIMScheduler(_VPMixin, _StockDDIM):
+    """``diffusers.DDIMScheduler`` with the fused step; ``set_timesteps`` also takes custom
+    ``timesteps`` (descending integers, e.g. from ``diffaccel.vrg.to_timesteps``)."""
+
+    _da_custom = False
+
+    def _da_final_abar(self):
+        return float(self.final_alpha_cumprod)
+
+    def _da_stochastic(self):
+        return True  # with eta > 0 (checked per step)
+
+    def set_timesteps(self, num_inference_steps=None, device=None, timesteps=None):
+        """Stock's ``set_timesteps(num_inference_steps, device)``, plus custom ``timesteps``
+        (descending integers in [0, num_train_timesteps)); the step after the last one goes to
+        ``final_alpha_cumprod`` as stock's last step does."""
+        if timesteps is not None:
+            if num_inference_steps is not None:
+                raise ValueError("timesteps: pass either num_inference_steps or timesteps, not both")
+            ts = torch.as_tensor(timesteps).reshape(-1)
+            if ts.is_floating_point() and not bool((ts == ts.round()).all()):
+                raise ValueError("timesteps: expected integers")
+            ts = ts.to(torch.int64)
+            if ts.numel() == 0 or (ts.numel() > 1 and not bool((ts[1:] < ts[:-1]).all())):
+                raise ValueError(f"timesteps: expected a non-empty, strictly descending sequence, got {ts.tolist()}")
+            self.num_inference_steps = ts.numel()
+            self.timesteps = ts.to(device)
+            self._da_custom = True
+        else:
+            if num_inference_steps is None:
+                raise ValueError("num_inference_steps: required when timesteps is not given")
+            super().set_timesteps(num_inference_steps, device)
+            self._da_custom = False
+        self._da_build(self.timesteps.device, self._da_custom)
+
+    def _da_prev_of(self, ts, custom):
+        if custom:
+            return super()._da_prev_of(ts, custom)
+        T = self.config.num_train_timesteps
+        return torch.arange(T, dtype=torch.int64) - T // self.num_inference_steps
+
+    def _da_table(self, a, b, a_prev):
+        """Rows: pass A | P | Q | Qc | sqrt(1 - a') | sqrt(var), with pass B = P + dir Q (Qc with
+        use_clipped_model_output) + std e_z: the eta-dependent parts combine per step."""
+        T = a.shape[0]
+        pred = self.config.prediction_type
+        bx, bm = _x0_coefs(pred, a, b)
+        var = (1 - a_prev) / b * (1 - a / a_prev)
+        tab = torch.zeros(T, W1 + 3 * W2 + 2, dtype=torch.float64)
+        tab[:, AX], tab[:, BM] = bx, bm
+        o = W1
+        tab[:, o + AM0] = a_prev.sqrt()
+        # log-density at eta = 1 (see DDPMScheduler): ax_eff = sqrt(a'/a); std set per step
+        tab[:, o + SX], tab[:, o + SM0] = -1 / b, a.sqrt() / b
+        tab[:, o + C0] = -0.5 * (a_prev / a).log()
+        for k, clipped in ((1, False), (2, True)):
+            ex, e0, em = _eps_coefs(pred, a, b, clipped)
+            q = o + k * W2
+            tab[:, q + AX], tab[:, q + AM0], tab[:, q + AM1] = ex, e0, em
+        tab[:, W1 + 3 * W2] = (1 - a_prev).sqrt()
+        tab[:, W1 + 3 * W2 + 1] = var.sqrt()
+        return tab
+
+    def step(self, model_output, timestep, sample, eta=0.0, use_clipped_model_output=False,
+             generator=None, variance_noise=None, return_dict=True, *, seed=None,
+             return_logprob=False, prev_sample=None):
+        """Stock's step (same arguments and outputs) as two fused passes; ``seed``: int or (B,)
+        integer tensor, noise drawn in the kernel (batch-invariant with per-sample seeds)."""
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' "
+                             "after creating the scheduler")
+        if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not math.isfinite(eta) or eta < 0:
+            raise ValueError(f"eta: expected a finite number >= 0, got {eta!r}")
+        eta = float(eta)
+        if eta > 0 and variance_noise is not None and generator is not None:
+            raise ValueError("Cannot pass both generator and variance_noise. Please make sure that "
+                             "either `generator` or `variance_noise` stays `None`.")
+        if self._da_track_logp and eta != 1:
+            raise ValueError(f"track_logp: DDIM tracks the log-density at eta = 1 only (got eta={eta}): "
+                             "for eta < 1 the update needs the model's divergence, which a step "
+                             "does not have")
+        if return_logprob and eta == 0:
+            raise ValueError("return_logprob: DDIM with eta = 0 is deterministic (no transition density)")
+        q = W1 + (2 if use_clipped_model_output else 1) * W2
+        e = W1 + 3 * W2
+
+        def coef_b(r):
+            P, Q = r[:, W1:W1 + W2], r[:, q:q + W2]
+            if eta == 0:
+                return P + r[:, e:e + 1] * Q
+            std = eta * r[:, e + 1:e + 2]
+            d = (r[:, e:e + 1] ** 2 - std * std).sqrt()
+            c = P + d * Q
+            return torch.cat([c[:, :AZ], std, c[:, AZ + 1:C1], std * std / 2, std, c[:, C3:]], 1)
+
+        res = self._da_run(model_output, timestep, sample, coef_b, eta > 0,
+                           generator, variance_noise if eta > 0 else None,
+                           seed if eta > 0 else None, self.config.clip_sample, return_logprob,
+                           prev_sample)
+        if return_logprob:
+            return res
+        prev, x0 = res
+        if not return_dict:
+            return (prev, x0)
+        return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
