@@ -670,3 +670,47 @@ def test_training_targets_flow_match(rng):
     torch.testing.assert_close(target, eps - x0, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="timesteps: expected values in"):
         dd.training_targets(stock, x0, torch.tensor([0.0, 1.0, 2.0, 1001.0]), seed=1)
+
+
+@pytest.mark.parametrize("name,kw", [("ddim", dict(eta=1.0)), ("euler-a", {}), ("dpm-sde-heun", {}), ("flow", {})])
+def test_noncontiguous_empty_and_nonfinite(name, kw, rng):
+    """Non-contiguous inputs give stock's values; an empty batch works; a NaN in one sample
+    stays in that sample."""
+    cls, cfg = STOCK[name]
+    st, acc = cls(**cfg), dd.accelerate(cls(**cfg))
+    st.set_timesteps(4)
+    acc.set_timesteps(4)
+    x = torch.randn(3, 4, 5, 6, generator=rng).transpose(2, 3)
+    m = torch.randn(3, 4, 5, 6, generator=rng).transpose(2, 3)
+    t = st.timesteps[0]
+    a = acc.step(m, t, x, generator=torch.Generator().manual_seed(1), **kw).prev_sample
+    b = st.step(m, t, x, generator=torch.Generator().manual_seed(1), **kw).prev_sample
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+    e = torch.zeros(0, 4, 6, 5)
+    acc = dd.accelerate(cls(**cfg), seed=1)
+    acc.set_timesteps(4)
+    assert acc.step(e, acc.timesteps[0], e, **kw).prev_sample.shape == e.shape
+    acc = dd.accelerate(cls(**cfg), seed=torch.arange(3))
+    acc.set_timesteps(4)
+    xn = x.clone()
+    xn[0, 0, 0, 0] = float("nan")
+    out = acc.step(m, acc.timesteps[0], xn, **kw).prev_sample
+    assert not bool(torch.isnan(out[1:]).any()) and int(torch.isnan(out[0]).sum()) == 1
+
+
+def test_return_logprob_without_density():
+    ddim = dd.accelerate(diffusers.DDIMScheduler())
+    ddim.set_timesteps(3)
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="return_logprob: DDIM with eta = 0"):
+        ddim.step(x, ddim.timesteps[0], x, return_logprob=True)
+    ddpm = dd.accelerate(diffusers.DDPMScheduler())
+    ddpm.set_timesteps(3)
+    with pytest.raises(ValueError, match="return_logprob: the step at timestep 0 adds no noise"):
+        ddpm.step(x, ddpm.timesteps[-1], x, return_logprob=True)
+    with pytest.raises(ValueError, match="prev_sample: only used with return_logprob"):
+        ddpm.step(x, ddpm.timesteps[0], x, prev_sample=x)
+    with pytest.raises(TypeError):  # the deterministic Euler step has no density: no such argument
+        e = dd.accelerate(diffusers.EulerDiscreteScheduler())
+        e.set_timesteps(3)
+        e.step(x, e.timesteps[0], x, return_logprob=True)
