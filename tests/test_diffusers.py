@@ -266,9 +266,16 @@ def test_accelerate_config_and_errors(tmp_path):
     with pytest.raises(ValueError, match="track_logp.*deterministic"):
         dd.accelerate(diffusers.EulerDiscreteScheduler(), track_logp=True)
     # a schedule already set carries over
-    st = diffusers.DDIMScheduler()
-    st.set_timesteps(6)
-    assert torch.equal(dd.accelerate(st).timesteps, st.timesteps)
+    for st in (diffusers.DDIMScheduler(), diffusers.EulerAncestralDiscreteScheduler(),
+               diffusers.DPMSolverMultistepScheduler(use_karras_sigmas=True),
+               diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)):
+        st.set_timesteps(6, **({"mu": 0.7} if isinstance(st, diffusers.FlowMatchEulerDiscreteScheduler) else {}))
+        acc = dd.accelerate(st)
+        assert torch.equal(acc.timesteps, st.timesteps)
+        if hasattr(st, "sigmas"):
+            assert torch.equal(acc.sigmas, st.sigmas)
+        x = torch.randn(1, 2, 3, 3)
+        assert acc.step(x, acc.timesteps[0], x).prev_sample.shape == x.shape
 
 
 @pytest.mark.parametrize("name", ["ddpm", "ddim", "euler", "euler-a"])
