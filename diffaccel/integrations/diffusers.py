@@ -12,8 +12,13 @@ optional stroke-size noising).
 import warnings
 from dataclasses import dataclass
 
-import diffusers as diffusers_stock
 import torch
+
+try:
+    import diffusers as diffusers_stock
+except ImportError as e:  # pragma: no cover (the test environment has it)
+    raise ImportError("diffaccel.integrations.diffusers needs diffusers: "
+                      "pip install 'diffaccel[diffusers]'") from e
 
 from .. import _validate
 from ..stroke import stroke_noise, stroke_weights
