@@ -721,3 +721,36 @@ def test_return_logprob_without_density():
         e = dd.accelerate(diffusers.EulerDiscreteScheduler())
         e.set_timesteps(3)
         e.step(x, e.timesteps[0], x, return_logprob=True)
+
+
+def test_vrg_trajectory_end_to_end(rng):
+    """A VRG-optimized trajectory goes straight into set_timesteps: DDIM with
+    vrg.to_timesteps (each step goes to the next timestep of the trajectory, checked against the
+    float64 DDIM formula), EulerAncestral with vrg.to_sigmas."""
+    import diffaccel.vrg as vrg
+
+    ddim = dd.accelerate(diffusers.DDIMScheduler(clip_sample=False))
+    ac = ddim.alphas_cumprod.double()
+    t_all = torch.arange(1000)
+    table = vrg.MSETable(ac, 0.05 + 0.5 * (1 - ac) * ac, t_all)  # a smooth synthetic error curve
+    init = ac[torch.linspace(0, 999, 8).round().long()]
+    res = vrg.optimize_trajectory(init, table, solver="ddim", lp=0.01, candidates=2, steps=30)
+    ts = vrg.to_timesteps(res.abar, ddim)
+    ddim.set_timesteps(timesteps=ts)
+    assert torch.equal(ddim.timesteps, ts) and ddim.num_inference_steps == len(ts)
+    x = torch.randn(2, 3, 4, 4, generator=rng)
+    for k, t in enumerate(ddim.timesteps):
+        eps = torch.tanh(x)
+        a = ac[int(t)]
+        ap = ac[int(ts[k + 1])] if k + 1 < len(ts) else ddim.final_alpha_cumprod.double()
+        x0 = (x.double() - (1 - a).sqrt() * eps.double()) / a.sqrt()
+        want = ap.sqrt() * x0 + (1 - ap).sqrt() * eps.double()
+        x = ddim.step(eps, t, x).prev_sample
+        torch.testing.assert_close(x.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    ea = dd.accelerate(diffusers.EulerAncestralDiscreteScheduler(), seed=3)
+    ea.set_timesteps(sigmas=vrg.to_sigmas(res.abar))
+    assert ea.num_inference_steps == len(ts) and float(ea.sigmas[-1]) == 0.0
+    x = torch.randn(2, 3, 4, 4, generator=rng) * float(ea.init_noise_sigma)
+    for t in ea.timesteps:
+        x = ea.step(torch.tanh(ea.scale_model_input(x, t)), t, x).prev_sample
+    assert bool(torch.isfinite(x).all())
