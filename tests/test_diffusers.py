@@ -278,7 +278,7 @@ def test_accelerate_config_and_errors(tmp_path):
         assert acc.step(x, acc.timesteps[0], x).prev_sample.shape == x.shape
 
 
-@pytest.mark.parametrize("name", ["ddpm", "ddim", "euler", "euler-a"])
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "euler", "euler-a", "dpm-sde-heun", "flow-stochastic"])
 def test_bad_input_named_and_state_unchanged(name, rng):
     cls, cfg = STOCK[name]
     acc = dd.accelerate(cls(**cfg))
@@ -286,6 +286,7 @@ def test_bad_input_named_and_state_unchanged(name, rng):
     x = torch.randn(2, 3, 4, 4, generator=rng)
     t = acc.timesteps[0]
     ctr = None if not hasattr(acc, "_da_i") else acc._da_i.clone()
+    hist = list(getattr(acc, "model_outputs", []))
     kw = dict(eta=1.0) if name == "ddim" else {}
     with pytest.raises(ValueError, match="model_output: expected shape"):
         acc.step(x[:, :2], t, x, **kw)
@@ -294,12 +295,13 @@ def test_bad_input_named_and_state_unchanged(name, rng):
     with pytest.raises(TypeError, match="model_output: expected a float"):
         acc.step(x.to(torch.int32), t, x, **kw)
     with pytest.raises(ValueError, match="timestep: .* is not one of the scheduler's timesteps"):
-        acc.step(x, t + 0.5 if name.startswith("euler") else int(t) + 1, x, **kw)
+        acc.step(x, t + 0.5 if name.startswith(("euler", "flow")) else int(t) + 1, x, **kw)
     if name != "euler":
         with pytest.raises(ValueError, match="seed: expected shape"):
             acc.step(x, t, x, seed=torch.tensor([1, 2, 3]), **kw)
     if ctr is not None:
         assert torch.equal(acc._da_i, ctr), "a failed step moved the step counter"
+    assert all(a is b for a, b in zip(hist, getattr(acc, "model_outputs", []))), "history moved"
     out = acc.step(x, t, x, **kw).prev_sample  # and the scheduler still works
     assert out.shape == x.shape and bool(torch.isfinite(out).all())
 
