@@ -125,7 +125,10 @@ def test_step_matches_stock(name, dtype, noise, rng):
     B, S = 3, (2, 5, 3)
     x = (torch.randn(B, *S, generator=rng) * float(getattr(stock, "init_noise_sigma", 1.0))).to(dtype)
     eps_ = 2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -24
-    for kw in STEP_KW.get(name.split("-")[0], [{}]):
+    kws = STEP_KW.get(name.split("-")[0], [{}])
+    if cls is diffusers.EulerDiscreteScheduler:  # stock's churn: noise before the step
+        kws = [{}, dict(s_churn=1.0, s_tmin=0.5, s_tmax=10.0, s_noise=0.9)]
+    for kw in kws:
         stock.set_timesteps(n)
         acc.set_timesteps(n)
         xs = x
@@ -296,7 +299,7 @@ def test_bad_input_named_and_state_unchanged(name, rng):
         acc.step(x.to(torch.int32), t, x, **kw)
     with pytest.raises(ValueError, match="timestep: .* is not one of the scheduler's timesteps"):
         acc.step(x, t + 0.5 if name.startswith(("euler", "flow")) else int(t) + 1, x, **kw)
-    if name != "euler":
+    if name != "euler":  # (the deterministic Euler step draws nothing to seed)
         with pytest.raises(ValueError, match="seed: expected shape"):
             acc.step(x, t, x, seed=torch.tensor([1, 2, 3]), **kw)
     if ctr is not None:
