@@ -189,6 +189,8 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
                                             torch.float32)
             if z is not None:
                 z = z.to(device=dev, dtype=torch.float32)
+        # (seeds checked before any state moves: a bad seed leaves the scheduler as it was)
+        seeds = step_seeds(seed if seed is not None else self._da_seed, B, dev, i) if kernel_draw else None
         order = self._da_order(i)
         r = tab.index_select(0, i)
         x0 = run_pass_a(sample.to(cd).contiguous(), model_output, r[:, :W1].expand(B, W1), be)
@@ -198,7 +200,6 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
         hist = [m if m is not None else x0 for m in reversed(self.model_outputs)]  # m0, m1, m2
         cols = W1 + (order - 1) * W + torch.arange(W, device=dev)
         cB = r.index_select(1, cols).expand(B, W)
-        seeds = step_seeds(seed if seed is not None else self._da_seed, B, dev, i) if kernel_draw else None
         x = sample.to(torch.float32).contiguous()
         prev = fused_step(x, hist, cB, z=z, seed=seeds, dist="normal" if kernel_draw else None,
                           out=torch.empty_like(x), backend=backend_for(x.dtype))

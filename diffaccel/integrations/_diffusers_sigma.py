@@ -194,7 +194,7 @@ class _ScaleInputMixin:
 
 
 class EulerDiscreteScheduler(_ScaleInputMixin, _SigmaMixin, _StockEuler):
-    """``diffusers.EulerDiscreteScheduler`` with the fused step (s_churn = 0)."""
+    """``diffusers.EulerDiscreteScheduler`` with the fused step."""
 
     def _da_down_up(self, sc, sn):
         return sn / sc, torch.zeros_like(sc)
@@ -205,16 +205,72 @@ class EulerDiscreteScheduler(_ScaleInputMixin, _SigmaMixin, _StockEuler):
 
     def step(self, model_output, timestep, sample, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
              s_noise=1.0, generator=None, return_dict=True, *, seed=None):
-        """Stock's step (same arguments and outputs) as two fused passes; only s_churn = 0
-        (stock's default) is supported."""
+        """Stock's step (same arguments and outputs) as two fused passes. With s_churn > 0
+        (stock's "churn": noise added before the step where s_tmin <= sigma <= s_tmax), the
+        step index and sigma are read on the host, as stock reads them (a device sync on a GPU),
+        and the coefficients are per-call numbers (each call compiles on its own)."""
         if s_churn != 0:
-            raise ValueError(f"s_churn: the accelerated EulerDiscreteScheduler supports s_churn=0 "
-                             f"only (stock's default), got {s_churn!r}; use "
-                             "EulerAncestralDiscreteScheduler for a stochastic sampler")
+            return self._da_churn_step(model_output, timestep, sample, s_churn, s_tmin, s_tmax,
+                                       s_noise, generator, return_dict, seed)
         prev, x0 = self._da_run(model_output, timestep, sample, generator, seed, False)
         if not return_dict:
             return (prev, x0)
         return EulerDiscreteSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+
+
+def _churn_step(self, model_output, timestep, sample, s_churn, s_tmin, s_tmax, s_noise, generator,
+                return_dict, seed):
+    """EulerDiscreteScheduler's step with churn: x' = x + c z (c = s_noise sqrt(sh^2 - s^2),
+    sh = s (1 + gamma)), x0 from x' and M, x_prev = x' + (x' - x0)/sh (s_next - sh)."""
+    import math
+
+    from ..sampling.step import make_coef
+
+    for name, v in (("s_churn", s_churn), ("s_tmin", s_tmin), ("s_tmax", s_tmax), ("s_noise", s_noise)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v):
+            raise ValueError(f"{name}: expected a number, got {v!r}")
+    if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)) and not isinstance(timestep, bool):
+        raise ValueError("timestep: passing integer indices (e.g. from `enumerate(timesteps)`) "
+                         "is not supported; pass one of `scheduler.timesteps`")
+    check_model_output(model_output, sample)
+    B, dev = sample.shape[0], sample.device
+    self._da_state(dev)
+    i = self._da_index(timestep, dev)
+    ih = int(i[0])  # host read (stock keeps its index on the host)
+    sig, nxt = float(self.sigmas[ih]), float(self.sigmas[ih + 1])
+    gamma = min(s_churn / (len(self.sigmas) - 1), 2 ** 0.5 - 1) if s_tmin <= sig <= s_tmax else 0.0
+    sh = sig * (gamma + 1)
+    x = sample.to(torch.float32).contiguous()
+    z = None
+    if gamma > 0:
+        z, kernel_draw = self._da_noise(model_output, generator, None, seed, True, model_output.dtype)
+        if kernel_draw:
+            from ..random import noise as _noise
+            z = _noise(x.shape, seed=step_seeds(seed if seed is not None else self._da_seed, B, dev, i),
+                       device=dev)
+        z = z.to(torch.float32)
+    c = s_noise * (sh ** 2 - sig ** 2) ** 0.5 if z is not None else 0.0
+    pred = self.config.prediction_type
+    if pred == "epsilon":
+        bx, bm = 1.0, -sh
+    elif pred == "v_prediction":
+        bx, bm = 1 / (sig ** 2 + 1), -sig / (sig ** 2 + 1) ** 0.5
+    else:
+        bx, bm = 0.0, 1.0
+    zz = z if z is not None else torch.zeros_like(x)
+    x0 = fused_step(x, [model_output, zz], make_coef(B, ax=bx, am=(bm, bx * c), device=dev),
+                    out=torch.empty_like(x), backend=backend_for(x.dtype))
+    k = (nxt - sh) / sh
+    prev = fused_step(x, [x0, zz], make_coef(B, ax=1 + k, am=(-k, (1 + k) * c), device=dev),
+                      out=torch.empty_like(x), backend=backend_for(x.dtype))
+    self._da_i.copy_(i + 1)
+    prev = prev.to(model_output.dtype)
+    if not return_dict:
+        return (prev, x0)
+    return EulerDiscreteSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+
+
+EulerDiscreteScheduler._da_churn_step = _churn_step
 
 
 class EulerAncestralDiscreteScheduler(_ScaleInputMixin, _SigmaMixin, _StockEA):

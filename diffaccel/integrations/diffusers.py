@@ -12,8 +12,13 @@ optional stroke-size noising).
 import warnings
 from dataclasses import dataclass
 
-import diffusers as diffusers_stock
 import torch
+
+try:
+    import diffusers as diffusers_stock
+except ImportError as e:  # pragma: no cover (the test environment has it)
+    raise ImportError("diffaccel.integrations.diffusers needs diffusers: "
+                      "pip install 'diffaccel[diffusers]'") from e
 
 from .. import _validate
 from ..stroke import stroke_noise, stroke_weights
@@ -71,10 +76,12 @@ def _copy_schedule(old, new):
         new.set_timesteps(old.num_inference_steps, device=dev)
         if not torch.equal(new.timesteps.cpu(), old.timesteps.cpu()):
             new.set_timesteps(timesteps=old.timesteps.cpu().tolist(), device=dev)
-    else:
-        new.set_timesteps(old.num_inference_steps, device=dev)
+    else:  # the sigma schedulers: stock's arrays as they are (mu, custom sigmas, ... included)
+        new.num_inference_steps = old.num_inference_steps
         new.sigmas = old.sigmas.clone()
         new.timesteps = old.timesteps.clone()
+        if hasattr(new, "model_outputs"):
+            new.model_outputs = [None] * new.config.solver_order
         new._da_build(dev)
     begin = getattr(old, "_begin_index", None)
     if begin is not None:
