@@ -19,6 +19,9 @@ $(STAMP): $(SOURCES)
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel ninja
 	$(PIP) install -q "torch>=2.4" triton numpy tqdm pytest pytest-benchmark
+	# the real k_diffusion/sampling.py for the tests, without k-diffusion's heavy dependencies
+	# (clip, wandb, kornia, ... pin numpy < 2): its sampling module needs torchsde, torchdiffeq
+	$(PIP) install -q --no-deps "k-diffusion==0.1.1.post1" "torchsde>=0.2.6" "torchdiffeq>=0.2.3" "trampoline>=0.1.2" scipy
 	DIFFACCEL_REQUIRE_EXT=1 $(PIP) install -q --no-build-isolation -e .
 	$(PYTHON) -m diffaccel info
 	touch $@

@@ -27,8 +27,8 @@ from ..random import noise as _noise
 from .step import fused_step, make_coef
 
 PROBE_BASE = 1 << 52
-__all__ = ["sample_euler", "sample_heun", "sample_euler_maruyama", "sample_hd", "sample_ddim",
-           "VPEpsDenoiser", "prior_logp", "PROBE_BASE"]
+__all__ = ["sample_euler_maruyama", "sample_hd", "sample_ddim", "VPEpsDenoiser", "prior_logp",
+           "PROBE_BASE"]  # sample_euler, sample_heun and the other k-diffusion samplers: k_samplers.py
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -208,24 +208,6 @@ def _ode_sampler(model, x, sigmas, extra_args, callback, disable, logp, probes, 
         if pr is not None and not last:
             pr.advance()
     return x if lp is None else (x, lp)
-
-
-def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, *, logp=None,
-                 probes=1, probe_dist="rademacher", seed=None, backend=None):
-    """Euler steps of the probability-flow ODE ``dx/dsigma = (x - Dn)/sigma``.
-
-    With ``logp``, returns ``(x, logp)``: ``d logp/dsigma = (div Dn - D)/sigma`` with the
-    Hutchinson estimate of ``div Dn`` (``probes`` probes per step, drawn from ``seed``)."""
-    return _ode_sampler(model, x, sigmas, extra_args, callback, disable, logp, probes, probe_dist,
-                        seed, backend, "euler")
-
-
-def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, *, logp=None,
-                probes=1, probe_dist="rademacher", seed=None, backend=None):
-    """Heun's method on the PF-ODE (Karras et al. Algorithm 1 without churn; an Euler step to
-    sigma = 0). Both stages use the same probes; ``logp`` as in :func:`sample_euler`."""
-    return _ode_sampler(model, x, sigmas, extra_args, callback, disable, logp, probes, probe_dist,
-                        seed, backend, "heun")
 
 
 def sample_hd(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
