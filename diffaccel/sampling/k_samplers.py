@@ -159,6 +159,7 @@ class _Run:
         self.s_in = x.new_ones([self.B])
         self.noise = None if seed is None else _Noise(seed, x)
         self.draws = 0
+        self.carry = 0.0  # |s|^2 weight handed to the next step (stochastic samplers)
         self.lp = _init_logp(logp, x, levels[0])
         self.var = self.pr = None
         self.P = 0
@@ -266,9 +267,21 @@ class _Run:
     def sde_terms(self, K, sigma, A, G, q):
         """Ito's formula for a step ``x' = x + A s + G z`` (s from models[0], at sigma)."""
         u = (G * G - q) / (2 * sigma * sigma)  # weight of div Dn - D
-        t = dict(sx=-1 / sigma ** 2, sm=(1 / sigma ** 2,) + (0.0,) * (K - 1), c1=A - q / 2, c2=G)
+        # the |s|^2 integral by the trapezoid rule: half of this step's weight now, half with
+        # the next step's score (the s . z term stays at the left point: it is Ito's)
+        c1 = self.carry + (A - q / 2) / 2
+        self.carry = (A - q / 2) / 2
+        t = dict(sx=-1 / sigma ** 2, sm=(1 / sigma ** 2,) + (0.0,) * (K - 1), c1=c1, c2=G)
         if self.P:
             t.update(c0=-self.D * u, cw=(u,) + (0.0,) * (K - 1))
+        return t
+
+    def final_terms(self, sigma):
+        """The final step ``x' = Dn(x)`` of a stochastic sampler: ``D - div Dn``, and the rest
+        of the previous step's |s|^2 term."""
+        t = self.ode_terms((-1.0,))
+        if self.carry:
+            t.update(sx=-1 / sigma ** 2, sm=(1 / sigma ** 2,), c1=self.carry)
         return t
 
     def sde_vjp(self):
@@ -536,7 +549,7 @@ def _euler_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, disab
         run.report(i, den)
         ax, am = down / sig, (1 - down / sig,)
         if final:
-            run.step(i, [den], ax, am, terms=run.ode_terms(((down - sig) / sig,)),
+            run.step(i, [den], ax, am, terms=run.final_terms(sig),
                      vjps=None if w is None else [w], probes=pr)
             continue
         G = s_noise * up
@@ -571,7 +584,7 @@ def _dpm_2_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, disab
             pr = None
         run.report(i, den)
         if down == 0:
-            terms = (run.ode_terms((-1.0,)) if final else
+            terms = (run.final_terms(sig) if final else
                      run.sde_terms(1, sig, sig * sig, 0.0, sig * sig - nxt * nxt))
             run.step(i, [den], 0.0, (1.0,), terms=terms, vjps=None if w is None else [w], probes=pr)
             continue
@@ -619,7 +632,7 @@ def _dpmpp_2s_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, di
         q = sig * sig - nxt * nxt
         if down == 0:
             models, ax, am = [den], 0.0, (1.0,)
-            terms = (run.ode_terms((-1.0,)) if final else run.sde_terms(1, sig, sig * sig, G, q))
+            terms = (run.final_terms(sig) if final else run.sde_terms(1, sig, sig * sig, G, q))
             vj = None if w is None else [w]
         else:
             h = math.log(sig) - math.log(down)
@@ -664,7 +677,7 @@ def _dpmpp_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=Non
             den, w = run.denoise(run.x, sig, vjp=run.sde_vjp())
         run.report(i, den)
         if final:
-            run.step(i, [den], 0.0, (1.0,), terms=run.ode_terms((-1.0,)),
+            run.step(i, [den], 0.0, (1.0,), terms=run.final_terms(sig),
                      vjps=None if w is None else [w], probes=pr)
             continue
         t, tn = -math.log(sig), -math.log(nxt)
@@ -726,7 +739,7 @@ def _dpmpp_2m_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=
             den, w = run.denoise(run.x, sig, vjp=run.sde_vjp())
         run.report(i, den)
         if final:
-            run.step(i, [den], 0.0, (1.0,), terms=run.ode_terms((-1.0,)),
+            run.step(i, [den], 0.0, (1.0,), terms=run.final_terms(sig),
                      vjps=None if w is None else [w], probes=pr)
             old = den
             continue
@@ -775,7 +788,7 @@ def _dpmpp_3m_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=
             den, w = run.denoise(run.x, sig, vjp=run.sde_vjp())
         run.report(i, den)
         if final:
-            run.step(i, [den], 0.0, (1.0,), terms=run.ode_terms((-1.0,)),
+            run.step(i, [den], 0.0, (1.0,), terms=run.final_terms(sig),
                      vjps=None if w is None else [w], probes=pr)
             d_1, d_2 = den, d_1
             continue
