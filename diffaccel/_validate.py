@@ -108,7 +108,7 @@ def seeds(seed, B, device):
             raise ValueError(f"seed: expected a 64-bit integer, got {s}")
         if s >= 2**63:
             s -= 2**64  # same bits as the uint64
-        return torch.tensor([s], dtype=torch.int64, device=device)
+        return torch.full((1,), s, dtype=torch.int64, device=device)  # a fill: no host copy
     if isinstance(seed, torch.Tensor):
         if seed.dtype.is_floating_point or seed.dtype.is_complex or seed.dtype == torch.bool:
             raise TypeError(f"seed: expected an integer tensor, got {seed.dtype}")

@@ -45,7 +45,6 @@ a fixed ``sigmas`` list the whole loop traces into one graph (``torch.compile(fu
 """
 import math
 
-import numpy as np
 import torch
 from tqdm.auto import trange
 
@@ -76,22 +75,30 @@ def get_ancestral_step(sigma_from, sigma_to, eta=1.0):
 
 def lms_coefficients(levels, order):
     """coeffs[i][j]: the weight of the derivative at step i - j in LMS step i, the integral of
-    its Lagrange basis polynomial over [sigma_i, sigma_{i+1}] (exact; k-diffusion integrates the
-    same polynomials with scipy's quad)."""
-    t = np.asarray(levels, dtype=np.float64)
+    its Lagrange basis polynomial over [sigma_i, sigma_{i+1}] (exact, in Python floats so that
+    a traced loop sees constants; k-diffusion integrates the same polynomials with scipy's
+    quad)."""
+    t = [float(v) for v in levels]
     out = []
-    for i in range(len(levels) - 1):
+    for i in range(len(t) - 1):
         cur = min(i + 1, order)
         row = []
         for j in range(cur):
-            p = np.polynomial.Polynomial([1.0])
+            p = [1.0]  # coefficients, lowest degree first
             for k in range(cur):
                 if k != j:
-                    p = p * np.polynomial.Polynomial([-t[i - k], 1.0]) / (t[i - j] - t[i - k])
-            q = p.integ()
-            row.append(float(q(t[i + 1]) - q(t[i])))
+                    d = t[i - j] - t[i - k]
+                    p = [(a - t[i - k] * b) / d for a, b in zip([0.0] + p, p + [0.0])]
+            prim = lambda v: sum(c * v ** (m + 1) / (m + 1) for m, c in enumerate(p))  # noqa: E731
+            row.append(prim(t[i + 1]) - prim(t[i]))
         out.append(row)
     return out
+
+
+def _steps(n, disable):
+    """The step indices, with k-diffusion's progress bar unless disabled (a traced loop needs
+    disable=True: tqdm does not trace)."""
+    return range(n) if disable else trange(n, disable=disable)
 
 
 class _Source:
@@ -298,6 +305,8 @@ class _Run:
 
 def _check_churn(run, s_churn, s_tmin, s_tmax):
     n = run.n
+    if not s_churn:  # (also keeps a traced loop free of symbolic churn arithmetic)
+        return [0.0] * n
     gammas = [min(s_churn / n, 2 ** 0.5 - 1) if s_tmin <= s <= s_tmax else 0.0
               for s in run.levels[:-1]]
     if run.lp is not None and any(g > 0 for g in gammas):
@@ -354,7 +363,7 @@ def _euler(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, s
     run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
                probes=probes, probe_dist=probe_dist, backend=backend)
     gammas = _check_churn(run, s_churn, s_tmin, s_tmax)
-    for i in trange(run.n, disable=disable):
+    for i in _steps(run.n, disable):
         sh = _churn(run, i, gammas[i], s_noise)
         den, w = run.denoise(run.x, sh, vjp=True)
         run.report(i, den, _sigma_hat(run, i, gammas[i]))
@@ -372,7 +381,7 @@ def _heun(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, s_
     run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
                probes=probes, probe_dist=probe_dist, backend=backend)
     gammas = _check_churn(run, s_churn, s_tmin, s_tmax)
-    for i in trange(run.n, disable=disable):
+    for i in _steps(run.n, disable):
         sh = _churn(run, i, gammas[i], s_noise)
         nxt = run.levels[i + 1]
         den, w = run.denoise(run.x, sh, vjp=True)
@@ -397,7 +406,7 @@ def _dpm_2(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, s
     run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
                probes=probes, probe_dist=probe_dist, backend=backend)
     gammas = _check_churn(run, s_churn, s_tmin, s_tmax)
-    for i in trange(run.n, disable=disable):
+    for i in _steps(run.n, disable):
         sh = _churn(run, i, gammas[i], s_noise)
         nxt = run.levels[i + 1]
         den, w = run.denoise(run.x, sh, vjp=nxt == 0)
@@ -434,7 +443,7 @@ def _lms(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, ord
         for j, c in enumerate(row):
             W[i - j] += c / lv[i - j]
     hist = []  # (x_m, Dn_m) of the previous steps, newest first
-    for i in trange(run.n, disable=disable):
+    for i in _steps(run.n, disable):
         xi = run.x
         den, w = run.denoise(xi, lv[i], vjp=True)
         run.report(i, den)
@@ -482,7 +491,7 @@ def _dpmpp_2m(ns, model, x, sigmas, extra_args=None, callback=None, disable=None
             wm += steps[m + 1][0] * steps[m + 1][2]
         W.append(wm)
     old = None
-    for i in trange(run.n, disable=disable):
+    for i in _steps(run.n, disable):
         den, w = run.denoise(run.x, lv[i], vjp=True)
         run.report(i, den)
         h, a, b = steps[i]
@@ -538,7 +547,7 @@ def _euler_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, disab
     ns_ = _noise_args(run, 0, noise_sampler, None)
     if ns_ is None and not run.seeded():
         ns_ = run.src.default_noise_sampler(x)
-    for i in trange(run.n, disable=disable):
+    for i in _steps(run.n, disable):
         sig, nxt, down, up = _ancestral(run, i, eta, s_noise)
         final = nxt == 0
         if final:
@@ -574,7 +583,7 @@ def _dpm_2_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, disab
     ns_ = _noise_args(run, 0, noise_sampler, None)
     if ns_ is None and not run.seeded():
         ns_ = run.src.default_noise_sampler(x)
-    for i in trange(run.n, disable=disable):
+    for i in _steps(run.n, disable):
         sig, nxt, down, up = _ancestral(run, i, eta, s_noise)
         final = nxt == 0
         if final:
@@ -619,7 +628,7 @@ def _dpmpp_2s_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, di
     ns_ = _noise_args(run, 0, noise_sampler, None)
     if ns_ is None and not run.seeded():
         ns_ = run.src.default_noise_sampler(x)
-    for i in trange(run.n, disable=disable):
+    for i in _steps(run.n, disable):
         sig, nxt, down, up = _ancestral(run, i, eta, s_noise)
         final = nxt == 0
         if final:
@@ -668,7 +677,7 @@ def _dpmpp_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=Non
     if sampler is None and not run.seeded():
         sampler = _brownian(run, None, x)
     tsig = isinstance(run.sigmas, torch.Tensor)
-    for i in trange(run.n, disable=disable):
+    for i in _steps(run.n, disable):
         sig, nxt = run.levels[i], run.levels[i + 1]
         final = nxt == 0
         if final:
@@ -730,7 +739,7 @@ def _dpmpp_2m_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=
     if sampler is None and not run.seeded():
         sampler = _brownian(run, None, x)
     old, h_last = None, None
-    for i in trange(run.n, disable=disable):
+    for i in _steps(run.n, disable):
         sig, nxt = run.levels[i], run.levels[i + 1]
         final = nxt == 0
         if final:
@@ -779,7 +788,7 @@ def _dpmpp_3m_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=
         sampler = _brownian(run, None, x)
     d_1 = d_2 = None
     h_1 = h_2 = None
-    for i in trange(run.n, disable=disable):
+    for i in _steps(run.n, disable):
         sig, nxt = run.levels[i], run.levels[i + 1]
         final = nxt == 0
         if final:

@@ -37,6 +37,8 @@ def prior_logp(x, sigma):
     """log N(x; 0, sigma^2 I) per sample, float64."""
     D = x[0].numel()
     xf = x.detach().double().flatten(1)
+    if isinstance(sigma, (int, float)):  # a number: no host-to-device copy (CUDA-graph capture)
+        return -0.5 * (xf ** 2).sum(1) / sigma ** 2 - D * math.log(sigma) - 0.5 * D * math.log(2 * math.pi)
     sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
     return -0.5 * (xf ** 2).sum(1) / sigma ** 2 - D * torch.log(sigma) - 0.5 * D * math.log(2 * math.pi)
 
