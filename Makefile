@@ -45,6 +45,7 @@ bench-kdiffusion: $(STAMP)
 	$(KD_VENV)/bin/pip install -q "torch==$$($(PYTHON) -c 'import torch; print(torch.__version__.split("+")[0])')" \
 		k-diffusion "setuptools<81" tqdm
 	PYTHONPATH=$(CURDIR):$(CURDIR)/benchmarks $(KD_VENV)/bin/python benchmarks/bench_step.py --likelihood-only
+	$(PYTHON) benchmarks/bench_kdiffusion.py   # the samplers beside k-diffusion's (its sampling.py, stubbed package)
 
 clean:
 	rm -rf build $(VENV) $(KD_VENV) diffaccel/_C*.so *.egg-info

@@ -180,6 +180,8 @@ def test_named_errors(rng):
         S.sample_euler_ancestral(gm, x, sigmas, seed=1, noise_sampler=lambda a, b: torch.randn_like(x))
     with pytest.raises(ValueError, match="sigmas"):
         S.sample_dpmpp_2m(gm, x, torch.tensor([1.0, float("nan"), 0.0]))
+    with pytest.raises(ValueError, match="only the last"):
+        S.sample_dpmpp_2m(gm, x, torch.tensor([1.0, 0.0, 0.0]))
     with pytest.raises(TypeError, match="sigmas"):
         S.sample_dpmpp_2m(gm, x, 3.0)
     with pytest.raises(ValueError, match="dist"):
@@ -272,3 +274,24 @@ def test_logp_same_on_reference_and_cpu_backends(name, rng):
                                  backend=b) for b in ("reference", "cpu")]
     _close(out[1][0], out[0][0], f"{name} x")
     _close(out[1][1], out[0][1], f"{name} logp")
+
+
+@pytest.mark.parametrize("name", sorted(S.K_SAMPLERS))
+def test_dtypes_layouts_and_empty_batch(name, rng):
+    """bfloat16 and float16 follow the float32 result to their precision; a channels-last input
+    gives the contiguous one's result and is left as it was; an empty batch returns empty."""
+    fn = S.K_SAMPLERS[name][0]
+    gm, x, sigmas = _problem(rng, shape=(4, 3, 5), B=3, n=5)
+    want = fn(gm, x, sigmas, disable=True, seed=4)
+    for dt, tol in ((torch.bfloat16, 0.05), (torch.float16, 0.01)):
+        got = fn(gm, x.to(dt), sigmas, disable=True, seed=4)
+        assert got.dtype == dt
+        assert_close(got, want, atol=tol * (float(want.abs().max()) + 1), what=f"{name} {dt}")
+    xc = x.to(memory_format=torch.channels_last)
+    before = xc.clone()
+    _close(fn(gm, xc, sigmas, disable=True, seed=4), want, f"{name} channels_last")
+    assert torch.equal(xc, before)
+    e = fn(gm, x[:0], sigmas, disable=True, seed=4)
+    assert e.shape == (0, 4, 3, 5)
+    e, lp = fn(gm, x[:0], sigmas, disable=True, logp=True)
+    assert e.shape == (0, 4, 3, 5) and lp.shape == (0,)

@@ -31,7 +31,8 @@ k-diffusion's order and with its defaults, plus keyword-only extras:
 
         logp += (A - q/2) |s|^2 + G (s . z) + (G^2 - q)/2 div s
 
-    (zero overhead: no extra model call). ``(G^2 - q)`` is O(step^2) at ``eta = 1`` and
+    (zero overhead: no extra model call; the ``|s|^2`` term by the trapezoid rule, half of
+    its weight carried to the next step's score). ``(G^2 - q)`` is O(step^2) at ``eta = 1`` and
     ``s_noise = 1`` (k-diffusion's ancestral noise is the reverse SDE's to first order), so
     ``probes=None`` drops the divergence there and estimates it with one probe otherwise. The
     final step to sigma = 0 (``x' = Dn(x)``) adds ``D - div Dn`` (one Hutchinson estimate).
@@ -41,7 +42,12 @@ k-diffusion's order and with its defaults, plus keyword-only extras:
 
 Host reads: the noise levels are read once before the loop (as k-diffusion's ``sample_lms``
 does); every per-step coefficient is then a number, nothing in a step reads the device, and for
-a fixed ``sigmas`` list the whole loop traces into one graph (``torch.compile(fullgraph=True)``).
+a ``sigmas`` list (constants) the whole loop traces into one graph
+(``torch.compile(fullgraph=True)``, with ``disable=True``). Steps with a Heun / DPM-2 / 2S /
+SDE midpoint stage launch one more fused step for it, and ``s_churn > 0`` one for the churn;
+``sample_dpmpp_sde`` with ``seed`` draws its two correlated Brownian increments outside the step.
+The state is copied once (the input is never changed) and then updated in place, or written to
+a new tensor each step when a ``callback`` may keep it or a multistep sampler needs it.
 """
 import math
 
@@ -151,20 +157,22 @@ class _Run:
             raise ValueError(f"sigmas: expected at least 2 noise levels, got {len(levels)}")
         if not all(math.isfinite(s) and s >= 0 for s in levels):
             raise ValueError("sigmas: expected finite noise levels >= 0")
+        if any(s == 0 for s in levels[:-1]):
+            raise ValueError("sigmas: only the last noise level may be 0")
         if dist not in DISTS:
             raise ValueError(f"dist: expected one of {DISTS}, got {dist!r}")
         if seed is not None and noise_sampler is not None:
             raise ValueError("seed, noise_sampler: give one of them (seed draws the noise in the "
                              "fused step, noise_sampler draws it outside)")
         self.model, self.sigmas, self.levels = model, sigmas, levels
-        self.n = len(levels) - 1
+        self.B, self.D = x.shape[0], math.prod(x.shape[1:])
+        self.n = len(levels) - 1 if self.B else 0  # an empty batch: nothing to do
         self.extra_args = {} if extra_args is None else extra_args
         self.callback, self.backend, self.dist = callback, backend, dist
         self.src = _Source(ns)
         self.x = x.detach().clone(memory_format=torch.contiguous_format)
-        self.B, self.D = x.shape[0], x[0].numel()
         self.s_in = x.new_ones([self.B])
-        self.noise = None if seed is None else _Noise(seed, x)
+        self.noise = None if seed is None or not self.B else _Noise(seed, x)
         self.draws = 0
         self.carry = 0.0  # |s|^2 weight handed to the next step (stochastic samplers)
         self.lp = _init_logp(logp, x, levels[0])
@@ -177,12 +185,12 @@ class _Run:
                 self.P = 0
             else:
                 self.P = _check_probes(probes)
-            self.pnoise = self.noise if self.noise is not None else _Noise(None, x)
+            self.pnoise = self.noise if self.noise is not None or not self.B else _Noise(None, x)
             self.probe_dist = probe_dist
             if probe_dist not in ("rademacher", "normal"):
                 raise ValueError(f"probe_dist: expected 'rademacher' or 'normal', got {probe_dist!r}")
             self.var = torch.zeros_like(self.lp)
-            if self.P:
+            if self.P and self.B:
                 self.pr = _Probes(self.P, self.x, self.pnoise, probe_dist, backend)
 
     # -------------------------------------------------------------------- pieces of a step
@@ -229,7 +237,8 @@ class _Run:
         """One fused launch: ``x' = ax x + sum_k am_k models_k + az z`` with z given, drawn in
         the step (``draw``) or none; ``terms``: the log-density terms (dict of make_coef's
         sx, sm, c0, c1, c2, cw). Writes into ``into`` (leaving x and logp) or advances x, in
-        place unless ``fresh`` (a multistep sampler keeps the old x) or a callback may keep it."""
+        place unless ``fresh`` (True or the buffer to write: a multistep sampler keeps the old
+        x) or a callback may keep it."""
         K = len(models)
         t = terms if (terms is not None and self.lp is not None and into is None) else None
         kw = {}
@@ -253,14 +262,29 @@ class _Run:
             kw.update(seed=self.noise.seed, offset=self.offset(), dist=self.dist)
         if into is not None:
             return fused_step(self.x, models, coef, out=into, backend=self.backend, **kw)
-        if fresh or self.callback is not None:
-            self.x = fused_step(self.x, models, coef, out=torch.empty_like(self.x),
-                                backend=self.backend, **kw)
+        if fresh is not False or self.callback is not None:
+            buf = fresh if isinstance(fresh, torch.Tensor) else torch.empty_like(self.x)
+            self.x = fused_step(self.x, models, coef, out=buf, backend=self.backend, **kw)
         else:
             fused_step(self.x, models, coef, backend=self.backend, **kw)
         if t is not None and vjps is not None and probes is None and i < self.n - 1:
             self.pr.advance()
         return self.x
+
+    def scratch(self):
+        """The stage buffer (a midpoint x): allocated once, reused every step."""
+        if getattr(self, "_scratch", None) is None:
+            self._scratch = torch.empty_like(self.x)
+        return self._scratch
+
+    def ring(self, i, size):
+        """Step i's output buffer among ``size`` reused ones (``size`` > the states a multistep
+        sampler keeps); a fresh tensor when a callback may keep x."""
+        if self.callback is not None:
+            return torch.empty_like(self.x)
+        if getattr(self, "_ring", None) is None:
+            self._ring = [self.x] + [torch.empty_like(self.x) for _ in range(size - 1)]
+        return self._ring[(i + 1) % size]
 
     def result(self):
         return self.x if self.lp is None else (self.x, self.lp)
@@ -390,7 +414,7 @@ def _heun(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, s_
         if nxt == 0:
             run.step(i, [den], 1 + r, (-r,), terms=run.ode_terms((r,)), vjps=[w])
             continue
-        x2 = run.step(i, [den], 1 + r, (-r,), into=torch.empty_like(run.x))
+        x2 = run.step(i, [den], 1 + r, (-r,), into=run.scratch())
         den2, w2 = run.denoise(x2, nxt, vjp=True)
         rn = (nxt - sh) / nxt
         run.step(i, [den, den2], 1 + r / 2 + rn / 2 * (1 + r), (-r / 2 - rn * r / 2, -rn / 2),
@@ -417,7 +441,7 @@ def _dpm_2(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, s
             continue
         mid = math.exp(0.5 * (math.log(sh) + math.log(nxt)))
         b = (mid - sh) / sh
-        x2 = run.step(i, [den], 1 + b, (-b,), into=torch.empty_like(run.x))
+        x2 = run.step(i, [den], 1 + b, (-b,), into=run.scratch())
         den2, w2 = run.denoise(x2, mid, vjp=True)
         a = (nxt - sh) / mid
         run.step(i, [den, den2], 1 + a * (1 + b), (-a * b, -a), terms=run.ode_terms((0.0, a)),
@@ -437,7 +461,7 @@ def _lms(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, ord
     run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
                probes=probes, probe_dist=probe_dist, backend=backend)
     lv = run.levels
-    coeffs = lms_coefficients(lv, order)
+    coeffs = lms_coefficients(lv[:run.n + 1], order)
     W = [0.0] * run.n  # total weight of evaluation m on (div Dn_m - D)
     for i, row in enumerate(coeffs):
         for j, c in enumerate(row):
@@ -456,7 +480,7 @@ def _lms(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, ord
         K = len(models)
         run.step(i, models, 1 + row[0] / lv[i], tuple(am),
                  terms=dict(c0=-run.D * W[i], cw=(W[i],) + (0.0,) * (K - 1)),
-                 vjps=None if w is None else [w] * K, fresh=True)
+                 vjps=None if w is None else [w] * K, fresh=run.ring(i, order + 1))
         hist.insert(0, (xi, den))
         del hist[order - 1:]
     return run.result()
@@ -509,17 +533,21 @@ def _dpmpp_2m(ns, model, x, sigmas, extra_args=None, callback=None, disable=None
 
 # ------------------------------------------------------------------- stochastic samplers
 
-def _noise_args(run, i, noise_sampler, default):
-    """The noise sampler of a sampler without seed (k-diffusion's default, or the given one)."""
-    if run.seeded():
+def _ancestral_noise(run, noise_sampler, x):
+    """The ancestral samplers' noise sampler: None with ``seed`` (drawn in the step), else the
+    one given or the module's ``default_noise_sampler(x)``, made before the loop as
+    k-diffusion makes it."""
+    if run.seeded() or not run.B:
         return None
-    return noise_sampler if noise_sampler is not None else default
+    return noise_sampler if noise_sampler is not None else run.src.default_noise_sampler(x)
 
 
-def _brownian(run, ns_sampler, x):
+def _brownian(run, x):
     """k-diffusion's default for the SDE samplers: the module's BrownianTreeNoiseSampler; without
     a module, a seed from the global generator (as the tree draws one) for noise drawn in the
     step (independent increments: the law of the tree's increments over disjoint intervals)."""
+    if not run.B:
+        return None
     tree = run.src.brownian(x, run.sigmas)
     if tree is None:
         run.noise = _Noise(int(torch.randint(0, 2 ** 63 - 1, []).item()), run.x)
@@ -530,7 +558,7 @@ def _brownian(run, ns_sampler, x):
     return tree
 
 
-def _ancestral(run, i, eta, s_noise):
+def _ancestral(run, i, eta):
     sig, nxt = run.levels[i], run.levels[i + 1]
     down, up = get_ancestral_step(sig, nxt, eta)
     return sig, nxt, down, up
@@ -544,11 +572,9 @@ def _euler_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, disab
     run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
                probes=probes, probe_dist=probe_dist, backend=backend, noise_sampler=noise_sampler,
                stochastic=True, div_small=eta == 1 and s_noise == 1)
-    ns_ = _noise_args(run, 0, noise_sampler, None)
-    if ns_ is None and not run.seeded():
-        ns_ = run.src.default_noise_sampler(x)
+    ns_ = _ancestral_noise(run, noise_sampler, x)
     for i in _steps(run.n, disable):
-        sig, nxt, down, up = _ancestral(run, i, eta, s_noise)
+        sig, nxt, down, up = _ancestral(run, i, eta)
         final = nxt == 0
         if final:
             den, w, pr = run.denoise_final(run.x, sig)
@@ -580,11 +606,9 @@ def _dpm_2_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, disab
     run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
                probes=probes, probe_dist=probe_dist, backend=backend, noise_sampler=noise_sampler,
                stochastic=True, div_small=eta == 1 and s_noise == 1)
-    ns_ = _noise_args(run, 0, noise_sampler, None)
-    if ns_ is None and not run.seeded():
-        ns_ = run.src.default_noise_sampler(x)
+    ns_ = _ancestral_noise(run, noise_sampler, x)
     for i in _steps(run.n, disable):
-        sig, nxt, down, up = _ancestral(run, i, eta, s_noise)
+        sig, nxt, down, up = _ancestral(run, i, eta)
         final = nxt == 0
         if final:
             den, w, pr = run.denoise_final(run.x, sig)
@@ -599,7 +623,7 @@ def _dpm_2_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, disab
             continue
         mid = math.exp(0.5 * (math.log(sig) + math.log(down)))
         b = (mid - sig) / sig
-        x2 = run.step(i, [den], 1 + b, (-b,), into=torch.empty_like(run.x))
+        x2 = run.step(i, [den], 1 + b, (-b,), into=run.scratch())
         den2, _ = run.denoise(x2, mid)
         a = (down - sig) / mid
         G = s_noise * up
@@ -625,11 +649,9 @@ def _dpmpp_2s_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, di
     run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
                probes=probes, probe_dist=probe_dist, backend=backend, noise_sampler=noise_sampler,
                stochastic=True, div_small=eta == 1 and s_noise == 1)
-    ns_ = _noise_args(run, 0, noise_sampler, None)
-    if ns_ is None and not run.seeded():
-        ns_ = run.src.default_noise_sampler(x)
+    ns_ = _ancestral_noise(run, noise_sampler, x)
     for i in _steps(run.n, disable):
-        sig, nxt, down, up = _ancestral(run, i, eta, s_noise)
+        sig, nxt, down, up = _ancestral(run, i, eta)
         final = nxt == 0
         if final:
             den, w, pr = run.denoise_final(run.x, sig)
@@ -646,7 +668,7 @@ def _dpmpp_2s_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, di
         else:
             h = math.log(sig) - math.log(down)
             ms = math.sqrt(sig * down)  # sigma at s = t + h/2
-            x2 = run.step(i, [den], ms / sig, (-math.expm1(-h / 2),), into=torch.empty_like(run.x))
+            x2 = run.step(i, [den], ms / sig, (-math.expm1(-h / 2),), into=run.scratch())
             den2, _ = run.denoise(x2, ms)
             models, ax, am = [den, den2], down / sig, (0.0, -math.expm1(-h))
             terms = run.sde_terms(2, sig, sig * (sig - down), G, q)
@@ -675,7 +697,7 @@ def _dpmpp_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=Non
                stochastic=True, div_small=eta == 1 and s_noise == 1)
     sampler = noise_sampler
     if sampler is None and not run.seeded():
-        sampler = _brownian(run, None, x)
+        sampler = _brownian(run, x)
     tsig = isinstance(run.sigmas, torch.Tensor)
     for i in _steps(run.n, disable):
         sig, nxt = run.levels[i], run.levels[i + 1]
@@ -705,12 +727,12 @@ def _dpmpp_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=Non
                 a1, b1, b2 = math.exp(-t), ss, math.exp(-tn)
             z1 = sampler(a1, b1)
             x2 = run.step(i, [den], sd / sig, (1 - sd / sig,), az=s_noise * su, z=z1,
-                          into=torch.empty_like(run.x))
+                          into=run.scratch())
         else:
             # W over [sigma_s, sigma] and [sigma', sigma_s]: n2 = (sqrt(d1) n1 + sqrt(d2) n')/sqrt(d1+d2)
             z1 = run.draw()
             x2 = run.step(i, [den], sd / sig, (1 - sd / sig,), az=s_noise * su, z=z1,
-                          into=torch.empty_like(run.x))
+                          into=run.scratch())
         den2, _ = run.denoise(x2, ss)
         if sampler is not None:
             z2 = sampler(a1, b2)
@@ -737,7 +759,7 @@ def _dpmpp_2m_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=
                stochastic=True, div_small=eta == 1 and s_noise == 1)
     sampler = noise_sampler
     if sampler is None and not run.seeded():
-        sampler = _brownian(run, None, x)
+        sampler = _brownian(run, x)
     old, h_last = None, None
     for i in _steps(run.n, disable):
         sig, nxt = run.levels[i], run.levels[i + 1]
@@ -785,7 +807,7 @@ def _dpmpp_3m_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=
                stochastic=True, div_small=eta == 1 and s_noise == 1)
     sampler = noise_sampler
     if sampler is None and not run.seeded():
-        sampler = _brownian(run, None, x)
+        sampler = _brownian(run, x)
     d_1 = d_2 = None
     h_1 = h_2 = None
     for i in _steps(run.n, disable):

@@ -35,7 +35,7 @@ __all__ = ["sample_euler_maruyama", "sample_hd", "sample_ddim", "VPEpsDenoiser",
 
 def prior_logp(x, sigma):
     """log N(x; 0, sigma^2 I) per sample, float64."""
-    D = x[0].numel()
+    D = math.prod(x.shape[1:])
     xf = x.detach().double().flatten(1)
     if isinstance(sigma, (int, float)):  # a number: no host-to-device copy (CUDA-graph capture)
         return -0.5 * (xf ** 2).sum(1) / sigma ** 2 - D * math.log(sigma) - 0.5 * D * math.log(2 * math.pi)
