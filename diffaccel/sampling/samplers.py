@@ -366,3 +366,11 @@ class VPEpsDenoiser:
         c_in = 1 / torch.sqrt(1 + sv ** 2)
         eps = self.inner(x * c_in, self.sigma_to_t(sigma), **kwargs)
         return x - sv * eps
+
+
+def __getattr__(name):
+    # sample_euler and sample_heun live in k_samplers.py now (with k-diffusion's signatures)
+    if name in ("sample_euler", "sample_heun"):
+        from . import k_samplers
+        return getattr(k_samplers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
