@@ -30,6 +30,9 @@ $(STAMP): $(SOURCES)
 	$(PIP) install -q "torch>=2.4" triton numpy tqdm pytest pytest-benchmark "diffusers>=0.42,<0.43"
 	$(PIP) install -q "scikit-learn>=1.3" "matplotlib>=3.7" "safetensors>=0.4"  # the rest of the demo extra
 	$(PIP) install -q "accelerate>=0.26"  # tests of diffaccel.distributed under accelerate launch
+	# the real k_diffusion/sampling.py for the tests, without k-diffusion's heavy dependencies
+	# (clip, wandb, kornia, ... pin numpy < 2): its sampling module needs torchsde, torchdiffeq
+	$(PIP) install -q --no-deps "k-diffusion==0.1.1.post1" "torchsde>=0.2.6" "torchdiffeq>=0.2.3" "trampoline>=0.1.2" scipy
 	DIFFACCEL_REQUIRE_EXT=1 $(PIP) install -q --no-build-isolation --config-settings editable_mode=strict -e .
 	$(PYTHON) -m diffaccel info
 	tmp=$$(mktemp -d) && mkdir $$tmp/diffaccel && cd $$tmp && $(abspath $(PYTHON)) -c \
@@ -57,6 +60,7 @@ bench-kdiffusion: $(STAMP)
 	$(KD_VENV)/bin/pip install -q "torch==$$($(PYTHON) -c 'import torch; print(torch.__version__.split("+")[0])')" \
 		k-diffusion "setuptools<81" tqdm
 	PYTHONPATH=$(CURDIR):$(CURDIR)/benchmarks $(KD_VENV)/bin/python benchmarks/bench_step.py --likelihood-only
+	$(PYTHON) benchmarks/bench_kdiffusion.py   # the samplers beside k-diffusion's (its sampling.py, stubbed package)
 
 # On a machine with a CUDA GPU: build the extension for this GPU's architecture only, run every
 # test that needs CUDA (all backends' CUDA cases, opcheck on CUDA, a CUDA-graph capture of a

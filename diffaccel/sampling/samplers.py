@@ -34,8 +34,8 @@ from ..random import noise as _noise
 from .step import fused_step, make_coef
 
 PROBE_BASE = 1 << 52
-__all__ = ["sample_euler", "sample_heun", "sample_euler_maruyama", "sample_hd", "sample_ddim",
-           "VPEpsDenoiser", "prior_logp", "PROBE_BASE"]
+__all__ = ["sample_euler_maruyama", "sample_hd", "sample_ddim", "VPEpsDenoiser", "prior_logp",
+           "PROBE_BASE"]  # sample_euler, sample_heun and the other k-diffusion samplers: k_samplers.py
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -43,7 +43,9 @@ __all__ = ["sample_euler", "sample_heun", "sample_euler_maruyama", "sample_hd", 
 def prior_logp(x, sigma):
     """log N(x; 0, sigma^2 I) per sample, float64."""
     D = math.prod(x.shape[1:])
-    xf = x.detach().double().reshape(x.shape[0], D)
+    xf = x.detach().double().flatten(1)
+    if isinstance(sigma, (int, float)):  # a number: no host-to-device copy (CUDA-graph capture)
+        return -0.5 * (xf ** 2).sum(1) / sigma ** 2 - D * math.log(sigma) - 0.5 * D * math.log(2 * math.pi)
     sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
     return -0.5 * (xf ** 2).sum(1) / sigma ** 2 - D * torch.log(sigma) - 0.5 * D * math.log(2 * math.pi)
 
@@ -262,24 +264,6 @@ def _ode_sampler(model, x, sigmas, extra_args, callback, disable, logp, probes, 
     return x if lp is None else (x, lp)
 
 
-def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, *, logp=None,
-                 probes=1, probe_dist="rademacher", seed=None, backend=None):
-    """Euler steps of the probability-flow ODE ``dx/dsigma = (x - Dn)/sigma``.
-
-    With ``logp``, returns ``(x, logp)``: ``d logp/dsigma = (div Dn - D)/sigma`` with the
-    Hutchinson estimate of ``div Dn`` (``probes`` probes per step, drawn from ``seed``)."""
-    return _ode_sampler(model, x, sigmas, extra_args, callback, disable, logp, probes, probe_dist,
-                        seed, backend, "euler")
-
-
-def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, *, logp=None,
-                probes=1, probe_dist="rademacher", seed=None, backend=None):
-    """Heun's method on the PF-ODE (Karras et al. Algorithm 1 without churn; an Euler step to
-    sigma = 0). Both stages use the same probes; ``logp`` as in :func:`sample_euler`."""
-    return _ode_sampler(model, x, sigmas, extra_args, callback, disable, logp, probes, probe_dist,
-                        seed, backend, "heun")
-
-
 def sample_hd(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
               sigma_switch=None, lambda_thr=None, first="ode", dist="normal", logp=None, probes=1,
               probe_dist="rademacher", seed=None, backend=None):
@@ -442,3 +426,11 @@ class VPEpsDenoiser:
         c_in = 1 / torch.sqrt(1 + sv ** 2)
         eps = self.inner(x * c_in, self.sigma_to_t(sigma), **kwargs)
         return x - sv * eps
+
+
+def __getattr__(name):
+    # sample_euler and sample_heun live in k_samplers.py now (with k-diffusion's signatures)
+    if name in ("sample_euler", "sample_heun"):
+        from . import k_samplers
+        return getattr(k_samplers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,877 @@
+"""k-diffusion's samplers (``k_diffusion.sampling``, 0.1.1.post1) with their exact signatures,
+each step one fused ``sample_step`` launch (docs/math.md, section 3.1).
+
+``model(x, sigma * s_in, **extra_args)`` returns the denoised x (x = x_0 + sigma z); ``sigmas``
+is the noise levels, usually ending with 0. Every sampler takes k-diffusion's parameters, in
+k-diffusion's order and with its defaults, plus keyword-only extras:
+
+- ``seed``: an int, or a (B,) integer tensor of per-sample seeds (each sample's noise then does
+  not depend on the rest of the batch). The noise is drawn inside the fused step (law ``dist``:
+  normal, laplace, uniform or rademacher, unit variance). Without ``seed`` the noise is drawn
+  exactly as k-diffusion draws it: ``torch.randn_like`` on every step of Euler / Heun / DPM-2
+  (even when ``s_churn`` is 0), ``noise_sampler(sigma, sigma_next)`` (default
+  ``default_noise_sampler(x)``) for the ancestral samplers, a ``BrownianTreeNoiseSampler`` for
+  the SDE samplers: the same draws, in the same order, with the same arguments. Inside a module
+  patched by :mod:`diffaccel.integrations.k_diffusion`, those names (``torch``,
+  ``default_noise_sampler``, ``BrownianTreeNoiseSampler``) are looked up in that module at call
+  time, so a caller that replaces them (stable-diffusion-webui replaces the module's ``torch``
+  by its per-image-seed generator) keeps its seeds. Unpatched, ``torch.randn_like`` is torch's;
+  an SDE sampler without ``seed`` or ``noise_sampler`` draws one seed from the global generator
+  (as k-diffusion's tree does) and uses it for Brownian increments drawn in the step.
+- ``logp``: ``True`` (start from the prior ``log N(x; 0, sigmas[0]^2 I)``), a number or a (B,)
+  tensor; the sampler then returns ``(x, logp)``, the log-density of the returned samples
+  tracked along the sampler's own path (docs/math.md 3.1, 3.3):
+
+  * ODE samplers (euler, heun, dpm_2, lms, dpmpp_2m) integrate
+    ``d logp / d log sigma = div Dn - D`` with the quadrature weights the sampler gives its model
+    evaluations (Heun: trapezoid, DPM-2: midpoint, LMS / DPM-Solver++(2M): the multistep
+    weights), the divergence by Hutchinson with ``probes`` probes per evaluation;
+  * stochastic samplers use Ito's formula for ``log p_sigma(x)`` along a step
+    ``x' = x + A s + G z`` (s = (Dn - x)/sigma^2 the score, q = sigma^2 - sigma'^2)::
+
+        logp += (A - q/2) |s|^2 + G (s . z) + (G^2 - q)/2 div s
+
+    (zero overhead: no extra model call; the ``|s|^2`` term by the trapezoid rule, half of
+    its weight carried to the next step's score). ``(G^2 - q)`` is O(step^2) at ``eta = 1`` and
+    ``s_noise = 1`` (k-diffusion's ancestral noise is the reverse SDE's to first order), so
+    ``probes=None`` drops the divergence there and estimates it with one probe otherwise. The
+    final step to sigma = 0 (``x' = Dn(x)``) adds ``D - div Dn`` (one Hutchinson estimate).
+
+  Accuracy is first order in the step (second order for the ODE samplers' quadrature).
+- ``backend``: the fused step's backend (reference, cpu, triton, cuda).
+
+Host reads: the noise levels are read once before the loop (as k-diffusion's ``sample_lms``
+does); every per-step coefficient is then a number, nothing in a step reads the device, and for
+a ``sigmas`` list (constants) the whole loop traces into one graph
+(``torch.compile(fullgraph=True)``, with ``disable=True``). Steps with a Heun / DPM-2 / 2S /
+SDE midpoint stage launch one more fused step for it, and ``s_churn > 0`` one for the churn;
+``sample_dpmpp_sde`` with ``seed`` draws its two correlated Brownian increments outside the step.
+The state is copied once (the input is never changed) and then updated in place, or written to
+a new tensor each step when a ``callback`` may keep it or a multistep sampler needs it.
+"""
+import math
+
+import torch
+from tqdm.auto import trange
+
+from ..library import DISTS
+from ..random import noise as _noise
+from .samplers import _check_probes, _init_logp, _Noise, _Probes, denoise_with_vjps, draw_probes
+from .step import fused_step, make_coef
+
+INF = float("inf")
+MAX_LMS_ORDER = 4  # 2 * order - 1 model-sized inputs per fused step (at most 8)
+
+__all__ = ["sample_euler", "sample_euler_ancestral", "sample_heun", "sample_dpm_2",
+           "sample_dpm_2_ancestral", "sample_lms", "sample_dpmpp_2s_ancestral", "sample_dpmpp_sde",
+           "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde", "K_SAMPLERS",
+           "get_ancestral_step", "lms_coefficients"]
+
+
+# ------------------------------------------------------------------------------ helpers
+
+def get_ancestral_step(sigma_from, sigma_to, eta=1.0):
+    """k-diffusion's (sigma_down, sigma_up), on numbers."""
+    if not eta:
+        return sigma_to, 0.0
+    up = min(sigma_to, eta * math.sqrt(max(sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2)
+                                           / sigma_from ** 2, 0.0)))
+    return math.sqrt(max(sigma_to ** 2 - up ** 2, 0.0)), up
+
+
+def lms_coefficients(levels, order):
+    """coeffs[i][j]: the weight of the derivative at step i - j in LMS step i, the integral of
+    its Lagrange basis polynomial over [sigma_i, sigma_{i+1}] (exact, in Python floats so that
+    a traced loop sees constants; k-diffusion integrates the same polynomials with scipy's
+    quad)."""
+    t = [float(v) for v in levels]
+    out = []
+    for i in range(len(t) - 1):
+        cur = min(i + 1, order)
+        row = []
+        for j in range(cur):
+            p = [1.0]  # coefficients, lowest degree first
+            for k in range(cur):
+                if k != j:
+                    d = t[i - j] - t[i - k]
+                    p = [(a - t[i - k] * b) / d for a, b in zip([0.0] + p, p + [0.0])]
+            prim = lambda v: sum(c * v ** (m + 1) / (m + 1) for m, c in enumerate(p))  # noqa: E731
+            row.append(prim(t[i + 1]) - prim(t[i]))
+        out.append(row)
+    return out
+
+
+def _steps(n, disable):
+    """The step indices, with k-diffusion's progress bar unless disabled (a traced loop needs
+    disable=True: tqdm does not trace)."""
+    return range(n) if disable else trange(n, disable=disable)
+
+
+class _Source:
+    """Where the noise comes from without ``seed``: torch, or the patched module ``ns``."""
+
+    def __init__(self, ns):
+        self.ns = ns
+
+    def _get(self, name, default=None):
+        return getattr(self.ns, name, default) if self.ns is not None else default
+
+    def randn_like(self, x):
+        return self._get("torch", torch).randn_like(x)  # looked up now: callers replace it
+
+    def default_noise_sampler(self, x):
+        f = self._get("default_noise_sampler")
+        if f is not None:
+            return f(x)
+        return lambda sigma, sigma_next: self.randn_like(x)
+
+    def brownian(self, x, sigmas):
+        """The module's BrownianTreeNoiseSampler over [min sigma > 0, max sigma], as k-diffusion
+        builds it (None when there is no module to take it from)."""
+        cls = self._get("BrownianTreeNoiseSampler")
+        if cls is None:
+            return None
+        s = sigmas if isinstance(sigmas, torch.Tensor) else torch.as_tensor(sigmas)
+        return cls(x, s[s > 0].min(), s.max())
+
+
+class _Run:
+    """The state of one sampling call: x, the noise levels as numbers, the noise source, and
+    the log-density accumulators and probes."""
+
+    def __init__(self, ns, model, x, sigmas, extra_args, callback, *, seed, dist, logp, probes,
+                 probe_dist, backend, noise_sampler=None, stochastic=False, div_small=False):
+        if not isinstance(x, torch.Tensor) or x.dim() < 1 or not x.is_floating_point():
+            raise TypeError(f"x: expected a floating-point (B, *S) tensor, got "
+                            f"{getattr(x, 'dtype', type(x).__name__)}")
+        if isinstance(sigmas, torch.Tensor):
+            if sigmas.dim() != 1:
+                raise ValueError(f"sigmas: expected a 1-d tensor, got shape {tuple(sigmas.shape)}")
+            levels = sigmas.detach().double().cpu().tolist()  # one host read, before the loop
+        elif isinstance(sigmas, (list, tuple)):
+            levels = [float(s) for s in sigmas]
+        else:
+            raise TypeError(f"sigmas: expected a 1-d tensor or a list of numbers, got "
+                            f"{type(sigmas).__name__}")
+        if len(levels) < 2:
+            raise ValueError(f"sigmas: expected at least 2 noise levels, got {len(levels)}")
+        if not all(math.isfinite(s) and s >= 0 for s in levels):
+            raise ValueError("sigmas: expected finite noise levels >= 0")
+        if any(s == 0 for s in levels[:-1]):
+            raise ValueError("sigmas: only the last noise level may be 0")
+        if dist not in DISTS:
+            raise ValueError(f"dist: expected one of {DISTS}, got {dist!r}")
+        if seed is not None and noise_sampler is not None:
+            raise ValueError("seed, noise_sampler: give one of them (seed draws the noise in the "
+                             "fused step, noise_sampler draws it outside)")
+        self.model, self.sigmas, self.levels = model, sigmas, levels
+        self.B, self.D = x.shape[0], math.prod(x.shape[1:])
+        self.n = len(levels) - 1 if self.B else 0  # an empty batch: nothing to do
+        self.extra_args = {} if extra_args is None else extra_args
+        self.callback, self.backend, self.dist = callback, backend, dist
+        self.src = _Source(ns)
+        self.x = x.detach().clone(memory_format=torch.contiguous_format)
+        self.s_in = x.new_ones([self.B])
+        self.noise = None if seed is None or not self.B else _Noise(seed, x)
+        self.draws = 0
+        self.carry = 0.0  # |s|^2 weight handed to the next step (stochastic samplers)
+        self.lp = _init_logp(logp, x, levels[0])
+        self.var = self.pr = None
+        self.P = 0
+        if self.lp is not None:
+            if probes is None:
+                probes = 0 if (stochastic and div_small) else 1
+            if stochastic and isinstance(probes, int) and not isinstance(probes, bool) and probes == 0:
+                self.P = 0
+            else:
+                self.P = _check_probes(probes)
+            self.pnoise = self.noise if self.noise is not None or not self.B else _Noise(None, x)
+            self.probe_dist = probe_dist
+            if probe_dist not in ("rademacher", "normal"):
+                raise ValueError(f"probe_dist: expected 'rademacher' or 'normal', got {probe_dist!r}")
+            self.var = torch.zeros_like(self.lp)
+            if self.P and self.B:
+                self.pr = _Probes(self.P, self.x, self.pnoise, probe_dist, backend)
+
+    # -------------------------------------------------------------------- pieces of a step
+    def sig(self, i):
+        """sigmas[i] as the caller gave it (a tensor element or a number)."""
+        return self.sigmas[i]
+
+    def denoise(self, x, sigma, vjp=False, probes=None):
+        """(Dn(x, sigma), its vector-Jacobian products with the step's probes or None)."""
+        s = self.s_in * sigma
+        if vjp and self.lp is not None:
+            pr = probes if probes is not None else self.pr.cur
+            return denoise_with_vjps(self.model, x, s, self.extra_args, pr)
+        with torch.no_grad():
+            return self.model(x, s, **self.extra_args), None
+
+    def report(self, i, den, sigma_hat=None):
+        if self.callback is not None:
+            sig = self.sig(i)
+            self.callback({"x": self.x, "i": i, "sigma": sig,
+                           "sigma_hat": sig if sigma_hat is None else sigma_hat, "denoised": den})
+
+    def seeded(self):
+        return self.noise is not None
+
+    def offset(self):
+        off = self.noise.offset(self.draws)
+        self.draws += 1
+        return off
+
+    def draw(self):
+        """A noise tensor like x from the seeded stream (when it must exist outside a step)."""
+        dt = torch.float32 if self.x.dtype == torch.float64 else self.x.dtype
+        return _noise(self.x.shape, seed=self.noise.seed, offset=self.offset(), dist=self.dist,
+                      device=self.x.device, dtype=dt, backend=self.backend).to(self.x.dtype)
+
+    def final_probes(self):
+        """One probe for the final denoising step of a sampler that tracks no divergence."""
+        return draw_probes(self.x, 1, self.pnoise.seed, self.pnoise.probe_offset(self.n - 1, 1),
+                           self.probe_dist, self.backend)
+
+    def step(self, i, models, ax, am, *, az=0.0, z=None, draw=False, terms=None, vjps=None,
+             probes=None, into=None, fresh=False):
+        """One fused launch: ``x' = ax x + sum_k am_k models_k + az z`` with z given, drawn in
+        the step (``draw``) or none; ``terms``: the log-density terms (dict of make_coef's
+        sx, sm, c0, c1, c2, cw). Writes into ``into`` (leaving x and logp) or advances x, in
+        place unless ``fresh`` (True or the buffer to write: a multistep sampler keeps the old
+        x) or a callback may keep it."""
+        K = len(models)
+        t = terms if (terms is not None and self.lp is not None and into is None) else None
+        kw = {}
+        if t is None:
+            coef = make_coef(self.B, ax=ax, az=az, am=am, device=self.x.device)
+        else:
+            coef = make_coef(self.B, ax=ax, az=az, am=am, sx=t.get("sx", 0.0),
+                             sm=t.get("sm", (0.0,) * K), c0=t.get("c0", 0.0), c1=t.get("c1", 0.0),
+                             c2=t.get("c2", 0.0), cw=t.get("cw", (0.0,) * K), device=self.x.device)
+            kw.update(logp=self.lp, logp_var=self.var)
+            if vjps is not None:
+                kw.update(vjps=vjps)
+                if probes is not None:
+                    kw.update(probes=probes)
+                else:
+                    kw.update(probes=self.pr.cur, seed=self.pnoise.seed,
+                              **self.pr.step_kwargs(i, i == self.n - 1))
+        if z is not None:
+            kw.update(z=z)
+        elif draw:  # (seeded: the probes come from the same stream)
+            kw.update(seed=self.noise.seed, offset=self.offset(), dist=self.dist)
+        if into is not None:
+            return fused_step(self.x, models, coef, out=into, backend=self.backend, **kw)
+        if fresh is not False or self.callback is not None:
+            buf = fresh if isinstance(fresh, torch.Tensor) else torch.empty_like(self.x)
+            self.x = fused_step(self.x, models, coef, out=buf, backend=self.backend, **kw)
+        else:
+            fused_step(self.x, models, coef, backend=self.backend, **kw)
+        if t is not None and vjps is not None and probes is None and i < self.n - 1:
+            self.pr.advance()
+        return self.x
+
+    def scratch(self):
+        """The stage buffer (a midpoint x): allocated once, reused every step."""
+        if getattr(self, "_scratch", None) is None:
+            self._scratch = torch.empty_like(self.x)
+        return self._scratch
+
+    def ring(self, i, size):
+        """Step i's output buffer among ``size`` reused ones (``size`` > the states a multistep
+        sampler keeps); a fresh tensor when a callback may keep x."""
+        if self.callback is not None:
+            return torch.empty_like(self.x)
+        if getattr(self, "_ring", None) is None:
+            self._ring = [self.x] + [torch.empty_like(self.x) for _ in range(size - 1)]
+        return self._ring[(i + 1) % size]
+
+    def result(self):
+        return self.x if self.lp is None else (self.x, self.lp)
+
+    # ------------------------------------------------------------------ log-density terms
+    def ode_terms(self, weights, D_weight=None):
+        """Terms of ``logp += sum_k weights_k (div M_k - D)``."""
+        c0 = -self.D * (sum(weights) if D_weight is None else D_weight)
+        return dict(c0=c0, cw=tuple(weights))
+
+    def sde_terms(self, K, sigma, A, G, q):
+        """Ito's formula for a step ``x' = x + A s + G z`` (s from models[0], at sigma)."""
+        u = (G * G - q) / (2 * sigma * sigma)  # weight of div Dn - D
+        # the |s|^2 integral by the trapezoid rule: half of this step's weight now, half with
+        # the next step's score (the s . z term stays at the left point: it is Ito's)
+        c1 = self.carry + (A - q / 2) / 2
+        self.carry = (A - q / 2) / 2
+        t = dict(sx=-1 / sigma ** 2, sm=(1 / sigma ** 2,) + (0.0,) * (K - 1), c1=c1, c2=G)
+        if self.P:
+            t.update(c0=-self.D * u, cw=(u,) + (0.0,) * (K - 1))
+        return t
+
+    def final_terms(self, sigma):
+        """The final step ``x' = Dn(x)`` of a stochastic sampler: ``D - div Dn``, and the rest
+        of the previous step's |s|^2 term."""
+        t = self.ode_terms((-1.0,))
+        if self.carry:
+            t.update(sx=-1 / sigma ** 2, sm=(1 / sigma ** 2,), c1=self.carry)
+        return t
+
+    def sde_vjp(self):
+        return self.lp is not None and self.P > 0
+
+    def denoise_final(self, x, sigma):
+        """Dn at the final step of a stochastic sampler, with the vjp its log-density needs."""
+        if self.lp is None:
+            return self.denoise(x, sigma) + (None,)
+        pr = self.pr.cur if self.P else self.final_probes()
+        den, w = self.denoise(x, sigma, vjp=True, probes=pr)
+        return den, w, pr
+
+
+def _check_churn(run, s_churn, s_tmin, s_tmax):
+    n = run.n
+    if not s_churn:  # (also keeps a traced loop free of symbolic churn arithmetic)
+        return [0.0] * n
+    gammas = [min(s_churn / n, 2 ** 0.5 - 1) if s_tmin <= s <= s_tmax else 0.0
+              for s in run.levels[:-1]]
+    if run.lp is not None and any(g > 0 for g in gammas):
+        raise ValueError("s_churn: logp is tracked for s_churn = 0 only (churn adds noise "
+                         "whose log-density needs the Laplacian)")
+    return gammas
+
+
+def _churn(run, i, gamma, s_noise):
+    """k-diffusion's churn: one randn_like per step without seed (used or not); returns sigma_hat."""
+    sig = run.levels[i]
+    eps = None if run.seeded() else run.src.randn_like(run.x)
+    sigma_hat = sig * (gamma + 1)
+    if gamma > 0:
+        g = s_noise * math.sqrt(sigma_hat ** 2 - sig ** 2)
+        if eps is None:
+            run.step(i, [], 1.0, (), az=g, draw=True)
+        else:
+            run.step(i, [], 1.0, (), az=g, z=eps)
+    return sigma_hat
+
+
+def _sigma_hat(run, i, gamma):
+    if gamma == 0:
+        return None
+    s = run.sig(i)
+    return s * (gamma + 1)
+
+
+def _public(core, name):
+    """The public sampler: ``core`` without its leading module argument."""
+    import functools
+    import inspect
+
+    @functools.wraps(core)
+    def f(*args, **kwargs):
+        return core(None, *args, **kwargs)
+    sig = inspect.signature(core)
+    f.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])
+    f.__name__ = f.__qualname__ = name
+    del f.__wrapped__  # the signature is the one above (without the module argument)
+    f.core = core
+    return f
+
+
+# ----------------------------------------------------------------------- ODE samplers
+
+def _euler(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.,
+           s_tmin=0., s_tmax=INF, s_noise=1., *, seed=None, dist="normal", logp=None, probes=1,
+           probe_dist="rademacher", backend=None):
+    """Karras et al. (2022) Algorithm 2 with Euler steps (k-diffusion's ``sample_euler``):
+    ``x <- x + (sigma' - sigma_hat)(x - Dn(x, sigma_hat))/sigma_hat`` after the churn
+    ``sigma_hat = sigma (1 + gamma)``. ``logp``: ``d logp = (div Dn - D) d sigma / sigma``."""
+    run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
+               probes=probes, probe_dist=probe_dist, backend=backend)
+    gammas = _check_churn(run, s_churn, s_tmin, s_tmax)
+    for i in _steps(run.n, disable):
+        sh = _churn(run, i, gammas[i], s_noise)
+        den, w = run.denoise(run.x, sh, vjp=True)
+        run.report(i, den, _sigma_hat(run, i, gammas[i]))
+        r = (run.levels[i + 1] - sh) / sh
+        run.step(i, [den], 1 + r, (-r,), terms=run.ode_terms((r,)), vjps=[w])
+    return run.result()
+
+
+def _heun(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.,
+          s_tmin=0., s_tmax=INF, s_noise=1., *, seed=None, dist="normal", logp=None, probes=1,
+          probe_dist="rademacher", backend=None):
+    """Karras et al. (2022) Algorithm 2 (Heun steps; an Euler step to sigma = 0). ``logp``: the
+    trapezoid rule on ``d logp = (div Dn - D) d sigma / sigma``; both stages use the same
+    probes."""
+    run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
+               probes=probes, probe_dist=probe_dist, backend=backend)
+    gammas = _check_churn(run, s_churn, s_tmin, s_tmax)
+    for i in _steps(run.n, disable):
+        sh = _churn(run, i, gammas[i], s_noise)
+        nxt = run.levels[i + 1]
+        den, w = run.denoise(run.x, sh, vjp=True)
+        run.report(i, den, _sigma_hat(run, i, gammas[i]))
+        r = (nxt - sh) / sh
+        if nxt == 0:
+            run.step(i, [den], 1 + r, (-r,), terms=run.ode_terms((r,)), vjps=[w])
+            continue
+        x2 = run.step(i, [den], 1 + r, (-r,), into=run.scratch())
+        den2, w2 = run.denoise(x2, nxt, vjp=True)
+        rn = (nxt - sh) / nxt
+        run.step(i, [den, den2], 1 + r / 2 + rn / 2 * (1 + r), (-r / 2 - rn * r / 2, -rn / 2),
+                 terms=run.ode_terms((r / 2, rn / 2)), vjps=None if w is None else [w, w2])
+    return run.result()
+
+
+def _dpm_2(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.,
+           s_tmin=0., s_tmax=INF, s_noise=1., *, seed=None, dist="normal", logp=None, probes=1,
+           probe_dist="rademacher", backend=None):
+    """k-diffusion's DPM-2: an Euler half step to the geometric midpoint sigma_mid, then the full
+    step with the derivative there (Euler to sigma = 0). ``logp``: the midpoint rule."""
+    run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
+               probes=probes, probe_dist=probe_dist, backend=backend)
+    gammas = _check_churn(run, s_churn, s_tmin, s_tmax)
+    for i in _steps(run.n, disable):
+        sh = _churn(run, i, gammas[i], s_noise)
+        nxt = run.levels[i + 1]
+        den, w = run.denoise(run.x, sh, vjp=nxt == 0)
+        run.report(i, den, _sigma_hat(run, i, gammas[i]))
+        if nxt == 0:
+            r = -1.0
+            run.step(i, [den], 1 + r, (-r,), terms=run.ode_terms((r,)), vjps=[w])
+            continue
+        mid = math.exp(0.5 * (math.log(sh) + math.log(nxt)))
+        b = (mid - sh) / sh
+        x2 = run.step(i, [den], 1 + b, (-b,), into=run.scratch())
+        den2, w2 = run.denoise(x2, mid, vjp=True)
+        a = (nxt - sh) / mid
+        run.step(i, [den, den2], 1 + a * (1 + b), (-a * b, -a), terms=run.ode_terms((0.0, a)),
+                 vjps=None if w2 is None else [w2, w2])
+    return run.result()
+
+
+def _lms(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, order=4, *,
+         seed=None, dist="normal", logp=None, probes=1, probe_dist="rademacher", backend=None):
+    """k-diffusion's linear multistep (Adams-Bashforth in sigma, order ``order`` <= 4 here):
+    ``x <- x + sum_j c_ij d_{i-j}``, d = (x - Dn)/sigma, with the past states and model outputs
+    as inputs of the fused step. ``logp``: the same weights on ``(div Dn - D)/sigma``, each
+    evaluation's total weight added at its own step (the final logp is the LMS quadrature)."""
+    if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= MAX_LMS_ORDER:
+        raise ValueError(f"order: expected an int from 1 to {MAX_LMS_ORDER} (the fused step takes "
+                         f"at most 8 model-sized inputs), got {order!r}")
+    run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
+               probes=probes, probe_dist=probe_dist, backend=backend)
+    lv = run.levels
+    coeffs = lms_coefficients(lv[:run.n + 1], order)
+    W = [0.0] * run.n  # total weight of evaluation m on (div Dn_m - D)
+    for i, row in enumerate(coeffs):
+        for j, c in enumerate(row):
+            W[i - j] += c / lv[i - j]
+    hist = []  # (x_m, Dn_m) of the previous steps, newest first
+    for i in _steps(run.n, disable):
+        xi = run.x
+        den, w = run.denoise(xi, lv[i], vjp=True)
+        run.report(i, den)
+        row = coeffs[i]
+        models, am = [den], [-row[0] / lv[i]]
+        for j in range(1, len(row)):
+            xm, dm = hist[j - 1]
+            models += [xm, dm]
+            am += [row[j] / lv[i - j], -row[j] / lv[i - j]]
+        K = len(models)
+        run.step(i, models, 1 + row[0] / lv[i], tuple(am),
+                 terms=dict(c0=-run.D * W[i], cw=(W[i],) + (0.0,) * (K - 1)),
+                 vjps=None if w is None else [w] * K, fresh=run.ring(i, order + 1))
+        hist.insert(0, (xi, den))
+        del hist[order - 1:]
+    return run.result()
+
+
+def _dpmpp_2m(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, *, seed=None,
+              dist="normal", logp=None, probes=1, probe_dist="rademacher", backend=None):
+    """DPM-Solver++(2M) (k-diffusion's ``sample_dpmpp_2m``): in t = -log sigma, h = t' - t,
+    ``x <- (sigma'/sigma) x + (1 - e^-h) ((1 + 1/2r) Dn - (1/2r) Dn_old)``, r = h_old / h
+    (first order on the first step and to sigma = 0). ``logp``: the same linear extrapolation
+    of ``div Dn`` in t, ``logp += -h ((1 + 1/2r) f - f_old/2r - D)``, f = div Dn (to sigma = 0:
+    ``D - f``)."""
+    run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
+               probes=probes, probe_dist=probe_dist, backend=backend)
+    lv = run.levels
+    # per step: (h, weight on the new output, weight on the old one) in the D-space update
+    steps = []
+    for i in range(run.n):
+        if lv[i + 1] == 0:
+            steps.append((None, 1.0, 0.0))
+            continue
+        h = math.log(lv[i]) - math.log(lv[i + 1])
+        if i == 0:
+            steps.append((h, 1.0, 0.0))
+        else:
+            r = (math.log(lv[i - 1]) - math.log(lv[i])) / h
+            steps.append((h, 1 + 1 / (2 * r), 1 / (2 * r)))
+    W = []  # total weight of evaluation m on div Dn_m; c0 of step m
+    for m, (h, a, _) in enumerate(steps):
+        wm = -1.0 if h is None else -h * a
+        if m + 1 < run.n and steps[m + 1][0] is not None:
+            wm += steps[m + 1][0] * steps[m + 1][2]
+        W.append(wm)
+    old = None
+    for i in _steps(run.n, disable):
+        den, w = run.denoise(run.x, lv[i], vjp=True)
+        run.report(i, den)
+        h, a, b = steps[i]
+        c0 = run.D * (1.0 if h is None else h)
+        if h is None or old is None or b == 0:
+            e = 1.0 if h is None else -math.expm1(-h)
+            run.step(i, [den], lv[i + 1] / lv[i], (e,), terms=dict(c0=c0, cw=(W[i],)), vjps=[w])
+        else:
+            e = -math.expm1(-h)
+            run.step(i, [den, old], lv[i + 1] / lv[i], (e * a, -e * b),
+                     terms=dict(c0=c0, cw=(W[i], 0.0)), vjps=None if w is None else [w, w])
+        old = den
+    return run.result()
+
+
+# ------------------------------------------------------------------- stochastic samplers
+
+def _ancestral_noise(run, noise_sampler, x):
+    """The ancestral samplers' noise sampler: None with ``seed`` (drawn in the step), else the
+    one given or the module's ``default_noise_sampler(x)``, made before the loop as
+    k-diffusion makes it."""
+    if run.seeded() or not run.B:
+        return None
+    return noise_sampler if noise_sampler is not None else run.src.default_noise_sampler(x)
+
+
+def _brownian(run, x):
+    """k-diffusion's default for the SDE samplers: the module's BrownianTreeNoiseSampler; without
+    a module, a seed from the global generator (as the tree draws one) for noise drawn in the
+    step (independent increments: the law of the tree's increments over disjoint intervals)."""
+    if not run.B:
+        return None
+    tree = run.src.brownian(x, run.sigmas)
+    if tree is None:
+        run.noise = _Noise(int(torch.randint(0, 2 ** 63 - 1, []).item()), run.x)
+        if run.lp is not None:  # the probes share the stream
+            run.pnoise = run.noise
+            if run.P:
+                run.pr = _Probes(run.P, run.x, run.noise, run.probe_dist, run.backend)
+    return tree
+
+
+def _ancestral(run, i, eta):
+    sig, nxt = run.levels[i], run.levels[i + 1]
+    down, up = get_ancestral_step(sig, nxt, eta)
+    return sig, nxt, down, up
+
+
+def _euler_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.,
+                     s_noise=1., noise_sampler=None, *, seed=None, dist="normal", logp=None,
+                     probes=None, probe_dist="rademacher", backend=None):
+    """Ancestral sampling with Euler steps (k-diffusion's ``sample_euler_ancestral``): an Euler
+    step to sigma_down, then ``s_noise sigma_up`` times the noise (none to sigma = 0)."""
+    run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
+               probes=probes, probe_dist=probe_dist, backend=backend, noise_sampler=noise_sampler,
+               stochastic=True, div_small=eta == 1 and s_noise == 1)
+    ns_ = _ancestral_noise(run, noise_sampler, x)
+    for i in _steps(run.n, disable):
+        sig, nxt, down, up = _ancestral(run, i, eta)
+        final = nxt == 0
+        if final:
+            den, w, pr = run.denoise_final(run.x, sig)
+        else:
+            den, w = run.denoise(run.x, sig, vjp=run.sde_vjp())
+            pr = None
+        run.report(i, den)
+        ax, am = down / sig, (1 - down / sig,)
+        if final:
+            run.step(i, [den], ax, am, terms=run.final_terms(sig),
+                     vjps=None if w is None else [w], probes=pr)
+            continue
+        G = s_noise * up
+        terms = run.sde_terms(1, sig, sig * (sig - down), G, sig * sig - nxt * nxt)
+        vj = [w] if w is not None else None
+        if run.seeded():
+            run.step(i, [den], ax, am, az=G, draw=True, terms=terms, vjps=vj)
+        else:
+            z = ns_(run.sig(i), run.sig(i + 1))
+            run.step(i, [den], ax, am, az=G, z=z, terms=terms, vjps=vj)
+    return run.result()
+
+
+def _dpm_2_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.,
+                     s_noise=1., noise_sampler=None, *, seed=None, dist="normal", logp=None,
+                     probes=None, probe_dist="rademacher", backend=None):
+    """Ancestral sampling with DPM-2 steps (k-diffusion's ``sample_dpm_2_ancestral``): DPM-2 to
+    sigma_down (Euler when sigma_down = 0, then no noise), then ``s_noise sigma_up`` noise."""
+    run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
+               probes=probes, probe_dist=probe_dist, backend=backend, noise_sampler=noise_sampler,
+               stochastic=True, div_small=eta == 1 and s_noise == 1)
+    ns_ = _ancestral_noise(run, noise_sampler, x)
+    for i in _steps(run.n, disable):
+        sig, nxt, down, up = _ancestral(run, i, eta)
+        final = nxt == 0
+        if final:
+            den, w, pr = run.denoise_final(run.x, sig)
+        else:
+            den, w = run.denoise(run.x, sig, vjp=run.sde_vjp())
+            pr = None
+        run.report(i, den)
+        if down == 0:
+            terms = (run.final_terms(sig) if final else
+                     run.sde_terms(1, sig, sig * sig, 0.0, sig * sig - nxt * nxt))
+            run.step(i, [den], 0.0, (1.0,), terms=terms, vjps=None if w is None else [w], probes=pr)
+            continue
+        mid = math.exp(0.5 * (math.log(sig) + math.log(down)))
+        b = (mid - sig) / sig
+        x2 = run.step(i, [den], 1 + b, (-b,), into=run.scratch())
+        den2, _ = run.denoise(x2, mid)
+        a = (down - sig) / mid
+        G = s_noise * up
+        terms = run.sde_terms(2, sig, sig * (sig - down), G, sig * sig - nxt * nxt)
+        vj = [w, w] if w is not None else None
+        if run.seeded():
+            run.step(i, [den, den2], 1 + a * (1 + b), (-a * b, -a), az=G, draw=True, terms=terms,
+                     vjps=vj)
+        else:
+            z = ns_(run.sig(i), run.sig(i + 1))
+            run.step(i, [den, den2], 1 + a * (1 + b), (-a * b, -a), az=G, z=z, terms=terms,
+                     vjps=vj)
+    return run.result()
+
+
+def _dpmpp_2s_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, disable=None,
+                        eta=1., s_noise=1., noise_sampler=None, *, seed=None, dist="normal",
+                        logp=None, probes=None, probe_dist="rademacher", backend=None):
+    """Ancestral sampling with DPM-Solver++(2S) steps (k-diffusion's
+    ``sample_dpmpp_2s_ancestral``): in t = -log sigma, a first-order step to the midpoint
+    ``s = t + h/2`` of [t, t_down], then ``x <- (sigma_down/sigma) x + (1 - e^-h) Dn(x_2, s)``,
+    then ``s_noise sigma_up`` noise unless sigma' = 0."""
+    run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
+               probes=probes, probe_dist=probe_dist, backend=backend, noise_sampler=noise_sampler,
+               stochastic=True, div_small=eta == 1 and s_noise == 1)
+    ns_ = _ancestral_noise(run, noise_sampler, x)
+    for i in _steps(run.n, disable):
+        sig, nxt, down, up = _ancestral(run, i, eta)
+        final = nxt == 0
+        if final:
+            den, w, pr = run.denoise_final(run.x, sig)
+        else:
+            den, w = run.denoise(run.x, sig, vjp=run.sde_vjp())
+            pr = None
+        run.report(i, den)
+        G = 0.0 if final else s_noise * up
+        q = sig * sig - nxt * nxt
+        if down == 0:
+            models, ax, am = [den], 0.0, (1.0,)
+            terms = (run.final_terms(sig) if final else run.sde_terms(1, sig, sig * sig, G, q))
+            vj = None if w is None else [w]
+        else:
+            h = math.log(sig) - math.log(down)
+            ms = math.sqrt(sig * down)  # sigma at s = t + h/2
+            x2 = run.step(i, [den], ms / sig, (-math.expm1(-h / 2),), into=run.scratch())
+            den2, _ = run.denoise(x2, ms)
+            models, ax, am = [den, den2], down / sig, (0.0, -math.expm1(-h))
+            terms = run.sde_terms(2, sig, sig * (sig - down), G, q)
+            vj = None if w is None else [w, w]
+        if final:
+            run.step(i, models, ax, am, terms=terms, vjps=vj, probes=pr)
+        elif run.seeded():
+            run.step(i, models, ax, am, az=G, draw=True, terms=terms, vjps=vj)
+        else:
+            run.step(i, models, ax, am, az=G, z=ns_(run.sig(i), run.sig(i + 1)), terms=terms,
+                     vjps=vj)
+    return run.result()
+
+
+def _dpmpp_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.,
+               s_noise=1., noise_sampler=None, r=1 / 2, *, seed=None, dist="normal", logp=None,
+               probes=None, probe_dist="rademacher", backend=None):
+    """DPM-Solver++ (stochastic; k-diffusion's ``sample_dpmpp_sde``): two ancestral
+    DPM-Solver++ stages per step, at ``s = t + r h`` and at t'. Its two noises are Brownian
+    increments over [sigma_s, sigma] and [sigma', sigma] (the second contains the first); with
+    ``seed`` they are drawn with that correlation."""
+    if not isinstance(r, (int, float)) or isinstance(r, bool) or not 0 < r:
+        raise ValueError(f"r: expected a number > 0, got {r!r}")
+    run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
+               probes=probes, probe_dist=probe_dist, backend=backend, noise_sampler=noise_sampler,
+               stochastic=True, div_small=eta == 1 and s_noise == 1)
+    sampler = noise_sampler
+    if sampler is None and not run.seeded():
+        sampler = _brownian(run, x)
+    tsig = isinstance(run.sigmas, torch.Tensor)
+    for i in _steps(run.n, disable):
+        sig, nxt = run.levels[i], run.levels[i + 1]
+        final = nxt == 0
+        if final:
+            den, w, pr = run.denoise_final(run.x, sig)
+        else:
+            den, w = run.denoise(run.x, sig, vjp=run.sde_vjp())
+        run.report(i, den)
+        if final:
+            run.step(i, [den], 0.0, (1.0,), terms=run.final_terms(sig),
+                     vjps=None if w is None else [w], probes=pr)
+            continue
+        t, tn = -math.log(sig), -math.log(nxt)
+        h = tn - t
+        s = t + h * r
+        fac = 1 / (2 * r)
+        ss = math.exp(-s)
+        sd, su = get_ancestral_step(sig, ss, eta)
+        sd2, su2 = get_ancestral_step(sig, nxt, eta)
+        if sampler is not None:
+            if tsig:  # the tree's query points computed as k-diffusion computes them
+                tt = run.sigmas[i].log().neg()
+                st = tt + (run.sigmas[i + 1].log().neg() - tt) * r
+                a1, b1, b2 = tt.neg().exp(), st.neg().exp(), run.sigmas[i + 1].log().neg().neg().exp()
+            else:
+                a1, b1, b2 = math.exp(-t), ss, math.exp(-tn)
+            z1 = sampler(a1, b1)
+            x2 = run.step(i, [den], sd / sig, (1 - sd / sig,), az=s_noise * su, z=z1,
+                          into=run.scratch())
+        else:
+            # W over [sigma_s, sigma] and [sigma', sigma_s]: n2 = (sqrt(d1) n1 + sqrt(d2) n')/sqrt(d1+d2)
+            z1 = run.draw()
+            x2 = run.step(i, [den], sd / sig, (1 - sd / sig,), az=s_noise * su, z=z1,
+                          into=run.scratch())
+        den2, _ = run.denoise(x2, ss)
+        if sampler is not None:
+            z2 = sampler(a1, b2)
+        else:
+            d1, d2 = abs(sig - ss), abs(ss - nxt)
+            z2 = torch.add(z1 * math.sqrt(d1 / (d1 + d2)), run.draw(), alpha=math.sqrt(d2 / (d1 + d2)))
+        G = s_noise * su2
+        e = 1 - sd2 / sig
+        terms = run.sde_terms(2, sig, sig * sig * e, G, sig * sig - nxt * nxt)
+        run.step(i, [den, den2], sd2 / sig, (e * (1 - fac), e * fac), az=G, z=z2, terms=terms,
+                 vjps=None if w is None else [w, w])
+    return run.result()
+
+
+def _dpmpp_2m_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.,
+                  s_noise=1., noise_sampler=None, solver_type='midpoint', *, seed=None,
+                  dist="normal", logp=None, probes=None, probe_dist="rademacher", backend=None):
+    """DPM-Solver++(2M) SDE (k-diffusion's ``sample_dpmpp_2m_sde``), ``solver_type`` 'midpoint'
+    or 'heun'; the final step to sigma = 0 returns the denoised x."""
+    if solver_type not in {'heun', 'midpoint'}:
+        raise ValueError('solver_type must be \'heun\' or \'midpoint\'')
+    run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
+               probes=probes, probe_dist=probe_dist, backend=backend, noise_sampler=noise_sampler,
+               stochastic=True, div_small=eta == 1 and s_noise == 1)
+    sampler = noise_sampler
+    if sampler is None and not run.seeded():
+        sampler = _brownian(run, x)
+    old, h_last = None, None
+    for i in _steps(run.n, disable):
+        sig, nxt = run.levels[i], run.levels[i + 1]
+        final = nxt == 0
+        if final:
+            den, w, pr = run.denoise_final(run.x, sig)
+        else:
+            den, w = run.denoise(run.x, sig, vjp=run.sde_vjp())
+        run.report(i, den)
+        if final:
+            run.step(i, [den], 0.0, (1.0,), terms=run.final_terms(sig),
+                     vjps=None if w is None else [w], probes=pr)
+            old = den
+            continue
+        h = math.log(sig) - math.log(nxt)
+        eh = eta * h
+        e = -math.expm1(-h - eh)
+        ax = nxt / sig * math.exp(-eh)
+        models, am = [den], [e]
+        if old is not None:
+            rr = h_last / h
+            c = ((e / (-h - eh) + 1) if solver_type == 'heun' else 0.5 * e) / rr
+            models, am = [den, old], [e + c, -c]
+        G = nxt * math.sqrt(-math.expm1(-2 * eh)) * s_noise if eta else 0.0
+        terms = run.sde_terms(len(models), sig, sig * sig * e, G, sig * sig - nxt * nxt)
+        vj = None if w is None else [w] * len(models)
+        if not eta:
+            run.step(i, models, ax, tuple(am), terms=terms, vjps=vj)
+        elif sampler is None:
+            run.step(i, models, ax, tuple(am), az=G, draw=True, terms=terms, vjps=vj)
+        else:
+            run.step(i, models, ax, tuple(am), az=G, z=sampler(run.sig(i), run.sig(i + 1)),
+                     terms=terms, vjps=vj)
+        old, h_last = den, h
+    return run.result()
+
+
+def _dpmpp_3m_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.,
+                  s_noise=1., noise_sampler=None, *, seed=None, dist="normal", logp=None,
+                  probes=None, probe_dist="rademacher", backend=None):
+    """DPM-Solver++(3M) SDE (k-diffusion's ``sample_dpmpp_3m_sde``); the final step to sigma = 0
+    returns the denoised x."""
+    run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
+               probes=probes, probe_dist=probe_dist, backend=backend, noise_sampler=noise_sampler,
+               stochastic=True, div_small=eta == 1 and s_noise == 1)
+    sampler = noise_sampler
+    if sampler is None and not run.seeded():
+        sampler = _brownian(run, x)
+    d_1 = d_2 = None
+    h_1 = h_2 = None
+    for i in _steps(run.n, disable):
+        sig, nxt = run.levels[i], run.levels[i + 1]
+        final = nxt == 0
+        if final:
+            den, w, pr = run.denoise_final(run.x, sig)
+        else:
+            den, w = run.denoise(run.x, sig, vjp=run.sde_vjp())
+        run.report(i, den)
+        if final:
+            run.step(i, [den], 0.0, (1.0,), terms=run.final_terms(sig),
+                     vjps=None if w is None else [w], probes=pr)
+            d_1, d_2 = den, d_1
+            continue
+        h = math.log(sig) - math.log(nxt)
+        he = h * (eta + 1)
+        e = -math.expm1(-he)
+        ax = math.exp(-he)
+        phi2 = math.expm1(-he) / he + 1
+        if h_2 is not None:
+            r0, r1 = h_1 / h, h_2 / h
+            phi3 = phi2 / he - 0.5
+            alpha = phi2 * (1 + r0 / (r0 + r1)) - phi3 / (r0 + r1)
+            beta = -phi2 * r0 / (r0 + r1) + phi3 / (r0 + r1)
+            models = [den, d_1, d_2]
+            am = [e + alpha / r0, -alpha / r0 + beta / r1, -beta / r1]
+        elif h_1 is not None:
+            rr = h_1 / h
+            models, am = [den, d_1], [e + phi2 / rr, -phi2 / rr]
+        else:
+            models, am = [den], [e]
+        G = nxt * math.sqrt(-math.expm1(-2 * h * eta)) * s_noise if eta else 0.0
+        terms = run.sde_terms(len(models), sig, sig * sig * e, G, sig * sig - nxt * nxt)
+        vj = None if w is None else [w] * len(models)
+        if not eta:
+            run.step(i, models, ax, tuple(am), terms=terms, vjps=vj)
+        elif sampler is None:
+            run.step(i, models, ax, tuple(am), az=G, draw=True, terms=terms, vjps=vj)
+        else:
+            run.step(i, models, ax, tuple(am), az=G, z=sampler(run.sig(i), run.sig(i + 1)),
+                     terms=terms, vjps=vj)
+        d_1, d_2 = den, d_1
+        h_1, h_2 = h, h_1
+    return run.result()
+
+
+_CORES = {"sample_euler": _euler, "sample_euler_ancestral": _euler_ancestral,
+          "sample_heun": _heun, "sample_dpm_2": _dpm_2, "sample_dpm_2_ancestral": _dpm_2_ancestral,
+          "sample_lms": _lms, "sample_dpmpp_2s_ancestral": _dpmpp_2s_ancestral,
+          "sample_dpmpp_sde": _dpmpp_sde, "sample_dpmpp_2m": _dpmpp_2m,
+          "sample_dpmpp_2m_sde": _dpmpp_2m_sde, "sample_dpmpp_3m_sde": _dpmpp_3m_sde}
+
+sample_euler = _public(_euler, "sample_euler")
+sample_euler_ancestral = _public(_euler_ancestral, "sample_euler_ancestral")
+sample_heun = _public(_heun, "sample_heun")
+sample_dpm_2 = _public(_dpm_2, "sample_dpm_2")
+sample_dpm_2_ancestral = _public(_dpm_2_ancestral, "sample_dpm_2_ancestral")
+sample_lms = _public(_lms, "sample_lms")
+sample_dpmpp_2s_ancestral = _public(_dpmpp_2s_ancestral, "sample_dpmpp_2s_ancestral")
+sample_dpmpp_sde = _public(_dpmpp_sde, "sample_dpmpp_sde")
+sample_dpmpp_2m = _public(_dpmpp_2m, "sample_dpmpp_2m")
+sample_dpmpp_2m_sde = _public(_dpmpp_2m_sde, "sample_dpmpp_2m_sde")
+sample_dpmpp_3m_sde = _public(_dpmpp_3m_sde, "sample_dpmpp_3m_sde")
+
+# name -> (the public sampler, its core taking the module to draw noise through first)
+K_SAMPLERS = {name: (globals()[name], core) for name, core in _CORES.items()}
