@@ -35,7 +35,12 @@ def _sync(device):
 
 
 def time_call(fn, device="cpu", repeats=20, warmup=3, min_time=0.3):
-    """Median wall time (seconds) of ``fn()`` after ``warmup`` calls."""
+    """Median wall time (seconds) of ``fn()`` after ``warmup`` calls (on a GPU: Triton's
+    ``do_bench``, which times on the device with CUDA events, like every op in the bench)."""
+    if str(device).startswith("cuda"):
+        import triton.testing
+
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3
     for _ in range(warmup):
         fn()
     _sync(device)
