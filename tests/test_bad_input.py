@@ -123,6 +123,10 @@ def _samplers(sig, sig_pos, taus, seeds):
         ("ddim-nologp", lambda m, x, s: S.sample_ddim(m, x, sig, eta=0.5, seed=s)),
         ("euler_maruyama", lambda m, x, s: S.sample_euler_maruyama(m, x, sig_pos, logp=True, seed=s)),
         ("interpolant", lambda m, x, s: S.sample_interpolant(m, x, taus)),
+        # k-diffusion's samplers (in-kernel noise from per-sample seeds)
+        *[(name, lambda m, x, s, f=getattr(S, f"sample_{name}"): f(m, x, sig, seed=s, logp=True))
+          for name in ("dpm_2", "lms", "dpmpp_2m", "euler_ancestral", "dpm_2_ancestral",
+                       "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde")],
     ]
 
 
@@ -226,7 +230,9 @@ def test_value_checks_are_skipped_while_a_cuda_stream_captures(monkeypatch, rng)
     assert not _validate.eager()
     gm = _gm(rng, 4)
     gm(torch.randn(2, 4, generator=rng), -1.0)  # unchecked: no raise
-    S.sample_euler(gm, torch.randn(2, 4, generator=rng), torch.tensor([0.1, 1.0, 2.0]))
+    # (a sampler that keeps its noise levels on the device; the k-diffusion samplers take them
+    # as host numbers before the loop, where checking them reads nothing from the device)
+    S.sample_euler_maruyama(gm, torch.randn(2, 4, generator=rng), torch.tensor([0.1, 1.0, 2.0]), seed=0)
 
 
 def test_compiled_checks_have_no_graph_break(rng):

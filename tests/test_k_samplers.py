@@ -180,7 +180,7 @@ def test_named_errors(rng):
         S.sample_euler_ancestral(gm, x, sigmas, seed=1, noise_sampler=lambda a, b: torch.randn_like(x))
     with pytest.raises(ValueError, match="sigmas"):
         S.sample_dpmpp_2m(gm, x, torch.tensor([1.0, float("nan"), 0.0]))
-    with pytest.raises(ValueError, match="only the last"):
+    with pytest.raises(ValueError, match="strictly decreasing"):
         S.sample_dpmpp_2m(gm, x, torch.tensor([1.0, 0.0, 0.0]))
     with pytest.raises(TypeError, match="sigmas"):
         S.sample_dpmpp_2m(gm, x, 3.0)

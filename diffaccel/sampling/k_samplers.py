@@ -56,7 +56,8 @@ from tqdm.auto import trange
 
 from ..library import DISTS
 from ..random import noise as _noise
-from .samplers import _check_probes, _init_logp, _Noise, _Probes, denoise_with_vjps, draw_probes
+from .samplers import (_check_probes, _init_logp, _Noise, _Probes, _rows_bad, check_levels,
+                       denoise_with_vjps, draw_probes, finish_rows)
 from .step import fused_step, make_coef
 
 INF = float("inf")
@@ -140,7 +141,7 @@ class _Run:
     the log-density accumulators and probes."""
 
     def __init__(self, ns, model, x, sigmas, extra_args, callback, *, seed, dist, logp, probes,
-                 probe_dist, backend, noise_sampler=None, stochastic=False, div_small=False):
+                 probe_dist, backend, where, noise_sampler=None, stochastic=False, div_small=False):
         if not isinstance(x, torch.Tensor) or x.dim() < 1 or not x.is_floating_point():
             raise TypeError(f"x: expected a floating-point (B, *S) tensor, got "
                             f"{getattr(x, 'dtype', type(x).__name__)}")
@@ -155,16 +156,14 @@ class _Run:
                             f"{type(sigmas).__name__}")
         if len(levels) < 2:
             raise ValueError(f"sigmas: expected at least 2 noise levels, got {len(levels)}")
-        if not all(math.isfinite(s) and s >= 0 for s in levels):
-            raise ValueError("sigmas: expected finite noise levels >= 0")
-        if any(s == 0 for s in levels[:-1]):
-            raise ValueError("sigmas: only the last noise level may be 0")
+        check_levels(levels, "sigmas")  # finite, >= 0, strictly decreasing
         if dist not in DISTS:
             raise ValueError(f"dist: expected one of {DISTS}, got {dist!r}")
         if seed is not None and noise_sampler is not None:
             raise ValueError("seed, noise_sampler: give one of them (seed draws the noise in the "
                              "fused step, noise_sampler draws it outside)")
-        self.model, self.sigmas, self.levels = model, sigmas, levels
+        self.model, self.sigmas, self.levels, self.where = model, sigmas, levels, where
+        self.bad = _rows_bad(x)  # non-finite input samples: NaN out, the others unaffected
         self.B, self.D = x.shape[0], math.prod(x.shape[1:])
         self.n = len(levels) - 1 if self.B else 0  # an empty batch: nothing to do
         self.extra_args = {} if extra_args is None else extra_args
@@ -287,6 +286,7 @@ class _Run:
         return self._ring[(i + 1) % size]
 
     def result(self):
+        finish_rows(self.where, self.bad, self.x, self.lp)
         return self.x if self.lp is None else (self.x, self.lp)
 
     # ------------------------------------------------------------------ log-density terms
@@ -384,7 +384,8 @@ def _euler(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, s
     """Karras et al. (2022) Algorithm 2 with Euler steps (k-diffusion's ``sample_euler``):
     ``x <- x + (sigma' - sigma_hat)(x - Dn(x, sigma_hat))/sigma_hat`` after the churn
     ``sigma_hat = sigma (1 + gamma)``. ``logp``: ``d logp = (div Dn - D) d sigma / sigma``."""
-    run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
+    run = _Run(ns, model, x, sigmas, extra_args, callback, where="sample_euler",
+               seed=seed, dist=dist, logp=logp,
                probes=probes, probe_dist=probe_dist, backend=backend)
     gammas = _check_churn(run, s_churn, s_tmin, s_tmax)
     for i in _steps(run.n, disable):
@@ -402,7 +403,8 @@ def _heun(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, s_
     """Karras et al. (2022) Algorithm 2 (Heun steps; an Euler step to sigma = 0). ``logp``: the
     trapezoid rule on ``d logp = (div Dn - D) d sigma / sigma``; both stages use the same
     probes."""
-    run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
+    run = _Run(ns, model, x, sigmas, extra_args, callback, where="sample_heun",
+               seed=seed, dist=dist, logp=logp,
                probes=probes, probe_dist=probe_dist, backend=backend)
     gammas = _check_churn(run, s_churn, s_tmin, s_tmax)
     for i in _steps(run.n, disable):
@@ -427,7 +429,8 @@ def _dpm_2(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, s
            probe_dist="rademacher", backend=None):
     """k-diffusion's DPM-2: an Euler half step to the geometric midpoint sigma_mid, then the full
     step with the derivative there (Euler to sigma = 0). ``logp``: the midpoint rule."""
-    run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
+    run = _Run(ns, model, x, sigmas, extra_args, callback, where="sample_dpm_2",
+               seed=seed, dist=dist, logp=logp,
                probes=probes, probe_dist=probe_dist, backend=backend)
     gammas = _check_churn(run, s_churn, s_tmin, s_tmax)
     for i in _steps(run.n, disable):
@@ -458,7 +461,8 @@ def _lms(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, ord
     if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= MAX_LMS_ORDER:
         raise ValueError(f"order: expected an int from 1 to {MAX_LMS_ORDER} (the fused step takes "
                          f"at most 8 model-sized inputs), got {order!r}")
-    run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
+    run = _Run(ns, model, x, sigmas, extra_args, callback, where="sample_lms",
+               seed=seed, dist=dist, logp=logp,
                probes=probes, probe_dist=probe_dist, backend=backend)
     lv = run.levels
     coeffs = lms_coefficients(lv[:run.n + 1], order)
@@ -493,7 +497,8 @@ def _dpmpp_2m(ns, model, x, sigmas, extra_args=None, callback=None, disable=None
     (first order on the first step and to sigma = 0). ``logp``: the same linear extrapolation
     of ``div Dn`` in t, ``logp += -h ((1 + 1/2r) f - f_old/2r - D)``, f = div Dn (to sigma = 0:
     ``D - f``)."""
-    run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
+    run = _Run(ns, model, x, sigmas, extra_args, callback, where="sample_dpmpp_2m",
+               seed=seed, dist=dist, logp=logp,
                probes=probes, probe_dist=probe_dist, backend=backend)
     lv = run.levels
     # per step: (h, weight on the new output, weight on the old one) in the D-space update
@@ -569,7 +574,8 @@ def _euler_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, disab
                      probes=None, probe_dist="rademacher", backend=None):
     """Ancestral sampling with Euler steps (k-diffusion's ``sample_euler_ancestral``): an Euler
     step to sigma_down, then ``s_noise sigma_up`` times the noise (none to sigma = 0)."""
-    run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
+    run = _Run(ns, model, x, sigmas, extra_args, callback, where="sample_euler_ancestral",
+               seed=seed, dist=dist, logp=logp,
                probes=probes, probe_dist=probe_dist, backend=backend, noise_sampler=noise_sampler,
                stochastic=True, div_small=eta == 1 and s_noise == 1)
     ns_ = _ancestral_noise(run, noise_sampler, x)
@@ -603,7 +609,8 @@ def _dpm_2_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, disab
                      probes=None, probe_dist="rademacher", backend=None):
     """Ancestral sampling with DPM-2 steps (k-diffusion's ``sample_dpm_2_ancestral``): DPM-2 to
     sigma_down (Euler when sigma_down = 0, then no noise), then ``s_noise sigma_up`` noise."""
-    run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
+    run = _Run(ns, model, x, sigmas, extra_args, callback, where="sample_dpm_2_ancestral",
+               seed=seed, dist=dist, logp=logp,
                probes=probes, probe_dist=probe_dist, backend=backend, noise_sampler=noise_sampler,
                stochastic=True, div_small=eta == 1 and s_noise == 1)
     ns_ = _ancestral_noise(run, noise_sampler, x)
@@ -646,7 +653,8 @@ def _dpmpp_2s_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, di
     ``sample_dpmpp_2s_ancestral``): in t = -log sigma, a first-order step to the midpoint
     ``s = t + h/2`` of [t, t_down], then ``x <- (sigma_down/sigma) x + (1 - e^-h) Dn(x_2, s)``,
     then ``s_noise sigma_up`` noise unless sigma' = 0."""
-    run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
+    run = _Run(ns, model, x, sigmas, extra_args, callback, where="sample_dpmpp_2s_ancestral",
+               seed=seed, dist=dist, logp=logp,
                probes=probes, probe_dist=probe_dist, backend=backend, noise_sampler=noise_sampler,
                stochastic=True, div_small=eta == 1 and s_noise == 1)
     ns_ = _ancestral_noise(run, noise_sampler, x)
@@ -692,7 +700,8 @@ def _dpmpp_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=Non
     ``seed`` they are drawn with that correlation."""
     if not isinstance(r, (int, float)) or isinstance(r, bool) or not 0 < r:
         raise ValueError(f"r: expected a number > 0, got {r!r}")
-    run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
+    run = _Run(ns, model, x, sigmas, extra_args, callback, where="sample_dpmpp_sde",
+               seed=seed, dist=dist, logp=logp,
                probes=probes, probe_dist=probe_dist, backend=backend, noise_sampler=noise_sampler,
                stochastic=True, div_small=eta == 1 and s_noise == 1)
     sampler = noise_sampler
@@ -754,7 +763,8 @@ def _dpmpp_2m_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=
     or 'heun'; the final step to sigma = 0 returns the denoised x."""
     if solver_type not in {'heun', 'midpoint'}:
         raise ValueError('solver_type must be \'heun\' or \'midpoint\'')
-    run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
+    run = _Run(ns, model, x, sigmas, extra_args, callback, where="sample_dpmpp_2m_sde",
+               seed=seed, dist=dist, logp=logp,
                probes=probes, probe_dist=probe_dist, backend=backend, noise_sampler=noise_sampler,
                stochastic=True, div_small=eta == 1 and s_noise == 1)
     sampler = noise_sampler
@@ -802,7 +812,8 @@ def _dpmpp_3m_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=
                   probes=None, probe_dist="rademacher", backend=None):
     """DPM-Solver++(3M) SDE (k-diffusion's ``sample_dpmpp_3m_sde``); the final step to sigma = 0
     returns the denoised x."""
-    run = _Run(ns, model, x, sigmas, extra_args, callback, seed=seed, dist=dist, logp=logp,
+    run = _Run(ns, model, x, sigmas, extra_args, callback, where="sample_dpmpp_3m_sde",
+               seed=seed, dist=dist, logp=logp,
                probes=probes, probe_dist=probe_dist, backend=backend, noise_sampler=noise_sampler,
                stochastic=True, div_small=eta == 1 and s_noise == 1)
     sampler = noise_sampler
