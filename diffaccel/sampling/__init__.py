@@ -6,11 +6,13 @@
   :func:`sample_euler_maruyama`, :func:`sample_hd`, :func:`sample_ddim` (+ :class:`VPEpsDenoiser`
   for eps-prediction models), and :func:`sample_interpolant` (Section 4's stochastic
   interpolants, Euler in tau).
-- :func:`log_likelihood` (euler, heun, rk4, dopri5) and :func:`bits_per_dim`.
+- :func:`log_likelihood` (euler, heun, rk4, dopri5, expint; priors: :class:`MatchedPrior`) and
+  :func:`bits_per_dim`.
 """
 from . import _ops  # noqa: F401  (fake and Triton registrations of the step ops)
 from .interpolant import sample_interpolant
 from .likelihood import SOLVERS, bits_per_dim, log_likelihood
+from .priors import MatchedPrior
 from .samplers import (PROBE_BASE, VPEpsDenoiser, ancestral_step, prior_logp, sample_ddim,
                        sample_euler, sample_euler_maruyama, sample_hd, sample_heun)
 from .step import coef_width, fused_step, make_coef
@@ -18,4 +20,4 @@ from .step import coef_width, fused_step, make_coef
 __all__ = ["fused_step", "make_coef", "coef_width", "sample_euler", "sample_heun",
            "sample_euler_maruyama", "sample_hd", "sample_ddim", "sample_interpolant",
            "VPEpsDenoiser", "ancestral_step", "prior_logp", "log_likelihood", "bits_per_dim",
-           "SOLVERS", "PROBE_BASE"]
+           "SOLVERS", "PROBE_BASE", "MatchedPrior"]
