@@ -11,7 +11,7 @@ export CUDA_HOME TORCH_CUDA_ARCH_LIST
 STAMP := $(VENV)/.diffaccel-installed
 SOURCES := pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: install test demo bench bench-kdiffusion clean
+.PHONY: install test demo bench bench-kdiffusion bench-likelihood clean
 
 install: $(STAMP)
 
@@ -42,6 +42,14 @@ bench-kdiffusion: $(STAMP)
 	$(KD_VENV)/bin/pip install -q "torch==$$($(PYTHON) -c 'import torch; print(torch.__version__.split("+")[0])')" \
 		k-diffusion "setuptools<81" tqdm
 	PYTHONPATH=$(CURDIR):$(CURDIR)/benchmarks $(KD_VENV)/bin/python benchmarks/bench_step.py --likelihood-only
+
+# Likelihood solvers side by side (k-diffusion's real sampling.py, loaded without its package
+# __init__, so it installs without its pinned dependencies) and on a UNet trained on digits.
+bench-likelihood: $(STAMP)
+	$(PIP) install -q diffusers scikit-learn scipy torchdiffeq torchsde
+	$(PIP) install -q --no-deps "k-diffusion==0.1.1.post1"
+	PYTHONPATH=$(CURDIR)/benchmarks $(PYTHON) benchmarks/bench_likelihood.py
+	PYTHONPATH=$(CURDIR)/benchmarks $(PYTHON) benchmarks/bench_likelihood_digits.py
 
 clean:
 	rm -rf build $(VENV) $(KD_VENV) diffaccel/_C*.so *.egg-info
