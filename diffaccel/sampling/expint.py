@@ -140,8 +140,13 @@ def expint_log_likelihood(model, x, sigma_min, sigma_max, *, steps, order, probe
     """The solve behind ``log_likelihood(solver="expint")`` (arguments already checked).
     Returns ``(logp, info)``; ``prior_fn(x_T, sigma_max)`` gives the prior per sample."""
     x = x.detach().clone().contiguous()
-    B, D = x.shape[0], x[0].numel()
+    B, D = x.shape[0], math.prod(x.shape[1:])
     P, N = probes, steps
+    if B == 0:  # nothing to evaluate
+        empty = torch.zeros(0, dtype=torch.float64, device=x.device)
+        return empty, {"stderr": empty, "nfe": 0, "vjps": 0, "steps": N, "solver": "expint",
+                       "order": order, "divergence": divergence, "x_T": x, "delta": empty,
+                       "sigmas": torch.tensor([sigma_min, sigma_max], dtype=torch.float64), "cv_nodes": 0}
     shape = x.shape
     dev = x.device
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -166,7 +171,7 @@ def expint_log_likelihood(model, x, sigma_min, sigma_max, *, steps, order, probe
     for n in range(N + 1):
         sigma = x.new_full((B,), math.exp(ts[n]))
         use_cv = cv_on[n] and Q is not None
-        pr = torch.cat([v, Q.transpose(0, 1).reshape(-1, *shape)]) if use_cv else v
+        pr = torch.cat([v, Q.transpose(0, 1).reshape(-1, *shape).to(x.dtype)]) if use_cv else v
         den, w = denoise_with_vjps(model, x, sigma, extra_args, pr)
         nfe += 1
         vjps += pr.shape[0]
