@@ -133,7 +133,9 @@ def test_mixture_log_p_within_noise(order, rng):
     err = (l2 - exact).abs()
     tol = (l1 - l2).abs() + 6 * (i1["stderr"] + 2 * i2["stderr"]) + 0.01
     assert bool((err <= tol).all()), f"order {order}: errors {err.tolist()} > {tol.tolist()}"
-    assert float(err.median()) < 0.3, err
+    # and typically small: the median error within 0.3 nats plus 3 median standard errors
+    # (0 failures in 900 draws of this test's problem; 1 without the noise term)
+    assert float(err.median()) < 0.3 + 3 * float(i2["stderr"].median()), err
 
 
 # ------------------------------------------------------------------------------- backends
