@@ -14,7 +14,7 @@ STAMP := $(VENV)/.diffaccel-installed
 SOURCES := pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null) \
 	$(shell find diffaccel kernels -name '*.py' 2>/dev/null)
 
-.PHONY: install test demo bench bench-kdiffusion gpu-check clean
+.PHONY: install test demo bench bench-kdiffusion gpu-check bench-likelihood clean
 
 # The package is installed with editable_mode=strict: a tree of links under build/ on sys.path,
 # which imports diffaccel ahead of a namespace package found through '' (the default editable
@@ -74,6 +74,14 @@ gpu-check:
 	$(GPU_PY) -m pytest -q -x tests -k "cuda or graph"
 	$(GPU_PY) benchmarks/gpu_check.py capture
 	$(GPU_PY) benchmarks/gpu_check.py bench --report gpu-report.md
+
+# Likelihood solvers side by side (k-diffusion's real sampling.py, loaded without its package
+# __init__, so it installs without its pinned dependencies) and on a UNet trained on digits.
+bench-likelihood: $(STAMP)
+	$(PIP) install -q diffusers scikit-learn scipy torchdiffeq torchsde
+	$(PIP) install -q --no-deps "k-diffusion==0.1.1.post1"
+	PYTHONPATH=$(CURDIR)/benchmarks $(PYTHON) benchmarks/bench_likelihood.py
+	PYTHONPATH=$(CURDIR)/benchmarks $(PYTHON) benchmarks/bench_likelihood_digits.py
 
 clean:
 	rm -rf build $(VENV) $(KD_VENV) diffaccel/_C*.so *.egg-info

@@ -23,13 +23,15 @@ import math
 
 import torch
 
+from .expint import DIVERGENCES, ORDERS, expint_log_likelihood
+from .priors import resolve_prior
 from .samplers import (_Noise, _check_probes, _rows_bad, denoise_with_vjps, draw_probes,
                        finish_rows, prior_logp)
 from .step import fused_step, make_coef
 
 __all__ = ["log_likelihood", "bits_per_dim", "SOLVERS"]
 
-SOLVERS = ("euler", "heun", "rk4", "dopri5")
+SOLVERS = ("euler", "heun", "rk4", "dopri5", "expint")
 _TABLEAUS = {
     "euler": ([], [1.0], [0.0]),
     "heun": ([[1.0]], [0.5, 0.5], [0.0, 1.0]),
@@ -90,9 +92,24 @@ def _check_args(x, sigma_min, sigma_max, steps, solver):
         raise ValueError(f"steps: expected a positive int for solver {solver!r}, got {steps!r}")
 
 
+def _check_expint(order, divergence, cv_rank, cv_sigma, probe_dist):
+    if isinstance(order, bool) or not isinstance(order, int) or order not in ORDERS:
+        raise ValueError(f"order: expected one of {ORDERS} for solver 'expint', got {order!r}")
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence: expected one of {DIVERGENCES}, got {divergence!r}")
+    if isinstance(cv_rank, bool) or not isinstance(cv_rank, int) or not 1 <= cv_rank <= 16:
+        raise ValueError(f"cv_rank: expected an int in [1, 16], got {cv_rank!r}")
+    if cv_sigma is not None and (isinstance(cv_sigma, bool) or not isinstance(cv_sigma, (int, float))
+                                 or not cv_sigma >= 0):
+        raise ValueError(f"cv_sigma: expected a number >= 0 or None, got {cv_sigma!r}")
+    if probe_dist not in ("rademacher", "normal"):
+        raise ValueError(f"probe_dist: expected 'rademacher' or 'normal', got {probe_dist!r}")
+
+
 def log_likelihood(model, x, sigma_min, sigma_max, *, steps=None, solver="heun", probes=1,
                    seed=None, extra_args=None, probe_dist="rademacher", atol=1e-4, rtol=1e-4,
-                   max_steps=10000, prior=None, backend=None):
+                   max_steps=10000, prior=None, backend=None, order=4, divergence="hutchinson",
+                   prior_data=None, cv_rank=3, cv_sigma=None):
     """``(logp, info)``: log p_{sigma_min}(x) (float64, (B,)) through the PF-ODE, and a dict
     with ``stderr`` (the Hutchinson estimate's standard error per sample, (B,); NaN with one
     probe, where no variance can be estimated),
@@ -107,10 +124,29 @@ def log_likelihood(model, x, sigma_min, sigma_max, *, steps=None, solver="heun",
     says how many); the others are unaffected. B = 0 returns empty results.
     ``prior``: a callable giving log p_{sigma_max}(x_T) per sample (default
     ``log N(x_T; 0, sigma_max^2 I)``, which ignores the data's spread at sigma_max: with data of
-    norm comparable to sigma_max it is off by O(|x_0| |x_T| / sigma_max^2) nats per sample)."""
+    norm comparable to sigma_max it is off by O(|x_0| |x_T| / sigma_max^2) nats per sample).
+
+    ``solver="expint"``: the exponential multistep solver of :mod:`.expint` (``order`` 1-4,
+    ``steps`` + 1 evaluations); ``divergence`` ("hutchinson" or "subspace", its control variate
+    of rank ``cv_rank`` used where sigma >= ``cv_sigma``, default sigma_max / 16); info adds
+    ``vjps``. ``prior``: "standard" (the default above), "matched" (``prior_data``: (mean, var),
+    a :class:`~.priors.MatchedPrior` or an iterable of data batches) or a callable (see
+    :mod:`.priors`)."""
     _check_args(x, sigma_min, sigma_max, steps, solver)
     _check_probes(probes)
     extra_args = {} if extra_args is None else extra_args
+    prior_fn = resolve_prior(prior, prior_data)
+    prior = lambda xt: prior_fn(xt, sigma_max)  # noqa: E731
+    if solver == "expint":
+        _check_expint(order, divergence, cv_rank, cv_sigma, probe_dist)
+        return expint_log_likelihood(
+            model, x, sigma_min, sigma_max, steps=steps, order=order, probes=probes, seed=seed,
+            extra_args=extra_args, probe_dist=probe_dist, prior_fn=prior_fn,
+            divergence=divergence, cv_rank=cv_rank,
+            cv_sigma=sigma_max / 16 if cv_sigma is None else cv_sigma, backend=backend)
+    if divergence != "hutchinson":
+        raise ValueError(f"divergence: {divergence!r} needs solver='expint' (the others use "
+                         f"'hutchinson')")
     if solver == "dopri5":
         _check_tolerances(atol, rtol, max_steps)
         return _dopri5(model, x, sigma_min, sigma_max, probes, seed, extra_args, probe_dist,

@@ -1,0 +1,167 @@
+"""Likelihood solvers side by side: model evaluations x error x wall time on the 4-component
+Gaussian mixture (D = 3072, B = 64, sigma 0.01 -> 80, exact log p from diffaccel.models).
+
+    python benchmarks/bench_likelihood.py              # the full table (3 runs per row, min wall)
+    python benchmarks/bench_likelihood.py --quick      # small sizes
+
+Rows: k-diffusion's own ``log_likelihood`` (torchdiffeq dopri5 in sigma, one fixed Rademacher
+probe; its real ``k_diffusion/sampling.py``, loaded with the package's heavy ``__init__``
+stubbed, when k-diffusion 0.1.1.post1, torchdiffeq and torchsde are installed), our ``dopri5``
+(tolerances 1e-2 .. 1e-5), ``rk4`` and ``expint`` (order 4, with 1 and 4 probes, and with the
+``subspace`` control variate) at about 25 / 50 / 100 / 200 evaluations. Every run keeps its
+latent ``x_T``, so three errors come from one run: with the standard prior ``N(0, sigma_max^2
+I)`` (as used by k-diffusion), with the matched prior (mean and variance from 4096 fresh draws
+of the mixture) and with the exact prior (the solver's own error). Errors are the mean over
+the batch of ``|log p - exact log p|`` in nats.
+
+Functions: :func:`gmm_problem`, :func:`kdiffusion_log_likelihood`, :func:`likelihood_table`,
+:func:`format_table`.
+"""
+import argparse
+import importlib.util
+import math
+import os
+import sys
+import time
+import types
+
+import torch
+
+
+def gmm_problem(B=64, d=3072, K=4, seed=0):
+    """(mixture, x, exact log p at 0.01): the mixture of bench_step's likelihood part."""
+    from diffaccel.models import GaussianMixture
+    g = torch.Generator().manual_seed(seed)
+    gm = GaussianMixture(torch.randn(K, d, generator=g, dtype=torch.float64) * 2,
+                         torch.rand(K, generator=g) + 0.5, torch.rand(K, generator=g) * 0.5 + 0.3)
+    x = gm.sample(B, generator=g)
+    return gm, x, gm.log_prob(x, 0.01)
+
+
+def kdiffusion_log_likelihood():
+    """k-diffusion's ``log_likelihood`` from its real ``sampling.py``: the package ``__init__``
+    imports its training stack (clip, kornia, wandb, ...), so the parent package is a stub and
+    ``utils`` offers the one helper ``sampling.py`` uses on this path (``append_dims``, the same
+    two lines as k-diffusion's). None when k-diffusion or torchdiffeq is absent."""
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None or importlib.util.find_spec("torchdiffeq") is None:
+        return None
+    path = os.path.join(os.path.dirname(spec.origin), "sampling.py")
+    pkg = types.ModuleType("_kd_stub")
+    pkg.__path__ = []
+    utils = types.ModuleType("_kd_stub.utils")
+
+    def append_dims(x, target_dims):
+        return x[(...,) + (None,) * (target_dims - x.ndim)]
+    utils.append_dims = append_dims
+    pkg.utils = utils
+    sys.modules.setdefault("_kd_stub", pkg)
+    sys.modules.setdefault("_kd_stub.utils", utils)
+    mspec = importlib.util.spec_from_file_location("_kd_stub.sampling", path)
+    mod = importlib.util.module_from_spec(mspec)
+    mspec.loader.exec_module(mod)
+    return mod.log_likelihood
+
+
+def _errors(lp, x_T, exact, priors):
+    """Mean |error| with each prior, from one run (the default prior swapped out)."""
+    import diffaccel.sampling as S
+    base = lp.double() - S.prior_logp(x_T, 80.0)
+    return {name: float((base + p(x_T) - exact).abs().mean()) for name, p in priors.items()}
+
+
+def likelihood_table(B=64, d=3072, nfes=(25, 50, 100, 200), tols=(1e-2, 1e-3, 1e-4, 1e-5),
+                     backend="cpu", kdiffusion=True, repeats=3, out=None):
+    """Rows {method, nfe, vjps_per_eval, seconds, err_standard, err_matched, err_exact}; the
+    wall time is the fastest of ``repeats`` identical runs (same seeds: the same result), so a
+    shared machine's load spikes do not land in the table."""
+    import diffaccel.sampling as S
+    gm, x, exact = gmm_problem(B, d)
+    g = torch.Generator().manual_seed(7)
+    matched = S.MatchedPrior.from_data(gm.sample(4096, generator=g))
+    priors = {"standard": lambda xt: S.prior_logp(xt, 80.0),
+              "matched": lambda xt: matched(xt, 80.0),
+              "exact": lambda xt: gm.log_prob(xt, 80.0)}
+    rows = []
+
+    def add(method, nfe, vjps, seconds, lp, x_T):
+        e = _errors(lp, x_T, exact, priors)
+        rows.append({"method": method, "nfe": nfe, "vjps_per_eval": vjps / nfe, "seconds": seconds,
+                     "err_standard": e["standard"], "err_matched": e["matched"], "err_exact": e["exact"]})
+        if out is not None:
+            print(format_table(rows[-1:], header=len(rows) == 1), file=out, flush=True)
+
+    def timed(fn):
+        best = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            res = fn()
+            best = min(best, time.perf_counter() - t0)
+        return res, best
+
+    def ours(method, **kw):
+        (lp, info), sec = timed(lambda: S.log_likelihood(gm, x, 0.01, 80.0, seed=1, backend=backend, **kw))
+        add(method, info["nfe"], info.get("vjps", info["nfe"] * kw.get("probes", 1)), sec, lp, info["x_T"])
+
+    kd = kdiffusion_log_likelihood() if kdiffusion else None
+    if kd is not None:
+        for tol in tols:
+            last = {}
+
+            def recorded(xx, sigma):
+                # k-diffusion returns no latent: its last evaluation at sigma_max is the final
+                # accepted dopri5 step's FSAL stage, at the returned x_T
+                if float(sigma.reshape(-1)[0]) >= 80.0 * (1 - 1e-6):
+                    last["x"] = xx.detach().clone()
+                return gm(xx, sigma)
+            def call():
+                torch.manual_seed(1)  # its probe: torch.randint_like
+                return kd(recorded, x.float(), 0.01, 80.0, atol=tol, rtol=tol)
+            (lp, info), sec = timed(call)
+            add(f"k-diffusion dopri5 {tol:g}", info["fevals"], info["fevals"], sec, lp, last["x"])
+    for tol in tols:
+        ours(f"dopri5 {tol:g}", solver="dopri5", atol=tol, rtol=tol)
+    for nfe in nfes:
+        ours(f"rk4 {nfe // 4} steps", solver="rk4", steps=max(1, nfe // 4))
+    for nfe in nfes:
+        ours(f"expint4 {nfe - 1} steps, 1 probe", solver="expint", steps=nfe - 1)
+        ours(f"expint4 {nfe - 1} steps, 4 probes", solver="expint", steps=nfe - 1, probes=4)
+        ours(f"expint4 {nfe - 1} steps, subspace CV", solver="expint", steps=nfe - 1,
+             divergence="subspace")
+    return rows
+
+
+def format_table(rows, header=True):
+    out = []
+    if header:
+        out.append(f"{'method':38s} {'NFE':>5s} {'vjp/eval':>8s} {'wall':>8s} {'err N(0,s2)':>11s} "
+                   f"{'err matched':>11s} {'err exact prior':>15s}")
+    for r in rows:
+        out.append(f"{r['method']:38s} {r['nfe']:5d} {r['vjps_per_eval']:8.2f} {r['seconds']:7.2f}s "
+                   f"{r['err_standard']:11.4f} {r['err_matched']:11.4f} {r['err_exact']:15.4f}")
+    return "\n".join(out)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--backend", default="cpu")
+    p.add_argument("--nfes", default=None, help="e.g. 25,50,100,200")
+    p.add_argument("--tols", default=None, help="dopri5 tolerances, e.g. 1e-2,1e-3,1e-4,1e-5")
+    p.add_argument("--repeats", type=int, default=3, help="wall time: the fastest of this many runs")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    kw = dict(B=8, d=64, nfes=(25, 50), tols=(1e-3,)) if a.quick else {}
+    if a.nfes:
+        kw["nfes"] = tuple(int(n) for n in a.nfes.split(","))
+    if a.tols:
+        kw["tols"] = tuple(float(t) for t in a.tols.split(","))
+    print(f"log_likelihood, 4-component GM, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"backend {a.backend}")
+    likelihood_table(backend=a.backend, repeats=a.repeats, out=sys.stdout, **kw)
+
+
+if __name__ == "__main__":
+    main()
