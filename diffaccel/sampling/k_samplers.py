@@ -231,6 +231,14 @@ class _Run:
         return draw_probes(self.x, 1, self.pnoise.seed, self.pnoise.probe_offset(self.n - 1, 1),
                            self.probe_dist, self.backend)
 
+    def noisy_step(self, i, noise_sampler, models, ax, am, az, **kw):
+        """``step`` with the noise ``az z``: drawn inside the kernel when seeded, else
+        ``z = noise_sampler(sigma_i, sigma_{i+1})``, drawn right before the step."""
+        if self.seeded():
+            return self.step(i, models, ax, am, az=az, draw=True, **kw)
+        return self.step(i, models, ax, am, az=az, z=noise_sampler(self.sig(i), self.sig(i + 1)),
+                         **kw)
+
     def step(self, i, models, ax, am, *, az=0.0, z=None, draw=False, terms=None, vjps=None,
              probes=None, into=None, fresh=False):
         """One fused launch: ``x' = ax x + sum_k am_k models_k + az z`` with z given, drawn in
@@ -596,11 +604,7 @@ def _euler_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, disab
         G = s_noise * up
         terms = run.sde_terms(1, sig, sig * (sig - down), G, sig * sig - nxt * nxt)
         vj = [w] if w is not None else None
-        if run.seeded():
-            run.step(i, [den], ax, am, az=G, draw=True, terms=terms, vjps=vj)
-        else:
-            z = ns_(run.sig(i), run.sig(i + 1))
-            run.step(i, [den], ax, am, az=G, z=z, terms=terms, vjps=vj)
+        run.noisy_step(i, ns_, [den], ax, am, G, terms=terms, vjps=vj)
     return run.result()
 
 
@@ -636,13 +640,8 @@ def _dpm_2_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, disab
         G = s_noise * up
         terms = run.sde_terms(2, sig, sig * (sig - down), G, sig * sig - nxt * nxt)
         vj = [w, w] if w is not None else None
-        if run.seeded():
-            run.step(i, [den, den2], 1 + a * (1 + b), (-a * b, -a), az=G, draw=True, terms=terms,
-                     vjps=vj)
-        else:
-            z = ns_(run.sig(i), run.sig(i + 1))
-            run.step(i, [den, den2], 1 + a * (1 + b), (-a * b, -a), az=G, z=z, terms=terms,
-                     vjps=vj)
+        run.noisy_step(i, ns_, [den, den2], 1 + a * (1 + b), (-a * b, -a), G, terms=terms,
+                       vjps=vj)
     return run.result()
 
 
@@ -683,11 +682,8 @@ def _dpmpp_2s_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, di
             vj = None if w is None else [w, w]
         if final:
             run.step(i, models, ax, am, terms=terms, vjps=vj, probes=pr)
-        elif run.seeded():
-            run.step(i, models, ax, am, az=G, draw=True, terms=terms, vjps=vj)
         else:
-            run.step(i, models, ax, am, az=G, z=ns_(run.sig(i), run.sig(i + 1)), terms=terms,
-                     vjps=vj)
+            run.noisy_step(i, ns_, models, ax, am, G, terms=terms, vjps=vj)
     return run.result()
 
 
