@@ -233,7 +233,9 @@ def test_subspace_control_variate_reduces_the_noise(rng):
     _, everywhere = S.log_likelihood(gm, x, 0.01, 80.0, divergence="subspace", cv_sigma=0.0, **kw)
     se_p, se_c, se_e = (float(i["stderr"].mean()) for i in (plain, cv, everywhere))
     assert cv["vjps"] < 2.6 * plain["vjps"], (cv["vjps"], plain["vjps"])
-    assert se_c < 0.6 * se_p, (se_c, se_p)
+    # se_c / se_p depends on the drawn mixture: 0.18-0.55 over 40 seeds, 0.73 once (a CI run);
+    # 0.85 still fails a control variate that does nothing (ratio ~1)
+    assert se_c < 0.85 * se_p, (se_c, se_p)
     assert se_e > se_c, (se_e, se_c)
 
 
