@@ -174,10 +174,8 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
         if self.num_inference_steps is None:
             raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' "
                              "after creating the scheduler")
-        check_model_output(model_output, sample)
+        tab, i = self._da_begin(model_output, timestep, sample, reject_index=False)
         B, dev = sample.shape[0], sample.device
-        tab = self._da_state(dev)
-        i = self._da_index(timestep, dev)
         K = self.config.solver_order
         W = coef_width(K)
         cd = torch.promote_types(sample.dtype, model_output.dtype)
@@ -268,13 +266,8 @@ class FlowMatchEulerDiscreteScheduler(_SigmaMixin, _StockFlow):
             raise ValueError("prev_sample: only used with return_logprob=True (re-scoring)")
         if per_token_timesteps is not None:
             raise ValueError("per_token_timesteps: not supported by the accelerated step")
-        if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)) and not isinstance(timestep, bool):
-            raise ValueError("timestep: passing integer indices (e.g. from `enumerate(timesteps)`) "
-                             "is not supported; pass one of `scheduler.timesteps`")
-        check_model_output(model_output, sample)
+        tab, i = self._da_begin(model_output, timestep, sample)
         B, dev = sample.shape[0], sample.device
-        tab = self._da_state(dev)
-        i = self._da_index(timestep, dev)
         x = sample.to(torch.float32).contiguous()
         z, kernel_draw = None, False
         if self.config.stochastic_sampling:

@@ -107,6 +107,18 @@ class _SigmaMixin(AcceleratedMixin):
             prev_sample = (mean + std * z.to(torch.float32)).to(model_output.dtype)
         return prev_sample, x0, gaussian_logprob(prev_sample, mean, std)
 
+    def _da_begin(self, model_output, timestep, sample, *, reject_index=True):
+        """What a step starts with: stock's refusal of integer step indices (the Euler-type
+        schedulers), the model output checked against the sample, the table on the sample's
+        device and this step's (1,) device index. Returns (table, index)."""
+        if reject_index and isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)) \
+                and not isinstance(timestep, bool):
+            raise ValueError("timestep: passing integer indices (e.g. from `enumerate(timesteps)`) "
+                             "is not supported; pass one of `scheduler.timesteps`")
+        check_model_output(model_output, sample)
+        tab = self._da_state(sample.device)
+        return tab, self._da_index(timestep, sample.device)
+
     def _da_state(self, device):
         if getattr(self, "_da_tab", None) is None or self.num_inference_steps is None:
             raise ValueError("timestep: call set_timesteps before step")
@@ -153,13 +165,8 @@ class _SigmaMixin(AcceleratedMixin):
 
     def _da_run(self, model_output, timestep, sample, generator, seed, draw, return_logprob=False,
                 prev_sample=None):
-        if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)) and not isinstance(timestep, bool):
-            raise ValueError("timestep: passing integer indices (e.g. from `enumerate(timesteps)`) "
-                             "is not supported; pass one of `scheduler.timesteps`")
-        check_model_output(model_output, sample)
+        tab, i = self._da_begin(model_output, timestep, sample)
         B, dev = sample.shape[0], sample.device
-        tab = self._da_state(dev)
-        i = self._da_index(timestep, dev)
         x = sample.to(torch.float32).contiguous()
         be = backend_for(x.dtype)
         z, kernel_draw = self._da_noise(model_output, generator, None, seed, draw, model_output.dtype)
@@ -229,13 +236,8 @@ def _churn_step(self, model_output, timestep, sample, s_churn, s_tmin, s_tmax, s
     for name, v in (("s_churn", s_churn), ("s_tmin", s_tmin), ("s_tmax", s_tmax), ("s_noise", s_noise)):
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v):
             raise ValueError(f"{name}: expected a number, got {v!r}")
-    if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)) and not isinstance(timestep, bool):
-        raise ValueError("timestep: passing integer indices (e.g. from `enumerate(timesteps)`) "
-                         "is not supported; pass one of `scheduler.timesteps`")
-    check_model_output(model_output, sample)
+    _, i = self._da_begin(model_output, timestep, sample)
     B, dev = sample.shape[0], sample.device
-    self._da_state(dev)
-    i = self._da_index(timestep, dev)
     ih = int(i[0])  # host read (stock keeps its index on the host)
     sig, nxt = float(self.sigmas[ih]), float(self.sigmas[ih + 1])
     gamma = min(s_churn / (len(self.sigmas) - 1), 2 ** 0.5 - 1) if s_tmin <= sig <= s_tmax else 0.0
