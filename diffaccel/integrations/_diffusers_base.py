@@ -106,6 +106,18 @@ def backend_for(dtype):
     return "reference" if dtype == torch.float64 else None
 
 
+def step_output(res, return_logprob, return_dict, output_cls):
+    """What stock's step returns from our ``(prev_sample, pred_original_sample)``: a tuple with
+    ``return_dict=False``, else ``output_cls``; with ``return_logprob`` the
+    ``(prev, x0, log_prob)`` triple as it is."""
+    if return_logprob:
+        return res
+    prev, x0 = res
+    if not return_dict:
+        return (prev, x0)
+    return output_cls(prev_sample=prev, pred_original_sample=x0)
+
+
 class AcceleratedMixin:
     """State and helpers shared by every accelerated scheduler (mixed into a stock subclass)."""
 

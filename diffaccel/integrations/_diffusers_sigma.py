@@ -25,6 +25,7 @@ from diffusers.schedulers.scheduling_euler_ancestral_discrete import \
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
 
 from ..sampling.step import fused_step
+from ._diffusers_base import step_output
 from ._diffusers_base import (AM0, AX, AZ, BM, C1, C2, SM0, SX, W1, W2, AcceleratedMixin,
                               backend_for, check_model_output, gaussian_logprob, host_value,
                               run_pass_a, step_seeds, tensor_host_known)
@@ -333,9 +334,4 @@ class EulerAncestralDiscreteScheduler(_ScaleInputMixin, _SigmaMixin, _StockEA):
         re-scores that sample (gradients flow to model_output)."""
         res = self._da_run(model_output, timestep, sample, generator, seed, True, return_logprob,
                            prev_sample)
-        if return_logprob:
-            return res
-        prev, x0 = res
-        if not return_dict:
-            return (prev, x0)
-        return EulerAncestralDiscreteSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+        return step_output(res, return_logprob, return_dict, EulerAncestralDiscreteSchedulerOutput)

@@ -29,6 +29,7 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 
 from ..sampling.step import fused_step
+from ._diffusers_base import step_output
 from ._diffusers_base import (AM0, AM1, AX, AZ, BM, C0, C1, C2, C3, SM0, SX, W1, W2,
                               AcceleratedMixin, backend_for, check_model_output, gaussian_logprob,
                               host_value, run_pass_a, step_seeds, tensor_host_known,
@@ -238,12 +239,7 @@ class DDPMScheduler(_VPMixin, _StockDDPM):
         draw = (host_value(timestep) > 0) if tensor_host_known(timestep) else None
         res = self._da_run(model_output, timestep, sample, lambda r: r[:, W1:], draw,
                            generator, None, seed, self.config.clip_sample, return_logprob, prev_sample)
-        if return_logprob:
-            return res
-        prev, x0 = res
-        if not return_dict:
-            return (prev, x0)
-        return DDPMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+        return step_output(res, return_logprob, return_dict, DDPMSchedulerOutput)
 
 
 class DDIMScheduler(_VPMixin, _StockDDIM):
@@ -345,9 +341,4 @@ class DDIMScheduler(_VPMixin, _StockDDIM):
                            generator, variance_noise if eta > 0 else None,
                            seed if eta > 0 else None, self.config.clip_sample, return_logprob,
                            prev_sample)
-        if return_logprob:
-            return res
-        prev, x0 = res
-        if not return_dict:
-            return (prev, x0)
-        return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+        return step_output(res, return_logprob, return_dict, DDIMSchedulerOutput)
