@@ -2,11 +2,14 @@
 ``torch.compile``) and a bandwidth floor, and ``optimize_trajectory`` against the VRG paper's
 optimizer on the CIFAR-10 table (wall time and final cpe side by side).
 
-    python benchmarks/bench_vrg.py                 # both parts (the paper's optimizer: ~2.5 min)
+    python benchmarks/bench_vrg.py --data DIR      # both parts (the paper's optimizer: ~2.5 min)
     python benchmarks/bench_vrg.py --quick         # small sizes, paper's optimizer 300 epochs
 
 The error_moments table is the package's (``python -m diffaccel bench --ops error_moments``);
-the optimizer comparison needs the VRG paper's data in ../shared/data/vrg and lives here.
+the optimizer comparison needs the VRG paper's published CIFAR-10 files
+(``MSE_vs_alpha_bar_cifar10.txt`` and ``dpm_alphaBar_1-010-time_quadratic.txt``, released with
+the paper under a non-commercial licence, so not shipped here) in ``--data DIR`` or
+``$DIFFACCEL_VRG_DATA``; without them that part is skipped.
 """
 import argparse
 import os
@@ -15,19 +18,25 @@ from pathlib import Path
 
 import torch
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vrg"
+VRG_FILES = ("MSE_vs_alpha_bar_cifar10.txt", "dpm_alphaBar_1-010-time_quadratic.txt")
 
 
-def optimizer_rows(paper_epochs=3000, steps=1500, candidates=64, seed=0, paper_seed=0,
-                   table_path=None, trajectory_path=None, progress=False):
+def data_dir(arg=None):
+    """The folder holding the VRG paper's files: ``arg``, else ``$DIFFACCEL_VRG_DATA``, else None."""
+    d = arg or os.environ.get("DIFFACCEL_VRG_DATA")
+    return Path(d) if d else None
+
+
+def optimizer_rows(data, paper_epochs=3000, steps=1500, candidates=64, seed=0, paper_seed=0,
+                   progress=False):
     """The VRG paper's optimizer (lp 0.01, soft pin 100, SGD, ``paper_epochs``) and
     ``optimize_trajectory`` on the same problem (lp 0.01, the same soft pin), plus
     optimize_trajectory with the last level pinned exactly and with DPM-Solver-2M: rows of
     (name, seconds, cpe, loss, abar_N)."""
     import diffaccel.vrg as vrg
 
-    table = vrg.MSETable.load(table_path or DATA / "MSE_vs_alpha_bar_cifar10.txt")
-    init = vrg.load_trajectory(trajectory_path or DATA / "dpm_alphaBar_1-010-time_quadratic.txt")
+    table = vrg.MSETable.load(Path(data) / VRG_FILES[0])
+    init = vrg.load_trajectory(Path(data) / VRG_FILES[1])
     rows = []
 
     def add(name, res):
@@ -60,7 +69,7 @@ def format_optimizer(rows):
     return "\n".join(out)
 
 
-def run(quick=False, paper=True, threads=None, out=sys.stdout):
+def run(quick=False, paper=True, threads=None, data=None, out=sys.stdout):
     if threads:
         torch.set_num_threads(threads)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -74,10 +83,13 @@ def run(quick=False, paper=True, threads=None, out=sys.stdout):
                               "--device", dev, "--repeat", "10" if quick else "30"]))
     res = {}
     if paper:
-        if not DATA.is_dir():
-            print(f"optimizer comparison skipped: no data at {DATA}", file=out)
+        d = data_dir(data)
+        missing = [f for f in VRG_FILES if d is None or not (d / f).is_file()]
+        if missing:
+            print(f"optimizer comparison skipped: {', '.join(missing)} not found in "
+                  f"{d if d else '(no --data DIR or $DIFFACCEL_VRG_DATA given)'}", file=out)
             return res
-        orows = optimizer_rows(paper_epochs=300 if quick else 3000, steps=300 if quick else 1500,
+        orows = optimizer_rows(d, paper_epochs=300 if quick else 3000, steps=300 if quick else 1500,
                                candidates=16 if quick else 64)
         print(format_optimizer(orows), file=out, flush=True)
         res["optimizer"] = orows
@@ -89,8 +101,10 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="small sizes, 300 paper epochs")
     p.add_argument("--no-paper", action="store_true", help="skip the optimizer comparison")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--data", default=None,
+                   help="folder with the VRG paper's CIFAR-10 files (default: $DIFFACCEL_VRG_DATA)")
     args = p.parse_args(argv)
-    run(quick=args.quick, paper=not args.no_paper, threads=args.threads)
+    run(quick=args.quick, paper=not args.no_paper, threads=args.threads, data=args.data)
     return 0
 
 
