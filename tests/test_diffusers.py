@@ -373,19 +373,23 @@ def test_training_targets_and_add_noise_with_stroke(rng):
         dd.training_targets(diffusers.PNDMScheduler(), x0, t, seed=1)
 
 
-COMPILE_CASES = [("ddim", dict(eta=1.0)), ("ddpm", {}), ("euler", {}), ("euler-a", {}), ("dpm-sde-heun", {}),
-                 ("flow-stochastic", {})]
+COMPILE_CONFIGS = {**STOCK, "dpm-3-sde": (diffusers.DPMSolverMultistepScheduler,
+                                           dict(algorithm_type="sde-dpmsolver++", solver_order=3))}
+COMPILE_CASES = [("ddim", dict(eta=1.0)), ("ddpm", {}), ("euler", {}), ("euler-a", {}), ("dpm", {}),
+                 ("dpm-sde-heun", {}), ("dpm-3-heun-sigmamin", {}), ("dpm-3-sde", {}), ("flow-stochastic", {})]
 
 
 @pytest.mark.parametrize("name,kw", COMPILE_CASES, ids=[c[0] for c in COMPILE_CASES])
 def test_step_compiles_without_graph_breaks(name, kw):
     """Model call + scale_model_input + step: no graph break (dynamo.explain), and a compiled
-    10-step loop compiles once (DPM-Solver twice: its history of past x0 starts empty), with
-    the eager loop's result (noise from per-sample seeds, drawn in the kernel)."""
+    10-step loop compiles once (DPM-Solver: after init_history, which allocates its history of
+    past x0 as zeros; a fresh run after set_timesteps reuses it), with the eager loop's result
+    (noise from per-sample seeds, drawn in the kernel)."""
     from torch._dynamo.testing import CompileCounter
 
-    cls, cfg = STOCK[name]
+    cls, cfg = COMPILE_CONFIGS[name]
     acc = dd.accelerate(cls(**cfg), seed=torch.tensor([5, 6]))
+    dpm = name.startswith("dpm")
 
     def f(x, t):
         m = torch.tanh(x) * 0.5  # a cheap stand-in for the model
@@ -403,13 +407,24 @@ def test_step_compiles_without_graph_breaks(name, kw):
     eager = x
     torch._dynamo.reset()
     cnt = CompileCounter()
+    if dpm:  # a fresh scheduler: no history left from the eager run
+        acc = dd.accelerate(cls(**cfg), seed=torch.tensor([5, 6]))
     g = torch.compile(f, backend=cnt, fullgraph=True)
     acc.set_timesteps(10)
+    if dpm:
+        acc.init_history(x0)
     x = x0.clone()
     for t in acc.timesteps:
         x = g(x, t)
-    assert cnt.frame_count == (2 if name.startswith("dpm") else 1), f"compiled {cnt.frame_count} times"
+    assert cnt.frame_count == 1, f"compiled {cnt.frame_count} times"
     torch.testing.assert_close(x, eager, rtol=1e-5, atol=1e-5)
+    if dpm:  # a second run (set_timesteps keeps the history's tensors): no recompilation
+        acc.set_timesteps(10)
+        x = x0.clone()
+        for t in acc.timesteps:
+            x = g(x, t)
+        assert cnt.frame_count == 1, f"compiled {cnt.frame_count} times"
+        torch.testing.assert_close(x, eager, rtol=1e-5, atol=1e-5)
 
 
 def _run_gm(name, n, B, gm, seed_base):

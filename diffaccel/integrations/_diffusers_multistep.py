@@ -150,7 +150,38 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
 
     def _da_on_build(self, device):
         self._da_taken = torch.zeros(1, dtype=torch.int64, device=device)
-        self.model_outputs = [None] * self.config.solver_order
+        # Keep a history allocated by an earlier run (zeroed in place: the same tensors, so a
+        # compiled loop's guards still hold); its values are never read before they are
+        # overwritten (the order rows give the unwritten entries coefficient 0), zeroing only
+        # keeps a non-finite leftover from turning 0 * inf into NaN.
+        old = [m for m in (getattr(self, "_da_hist", None) or []) if m is not None]
+        if len(old) == self.config.solver_order and all(m.device == torch.device(device) for m in old):
+            for m in old:
+                m.zero_()
+            self.model_outputs = list(old)
+        else:
+            self.model_outputs = [None] * self.config.solver_order
+
+    def init_history(self, sample):
+        """Allocate the history of past x0 predictions (``model_outputs``) as zeros shaped like
+        ``sample`` (B, ...) before the first step, so that a compiled denoising loop sees the
+        same state at every step and compiles once (without it the first step allocates the
+        history and the second compiles again). The values are never read: the per-step order
+        (first order at the first step, at most the number of steps taken plus one) gives the
+        entries not yet written the coefficient 0. ``set_timesteps`` keeps the allocation."""
+        if not isinstance(sample, torch.Tensor) or sample.dim() < 1:
+            raise TypeError(f"sample: expected a (B, ...) tensor, got {type(sample).__name__}")
+        if getattr(self, "_da_tab", None) is None:
+            raise ValueError("init_history: call set_timesteps first")
+        if int(self._da_taken[0]) != 0:
+            raise ValueError("init_history: the run has started (call it after set_timesteps, "
+                             "before the first step)")
+        # x0 comes in the promoted dtype of sample and model output: the sample's, for the
+        # usual model output of the sample's dtype
+        self.model_outputs = [torch.zeros(sample.shape, dtype=sample.dtype, device=sample.device)
+                              for _ in range(self.config.solver_order)]
+        self._da_hist = self.model_outputs
+        return self.model_outputs
 
     def _da_on_build_move(self, device):
         self._da_taken = self._da_taken.to(device)
@@ -179,6 +210,11 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
         K = self.config.solver_order
         W = coef_width(K)
         cd = torch.promote_types(sample.dtype, model_output.dtype)
+        for k, m in enumerate(self.model_outputs):
+            if m is not None and (m.shape != sample.shape or m.device != dev):
+                raise ValueError(f"model_outputs[{k}]: the history holds a {tuple(m.shape)} tensor on "
+                                 f"{m.device}, the sample is {tuple(sample.shape)} on {dev} (call "
+                                 "set_timesteps, then init_history(sample), for a new batch shape)")
         be = backend_for(cd)
         sde = self._da_stochastic()
         z, kernel_draw = None, False
@@ -195,7 +231,10 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
         for k in range(K - 1):
             self.model_outputs[k] = self.model_outputs[k + 1]
         self.model_outputs[-1] = x0
-        hist = [m if m is not None else x0 for m in reversed(self.model_outputs)]  # m0, m1, m2
+        # entries not written yet (no init_history): zeros, with coefficient 0 in this step's row
+        self.model_outputs = [m if m is not None else torch.zeros_like(x0) for m in self.model_outputs]
+        self._da_hist = self.model_outputs
+        hist = list(reversed(self.model_outputs))  # m0, m1, m2
         cols = W1 + (order - 1) * W + torch.arange(W, device=dev)
         cB = r.index_select(1, cols).expand(B, W)
         x = sample.to(torch.float32).contiguous()
