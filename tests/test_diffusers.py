@@ -127,7 +127,8 @@ def test_step_matches_stock(name, dtype, noise, rng):
     eps_ = 2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -24
     kws = STEP_KW.get(name.split("-")[0], [{}])
     if cls is diffusers.EulerDiscreteScheduler:  # stock's churn: noise before the step
-        kws = [{}, dict(s_churn=1.0, s_tmin=0.5, s_tmax=10.0, s_noise=0.9)]
+        # churn over part of the steps (stock draws at some steps only) and over all of them
+        kws = [{}, dict(s_churn=1.0, s_tmin=0.5, s_tmax=10.0, s_noise=0.9), dict(s_churn=3.0)]
     for kw in kws:
         stock.set_timesteps(n)
         acc.set_timesteps(n)
@@ -374,8 +375,10 @@ def test_training_targets_and_add_noise_with_stroke(rng):
 
 
 COMPILE_CONFIGS = {**STOCK, "dpm-3-sde": (diffusers.DPMSolverMultistepScheduler,
-                                           dict(algorithm_type="sde-dpmsolver++", solver_order=3))}
-COMPILE_CASES = [("ddim", dict(eta=1.0)), ("ddpm", {}), ("euler", {}), ("euler-a", {}), ("dpm", {}),
+                                           dict(algorithm_type="sde-dpmsolver++", solver_order=3)),
+                   "euler-churn": STOCK["euler"]}
+COMPILE_CASES = [("ddim", dict(eta=1.0)), ("ddpm", {}), ("euler", {}), ("euler-churn", dict(s_churn=1.0, s_tmin=0.5, s_tmax=10.0)),
+                 ("euler-a", {}), ("dpm", {}),
                  ("dpm-sde-heun", {}), ("dpm-3-heun-sigmamin", {}), ("dpm-3-sde", {}), ("flow-stochastic", {})]
 
 
