@@ -434,7 +434,10 @@ def _run_gm(name, n, B, gm, seed_base):
     """Sample an exact Gaussian mixture (its exact eps as the model) with track_logp, starting
     from the exact log-density of the initial latents; returns (tracked logp, exact logp)."""
     cls, cfg = {"ddpm": (diffusers.DDPMScheduler, dict(clip_sample=False)),
-                "euler-a": (diffusers.EulerAncestralDiscreteScheduler, {})}[name]
+                "euler-a": (diffusers.EulerAncestralDiscreteScheduler, {}),
+                "dpm-sde": (diffusers.DPMSolverMultistepScheduler, dict(algorithm_type="sde-dpmsolver++")),
+                "dpm-sde-3": (diffusers.DPMSolverMultistepScheduler, dict(
+                    algorithm_type="sde-dpmsolver++", solver_order=3, solver_type="heun"))}[name]
     acc = dd.accelerate(cls(**cfg), track_logp=True, seed=torch.arange(B) + seed_base)
     acc.set_timesteps(n)
     ac = acc.alphas_cumprod.double()
@@ -451,6 +454,9 @@ def _run_gm(name, n, B, gm, seed_base):
             sig = float(acc.sigmas[i])
             a = 1 / math.sqrt(1 + sig ** 2)
             m = gm.eps(acc.scale_model_input(x, t), a, sig * a).float()
+        elif name.startswith("dpm"):  # its own alpha_t, sigma_t (VP, from its sigmas)
+            a, s_vp = acc._sigma_to_alpha_sigma_t(acc.sigmas[i].double())
+            m = gm.eps(x, a, s_vp).float()
         else:
             a = ac[int(t)]
             m = gm.eps(x, a.sqrt(), (1 - a).sqrt()).float()
@@ -458,7 +464,7 @@ def _run_gm(name, n, B, gm, seed_base):
     return acc.logp, gm.log_prob(x, 0.0)
 
 
-@pytest.mark.parametrize("name", ["ddpm", "euler-a"])
+@pytest.mark.parametrize("name", ["ddpm", "euler-a", "dpm-sde"])
 def test_track_logp_exact_mixture(name):
     """scheduler.logp against the exact log p of a two-mode Gaussian mixture (D = 2): the
     update is first order in the step, so the bias shrinks ~4x from 50 to 200 steps, and at 200
@@ -471,11 +477,14 @@ def test_track_logp_exact_mixture(name):
     lp4, ex4 = _run_gm(name, 200, 128, gm, s + 1000)
     bias1, bias4 = (lp1 - ex1).mean().item(), (lp4 - ex4).mean().item()
     corr = torch.corrcoef(torch.stack([lp4, ex4]))[0, 1].item()
-    # measured over seeds (B = 128): DDPM bias -2.1..-2.5 at 50 steps, -0.6..-0.96 at 200;
-    # EulerAncestral -1.7..-2.1 and -0.44..-0.59; correlation 0.68..0.84. Without the tracked
+    # measured over seeds (B = 128): DDPM bias -2.1..-2.6 at 50 steps, -0.6..-0.96 at 200;
+    # EulerAncestral -1.7..-2.1 and -0.44..-0.59; DPM-Solver++ 2M SDE -2.2..-2.3 and -0.57..-0.71;
+    # correlation 0.68..0.84. Without the tracked
     # terms the log-density would stay at the prior's, several nats off and uncorrelated.
     assert abs(bias4) < 1.25 and abs(bias1) > 1.8 * abs(bias4), (bias1, bias4)
     assert corr > 0.5, corr
+    with pytest.raises(ValueError, match="track_logp: DPMSolverMultistepScheduler with this config is deterministic"):
+        dd.accelerate(diffusers.DPMSolverMultistepScheduler(), track_logp=True)
     acc = dd.accelerate(diffusers.EulerAncestralDiscreteScheduler(), track_logp=True)
     acc.set_timesteps(3)
     with pytest.raises(ValueError, match="logp: track_logp=True needs a starting value"):

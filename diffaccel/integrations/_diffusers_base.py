@@ -142,7 +142,7 @@ class AcceleratedMixin:
         self.logp = None
 
     _da_logp_help = ("track_logp is supported by DDPM, DDIM (any eta; eta != 1 needs step(..., "
-                     "divergence=)) and EulerAncestral")
+                     "divergence=)), EulerAncestral and DPMSolverMultistep with sde-dpmsolver++")
 
     def init_logp(self, latents, logp=None):
         """Start tracking from ``latents`` (B, ...): ``scheduler.logp`` becomes ``logp`` (a (B,)

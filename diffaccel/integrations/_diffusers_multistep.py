@@ -31,8 +31,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
 from ..reference.step import coef_width
 from ..sampling.step import fused_step
-from ._diffusers_base import (AX, AZ, BM, W1, backend_for, check_model_output, gaussian_logprob,
-                              run_pass_a, step_seeds)
+from ._diffusers_base import (AX, AZ, BM, C0, C1, C2, SX, W1, backend_for, check_model_output,
+                              gaussian_logprob, run_pass_a, step_seeds, with_logp_dim)
 from ._diffusers_sigma import _SigmaMixin, sigma_to_t
 
 AM = 7  # first model column; model k at AM + 3k
@@ -43,7 +43,6 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
     takes custom ``sigmas`` (descending, with the final sigma)."""
 
     ALGORITHMS = ("dpmsolver++", "sde-dpmsolver++")
-    _da_logp_ready = False
     PREDICTIONS = ("epsilon", "sample", "v_prediction", "flow_prediction")
 
     def _da_check_config(self):
@@ -63,6 +62,14 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
 
     def _da_stochastic(self):
         return self.config.algorithm_type.startswith("sde")
+
+    # track_logp (sde-dpmsolver++): the step is the reverse SDE (noise share 1) in data-prediction
+    # form, x' = ax x + kA x0 + (differences of past x0, O(h) corrections) + az z. With the score
+    # s = (alpha_s x0 - x)/sigma_s^2 of the current x0, x' = (ax + kA/alpha_s) x + ... + az z, and
+    # docs/math.md 3.1's reverse-SDE update in the step's own terms (as DDPMScheduler's) reads
+    # logp += -D log(ax + kA/alpha_s) + az^2/2 |s|^2 + az (s . z): no divergence, zero overhead
+    # (first order in the step; the deterministic last step to sigma = 0 of final_sigmas_type
+    # "zero" adds only its scaling term).
 
     @property
     def lower_order_nums(self):
@@ -144,6 +151,11 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
                     base = W1 + o * W
                     tab[i, base + AX] = ax
                     tab[i, base + AZ] = az
+                    if sde:  # log-density (track_logp), see the note above set_timesteps
+                        a_s = alpha[i]
+                        tab[i, base + SX], tab[i, base + AM + 1] = -1 / ss0 ** 2, a_s / ss0 ** 2
+                        tab[i, base + C0] = -torch.log(ax + kA / a_s)
+                        tab[i, base + C1], tab[i, base + C2] = az ** 2 / 2, az
                     for k in range(min(K, 3)):
                         tab[i, base + AM + 3 * k] = cm[k]
         return tab
@@ -238,8 +250,11 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
         cols = W1 + (order - 1) * W + torch.arange(W, device=dev)
         cB = r.index_select(1, cols).expand(B, W)
         x = sample.to(torch.float32).contiguous()
+        logp = self._da_logp_buffer(B, dev, x)
+        if logp is not None:
+            cB = with_logp_dim(cB, x[0].numel())
         prev = fused_step(x, hist, cB, z=z, seed=seeds, dist="normal" if kernel_draw else None,
-                          out=torch.empty_like(x), backend=backend_for(x.dtype))
+                          out=torch.empty_like(x), logp=logp, backend=backend_for(x.dtype))
         self._da_taken.add_(1)
         self._da_i.copy_(i + 1)
         prev = prev.to(x0.dtype)
