@@ -599,6 +599,51 @@ def test_ddim_track_logp_against_float64(pred, rng):
                                    msg=lambda e, eta=eta: f"{pred} eta={eta}: {e}")
 
 
+@pytest.mark.parametrize("name", ["ddim-eta0.5", "dpm-sde"])
+def test_track_logp_compiles_once(name):
+    """With track_logp (DDIM with divergence=, SDE-DPM-Solver++), a compiled 10-step loop has no
+    graph break, compiles once and gives the eager loop's samples and log-densities."""
+    from torch._dynamo.testing import CompileCounter
+
+    if name == "dpm-sde":
+        sched, kw = diffusers.DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++"), {}
+    else:
+        sched, kw = diffusers.DDIMScheduler(clip_sample=False), dict(eta=0.5)
+    acc = dd.accelerate(sched, seed=torch.tensor([5, 6]), track_logp=True)
+
+    def f(x, t):
+        m = torch.tanh(x) * 0.5
+        if name != "dpm-sde":  # div of 0.5 tanh(x), exactly
+            kw["divergence"] = 0.5 * (1 - torch.tanh(x) ** 2).flatten(1).sum(1)
+        return acc.step(m, t, x, return_dict=False, **kw)[0]
+
+    x0 = torch.randn(2, 4, 8, 8)
+
+    def loop(fn):
+        acc.set_timesteps(10)
+        acc.init_logp(x0)
+        if name == "dpm-sde":
+            acc.init_history(x0)
+        x = x0.clone()
+        for t in acc.timesteps:
+            x = fn(x, t)
+        return x, acc.logp.clone()
+
+    acc.set_timesteps(10)
+    acc.init_logp(x0)
+    explain = torch._dynamo.explain(f)(x0, acc.timesteps[0])
+    assert explain.graph_break_count == 0, [str(r.reason) for r in explain.break_reasons]
+    x_e, lp_e = loop(f)
+    torch._dynamo.reset()
+    cnt = CompileCounter()
+    x_c, lp_c = loop(torch.compile(f, backend=cnt, fullgraph=True))
+    assert cnt.frame_count == 1, f"compiled {cnt.frame_count} times"
+    torch.testing.assert_close(x_c, x_e, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lp_c, lp_e, rtol=1e-6, atol=1e-3)
+    prior = acc.init_logp(x0).clone()
+    assert bool(torch.isfinite(lp_e).all()) and bool(((lp_e - prior).abs() > 1e-3).all()), "logp not updated"
+
+
 def test_ddim_divergence_errors_and_state_unchanged():
     """divergence: required with track_logp at eta != 1, checked before anything moves."""
     d = dd.accelerate(diffusers.DDIMScheduler(), track_logp=True)
