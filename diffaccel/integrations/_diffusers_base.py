@@ -141,7 +141,8 @@ class AcceleratedMixin:
         self._da_track_logp = bool(track_logp)
         self.logp = None
 
-    _da_logp_help = "track_logp is supported by DDPM, DDIM (eta = 1) and EulerAncestral"
+    _da_logp_help = ("track_logp is supported by DDPM, DDIM (any eta; eta != 1 needs step(..., "
+                     "divergence=)), EulerAncestral and DPMSolverMultistep with sde-dpmsolver++")
 
     def init_logp(self, latents, logp=None):
         """Start tracking from ``latents`` (B, ...): ``scheduler.logp`` becomes ``logp`` (a (B,)

@@ -31,8 +31,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
 from ..reference.step import coef_width
 from ..sampling.step import fused_step
-from ._diffusers_base import (AX, AZ, BM, W1, backend_for, check_model_output, gaussian_logprob,
-                              run_pass_a, step_seeds)
+from ._diffusers_base import (AX, AZ, BM, C0, C1, C2, SX, W1, backend_for, check_model_output,
+                              gaussian_logprob, run_pass_a, step_seeds, with_logp_dim)
 from ._diffusers_sigma import _SigmaMixin, sigma_to_t
 
 AM = 7  # first model column; model k at AM + 3k
@@ -43,7 +43,6 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
     takes custom ``sigmas`` (descending, with the final sigma)."""
 
     ALGORITHMS = ("dpmsolver++", "sde-dpmsolver++")
-    _da_logp_ready = False
     PREDICTIONS = ("epsilon", "sample", "v_prediction", "flow_prediction")
 
     def _da_check_config(self):
@@ -63,6 +62,14 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
 
     def _da_stochastic(self):
         return self.config.algorithm_type.startswith("sde")
+
+    # track_logp (sde-dpmsolver++): the step is the reverse SDE (noise share 1) in data-prediction
+    # form, x' = ax x + kA x0 + (differences of past x0, O(h) corrections) + az z. With the score
+    # s = (alpha_s x0 - x)/sigma_s^2 of the current x0, x' = (ax + kA/alpha_s) x + ... + az z, and
+    # docs/math.md 3.1's reverse-SDE update in the step's own terms (as DDPMScheduler's) reads
+    # logp += -D log(ax + kA/alpha_s) + az^2/2 |s|^2 + az (s . z): no divergence, zero overhead
+    # (first order in the step; the deterministic last step to sigma = 0 of final_sigmas_type
+    # "zero" adds only its scaling term).
 
     @property
     def lower_order_nums(self):
@@ -144,13 +151,49 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
                     base = W1 + o * W
                     tab[i, base + AX] = ax
                     tab[i, base + AZ] = az
+                    if sde:  # log-density (track_logp), see the note above set_timesteps
+                        a_s = alpha[i]
+                        tab[i, base + SX], tab[i, base + AM + 1] = -1 / ss0 ** 2, a_s / ss0 ** 2
+                        tab[i, base + C0] = -torch.log(ax + kA / a_s)
+                        tab[i, base + C1], tab[i, base + C2] = az ** 2 / 2, az
                     for k in range(min(K, 3)):
                         tab[i, base + AM + 3 * k] = cm[k]
         return tab
 
     def _da_on_build(self, device):
         self._da_taken = torch.zeros(1, dtype=torch.int64, device=device)
-        self.model_outputs = [None] * self.config.solver_order
+        # Keep a history allocated by an earlier run (zeroed in place: the same tensors, so a
+        # compiled loop's guards still hold); its values are never read before they are
+        # overwritten (the order rows give the unwritten entries coefficient 0), zeroing only
+        # keeps a non-finite leftover from turning 0 * inf into NaN.
+        old = [m for m in (getattr(self, "_da_hist", None) or []) if m is not None]
+        if len(old) == self.config.solver_order and all(m.device == torch.device(device) for m in old):
+            for m in old:
+                m.zero_()
+            self.model_outputs = list(old)
+        else:
+            self.model_outputs = [None] * self.config.solver_order
+
+    def init_history(self, sample):
+        """Allocate the history of past x0 predictions (``model_outputs``) as zeros shaped like
+        ``sample`` (B, ...) before the first step, so that a compiled denoising loop sees the
+        same state at every step and compiles once (without it the first step allocates the
+        history and the second compiles again). The values are never read: the per-step order
+        (first order at the first step, at most the number of steps taken plus one) gives the
+        entries not yet written the coefficient 0. ``set_timesteps`` keeps the allocation."""
+        if not isinstance(sample, torch.Tensor) or sample.dim() < 1:
+            raise TypeError(f"sample: expected a (B, ...) tensor, got {type(sample).__name__}")
+        if getattr(self, "_da_tab", None) is None:
+            raise ValueError("init_history: call set_timesteps first")
+        if int(self._da_taken[0]) != 0:
+            raise ValueError("init_history: the run has started (call it after set_timesteps, "
+                             "before the first step)")
+        # x0 comes in the promoted dtype of sample and model output: the sample's, for the
+        # usual model output of the sample's dtype
+        self.model_outputs = [torch.zeros(sample.shape, dtype=sample.dtype, device=sample.device)
+                              for _ in range(self.config.solver_order)]
+        self._da_hist = self.model_outputs
+        return self.model_outputs
 
     def _da_on_build_move(self, device):
         self._da_taken = self._da_taken.to(device)
@@ -179,6 +222,11 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
         K = self.config.solver_order
         W = coef_width(K)
         cd = torch.promote_types(sample.dtype, model_output.dtype)
+        for k, m in enumerate(self.model_outputs):
+            if m is not None and (m.shape != sample.shape or m.device != dev):
+                raise ValueError(f"model_outputs[{k}]: the history holds a {tuple(m.shape)} tensor on "
+                                 f"{m.device}, the sample is {tuple(sample.shape)} on {dev} (call "
+                                 "set_timesteps, then init_history(sample), for a new batch shape)")
         be = backend_for(cd)
         sde = self._da_stochastic()
         z, kernel_draw = None, False
@@ -195,12 +243,18 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
         for k in range(K - 1):
             self.model_outputs[k] = self.model_outputs[k + 1]
         self.model_outputs[-1] = x0
-        hist = [m if m is not None else x0 for m in reversed(self.model_outputs)]  # m0, m1, m2
+        # entries not written yet (no init_history): zeros, with coefficient 0 in this step's row
+        self.model_outputs = [m if m is not None else torch.zeros_like(x0) for m in self.model_outputs]
+        self._da_hist = self.model_outputs
+        hist = list(reversed(self.model_outputs))  # m0, m1, m2
         cols = W1 + (order - 1) * W + torch.arange(W, device=dev)
         cB = r.index_select(1, cols).expand(B, W)
         x = sample.to(torch.float32).contiguous()
+        logp = self._da_logp_buffer(B, dev, x)
+        if logp is not None:
+            cB = with_logp_dim(cB, x[0].numel())
         prev = fused_step(x, hist, cB, z=z, seed=seeds, dist="normal" if kernel_draw else None,
-                          out=torch.empty_like(x), backend=backend_for(x.dtype))
+                          out=torch.empty_like(x), logp=logp, backend=backend_for(x.dtype))
         self._da_taken.add_(1)
         self._da_i.copy_(i + 1)
         prev = prev.to(x0.dtype)

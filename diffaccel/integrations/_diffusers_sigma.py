@@ -211,12 +211,17 @@ class EulerDiscreteScheduler(_ScaleInputMixin, _SigmaMixin, _StockEuler):
         super().set_timesteps(num_inference_steps, device, timesteps, sigmas)
         self._da_build(self.timesteps.device)
 
+    def _da_on_build(self, device):
+        self._da_sig = self.sigmas.to(device=device, dtype=torch.float32)  # stock's, for churn
+
+    def _da_on_build_move(self, device):
+        self._da_sig = self._da_sig.to(device)
+
     def step(self, model_output, timestep, sample, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
              s_noise=1.0, generator=None, return_dict=True, *, seed=None):
         """Stock's step (same arguments and outputs) as two fused passes. With s_churn > 0
-        (stock's "churn": noise added before the step where s_tmin <= sigma <= s_tmax), the
-        step index and sigma are read on the host, as stock reads them (a device sync on a GPU),
-        and the coefficients are per-call numbers (each call compiles on its own)."""
+        (stock's "churn": noise added before the step where s_tmin <= sigma <= s_tmax), gamma
+        and sigma_hat come from the sigmas on the device (see ``_churn_step``)."""
         if s_churn != 0:
             return self._da_churn_step(model_output, timestep, sample, s_churn, s_tmin, s_tmax,
                                        s_noise, generator, return_dict, seed)
@@ -229,7 +234,15 @@ class EulerDiscreteScheduler(_ScaleInputMixin, _SigmaMixin, _StockEuler):
 def _churn_step(self, model_output, timestep, sample, s_churn, s_tmin, s_tmax, s_noise, generator,
                 return_dict, seed):
     """EulerDiscreteScheduler's step with churn: x' = x + c z (c = s_noise sqrt(sh^2 - s^2),
-    sh = s (1 + gamma)), x0 from x' and M, x_prev = x' + (x' - x0)/sh (s_next - sh)."""
+    sh = s (1 + gamma)), x0 from x' and M, x_prev = x' + (x' - x0)/sh (s_next - sh), with
+    gamma = min(s_churn / (N - 1), sqrt(2) - 1) where s_tmin <= s <= s_tmax, else 0 (stock's rule,
+    compared in float32 as stock compares). s, s_next, gamma, sh and c are computed on the device
+    from the sigmas and the device step index (float32, as stock), so the step has no host read
+    and compiles once for a whole loop. Stock draws noise only where gamma > 0: with noise from a
+    torch generator (or the global one) and a churn range that holds some of the steps but not
+    all, matching its draws needs the step index on the host (read there: a sync on a GPU, a
+    graph break under torch.compile); with ``seed`` the noise is drawn in the kernel at every
+    step and enters with coefficient 0 where gamma = 0."""
     import math
 
     from ..sampling.step import make_coef
@@ -239,28 +252,39 @@ def _churn_step(self, model_output, timestep, sample, s_churn, s_tmin, s_tmax, s
             raise ValueError(f"{name}: expected a number, got {v!r}")
     _, i = self._da_begin(model_output, timestep, sample)
     B, dev = sample.shape[0], sample.device
-    ih = int(i[0])  # host read (stock keeps its index on the host)
-    sig, nxt = float(self.sigmas[ih]), float(self.sigmas[ih + 1])
-    gamma = min(s_churn / (len(self.sigmas) - 1), 2 ** 0.5 - 1) if s_tmin <= sig <= s_tmax else 0.0
+    gmax = min(s_churn / (len(self.sigmas) - 1), 2 ** 0.5 - 1)
+    sig_all = self._da_sig
+    sig, nxt = sig_all.index_select(0, i), sig_all.index_select(0, i + 1)  # (1,) float32
+    inside = (sig >= s_tmin) & (sig <= s_tmax)
+    gamma = torch.where(inside, torch.full_like(sig, gmax), torch.zeros_like(sig))
     sh = sig * (gamma + 1)
+    c = s_noise * (sh * sh - sig * sig).clamp(min=0).sqrt()
     x = sample.to(torch.float32).contiguous()
-    z = None
-    if gamma > 0:
-        z, kernel_draw = self._da_noise(model_output, generator, None, seed, True, model_output.dtype)
+    z, kernel_draw = None, False
+    if gmax > 0:
+        draw = True
+        torch_rng = generator is not None or (seed is None and self._da_seed is None)
+        if torch_rng:  # stock's draw decision, on the host, where it is not the same at every step
+            host = self.sigmas[:-1]
+            ins = (host >= s_tmin) & (host <= s_tmax)
+            if not bool(ins.all()):
+                draw = bool(ins[int(i[0])])
+        z, kernel_draw = self._da_noise(model_output, generator, None, seed, draw, model_output.dtype)
         if kernel_draw:
             from ..random import noise as _noise
             z = _noise(x.shape, seed=step_seeds(seed if seed is not None else self._da_seed, B, dev, i),
                        device=dev)
-        z = z.to(torch.float32)
-    c = s_noise * (sh ** 2 - sig ** 2) ** 0.5 if z is not None else 0.0
     pred = self.config.prediction_type
     if pred == "epsilon":
         bx, bm = 1.0, -sh
     elif pred == "v_prediction":
-        bx, bm = 1 / (sig ** 2 + 1), -sig / (sig ** 2 + 1) ** 0.5
+        bx, bm = 1 / (sig * sig + 1), -sig / (sig * sig + 1).sqrt()
     else:
         bx, bm = 0.0, 1.0
-    zz = z if z is not None else torch.zeros_like(x)
+    if z is None:  # no churn noise at this step
+        zz, c = torch.zeros_like(x), torch.zeros_like(c)
+    else:
+        zz = z.to(torch.float32)
     x0 = fused_step(x, [model_output, zz], make_coef(B, ax=bx, am=(bm, bx * c), device=dev),
                     out=torch.empty_like(x), backend=backend_for(x.dtype))
     k = (nxt - sh) / sh

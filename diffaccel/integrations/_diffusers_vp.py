@@ -284,32 +284,47 @@ class DDIMScheduler(_VPMixin, _StockDDIM):
         return torch.arange(T, dtype=torch.int64) - T // self.num_inference_steps
 
     def _da_table(self, a, b, a_prev):
-        """Rows: pass A | P | Q | Qc | sqrt(1 - a') | sqrt(var), with pass B = P + dir Q (Qc with
-        use_clipped_model_output) + std e_z: the eta-dependent parts combine per step."""
+        """Rows: pass A | P | Q | Qc | sqrt(1 - a') | sqrt(var) | rho | b | kD | kd, with pass
+        B = P + dir Q (Qc with use_clipped_model_output) + std e_z: the eta-dependent parts
+        combine per step; the last four are the log-density's (see ``_logp_coefs``)."""
         T = a.shape[0]
         pred = self.config.prediction_type
         bx, bm = _x0_coefs(pred, a, b)
         var = (1 - a_prev) / b * (1 - a / a_prev)
-        tab = torch.zeros(T, W1 + 3 * W2 + 2, dtype=torch.float64)
+        tab = torch.zeros(T, W1 + 3 * W2 + 6, dtype=torch.float64)
         tab[:, AX], tab[:, BM] = bx, bm
         o = W1
         tab[:, o + AM0] = a_prev.sqrt()
-        # log-density at eta = 1 (see DDPMScheduler): ax_eff = sqrt(a'/a); std set per step
+        # log-density (see _logp_coefs): the score s = (sqrt(a) x0 - x)/b and the change of
+        # variables of x = sqrt(abar) y, -D/2 log(a'/a); the rest is set per step
         tab[:, o + SX], tab[:, o + SM0] = -1 / b, a.sqrt() / b
         tab[:, o + C0] = -0.5 * (a_prev / a).log()
         for k, clipped in ((1, False), (2, True)):
             ex, e0, em = _eps_coefs(pred, a, b, clipped)
             q = o + k * W2
             tab[:, q + AX], tab[:, q + AM0], tab[:, q + AM1] = ex, e0, em
-        tab[:, W1 + 3 * W2] = (1 - a_prev).sqrt()
-        tab[:, W1 + 3 * W2 + 1] = var.sqrt()
+        e = W1 + 3 * W2
+        tab[:, e] = (1 - a_prev).sqrt()
+        tab[:, e + 1] = var.sqrt()
+        tab[:, e + 2] = (a / a_prev).sqrt()  # rho
+        tab[:, e + 3] = b
+        # div_x s = kD D + kd div_x M (s linear in x and M through the unclamped x0)
+        tab[:, e + 4] = (a.sqrt() * bx - 1) / b
+        tab[:, e + 5] = a.sqrt() * bm / b
         return tab
 
     def step(self, model_output, timestep, sample, eta=0.0, use_clipped_model_output=False,
              generator=None, variance_noise=None, return_dict=True, *, seed=None,
-             return_logprob=False, prev_sample=None):
+             return_logprob=False, prev_sample=None, divergence=None):
         """Stock's step (same arguments and outputs) as two fused passes; ``seed``: int or (B,)
-        integer tensor, noise drawn in the kernel (batch-invariant with per-sample seeds)."""
+        integer tensor, noise drawn in the kernel (batch-invariant with per-sample seeds).
+
+        With ``track_logp``, ``scheduler.logp`` takes the step's log-density change (see
+        ``_logp_coefs``); for ``eta != 1`` it needs ``divergence``, a (B,) tensor: div_x of
+        ``model_output`` at ``sample`` (an estimate such as
+        :func:`diffaccel.integrations.diffusers.model_output_and_divergence`'s); at ``eta = 1``
+        it is optional (its term is second order in the step there). The divergence term reads
+        x0 unclamped: with ``clip_sample=True`` it is exact only where the clamp is inactive."""
         if self.num_inference_steps is None:
             raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' "
                              "after creating the scheduler")
@@ -319,26 +334,81 @@ class DDIMScheduler(_VPMixin, _StockDDIM):
         if eta > 0 and variance_noise is not None and generator is not None:
             raise ValueError("Cannot pass both generator and variance_noise. Please make sure that "
                              "either `generator` or `variance_noise` stays `None`.")
-        if self._da_track_logp and eta != 1:
-            raise ValueError(f"track_logp: DDIM tracks the log-density at eta = 1 only (got eta={eta}): "
-                             "for eta < 1 the update needs the model's divergence, which a step "
-                             "does not have")
+        track = self._da_track_logp and not return_logprob
+        self._da_check_divergence(divergence, model_output, sample, eta, track, return_logprob)
         if return_logprob and eta == 0:
             raise ValueError("return_logprob: DDIM with eta = 0 is deterministic (no transition density)")
         q = W1 + (2 if use_clipped_model_output else 1) * W2
         e = W1 + 3 * W2
+        wd = []  # the divergence's weight, read from this step's row
 
         def coef_b(r):
             P, Q = r[:, W1:W1 + W2], r[:, q:q + W2]
             if eta == 0:
-                return P + r[:, e:e + 1] * Q
-            std = eta * r[:, e + 1:e + 2]
-            d = (r[:, e:e + 1] ** 2 - std * std).sqrt()
-            c = P + d * Q
-            return torch.cat([c[:, :AZ], std, c[:, AZ + 1:C1], std * std / 2, std, c[:, C3:]], 1)
+                d = r[:, e:e + 1]
+                c = P + d * Q
+                if not track:
+                    return c
+                std = torch.zeros_like(d)
+            else:
+                std = eta * r[:, e + 1:e + 2]
+                d = (r[:, e:e + 1] ** 2 - std * std).sqrt()
+                c = P + d * Q
+                c = torch.cat([c[:, :AZ], std, c[:, AZ + 1:C1], std * std / 2, std, c[:, C3:]], 1)
+            if track:
+                c1, c2, cdiv = _logp_coefs(r[:, e + 2:e + 3], r[:, e + 3:e + 4], d, std)
+                c = torch.cat([c[:, :C0], c[:, C0:C0 + 1] + cdiv * r[:, e + 4:e + 5], c1, c2, c[:, C3:]], 1)
+                wd.append(cdiv * r[:, e + 5:e + 6])
+            return c
 
         res = self._da_run(model_output, timestep, sample, coef_b, eta > 0,
                            generator, variance_noise if eta > 0 else None,
                            seed if eta > 0 else None, self.config.clip_sample, return_logprob,
                            prev_sample)
+        if track and divergence is not None:
+            lp = self.logp
+            lp.add_(wd[0].reshape(1).to(lp.dtype) * divergence.to(lp.dtype))
         return step_output(res, return_logprob, return_dict, DDIMSchedulerOutput)
+
+    def _da_check_divergence(self, divergence, model_output, sample, eta, track, return_logprob):
+        """Named errors for ``divergence`` before any state moves."""
+        if divergence is None:
+            if track and eta != 1:
+                raise ValueError(f"divergence: required with track_logp at eta != 1 (got eta={eta}): "
+                                 "pass divergence=, a (B,) tensor of div_x model_output (e.g. from "
+                                 "diffaccel.integrations.diffusers.model_output_and_divergence)")
+            return
+        if return_logprob:
+            raise ValueError("divergence: not used with return_logprob=True")
+        if not self._da_track_logp:
+            raise ValueError("divergence: only used with track_logp=True (accelerate(..., track_logp=True))")
+        check_model_output(model_output, sample)
+        B = sample.shape[0]
+        if not isinstance(divergence, torch.Tensor) or not divergence.is_floating_point():
+            raise TypeError(f"divergence: expected a floating-point ({B},) tensor, got "
+                            f"{getattr(divergence, 'dtype', type(divergence).__name__)}")
+        if tuple(divergence.shape) != (B,) or divergence.device != sample.device:
+            raise ValueError(f"divergence: expected shape ({B},) on {sample.device} (one value per "
+                             f"sample), got {tuple(divergence.shape)} on {divergence.device}")
+
+
+def _logp_coefs(rho, b, d, std):
+    """(c1, c2, cdiv) of DDIM's log-density update, (1, 1) tensors each:
+
+        log p <- log p + D c0 + c1 |s|^2 + c2 (s . z) + cdiv div_x s,   s = grad_x log p_t(x)
+
+    In the coordinates y = x / sqrt(a) (EDM form, sigma = sqrt(b/a)) the step is
+    y' = y + (sigma_down - sigma)(y - x0)/sigma + sigma_up z with sigma_up = std/sqrt(a'),
+    sigma_down = dir/sqrt(a') (dir = sqrt(1 - a' - std^2)), and docs/math.md 3.6 gives
+    log p_y += sigma_up^2/2 |s_y|^2 + sigma_up (s_y . z) - (A - sigma_up^2) div_y s_y,
+    A = sigma (sigma - sigma_down) (``diffaccel.sampling.sample_ddim``'s update). With
+    s_y = sqrt(a) s, div_y s_y = a div_x s and log p_x = log p_y - D/2 log a, in x (rho =
+    sqrt(a/a')):
+
+        c0 = -1/2 log(a'/a) (in the table's P row, kept),  c1 = rho^2 std^2 / 2,
+        c2 = rho std,  cdiv = -(b - rho sqrt(b) dir - rho^2 std^2)
+
+    eta = 0 (std = 0): the probability-flow ODE's Euler step, cdiv = -(b - rho sqrt(b (1 - a'))).
+    rho, b, d (= dir), std: (1, 1) tensors (c0 is in the P row of the table)."""
+    r2s2 = rho * rho * std * std
+    return r2s2 / 2, rho * std, -(b - rho * b.sqrt() * d - r2s2)

@@ -201,6 +201,58 @@ def training_targets(scheduler, x0, timesteps, *, seed, stroke=None):
     return noisy, target
 
 
-__all__ = ["accelerate", "training_targets", "Stroke", "DDPMScheduler", "DDIMScheduler",
+def model_output_and_divergence(fn, sample, *, probes=1, seed=None, probe_dist="rademacher"):
+    """``(model_output, divergence)``: ``fn(sample)`` and a (B,) Hutchinson estimate of its
+    divergence div_x fn(x) = tr(d fn / dx) per sample (docs/math.md 3.2), for
+    ``DDIMScheduler.step(..., divergence=)`` with ``track_logp``:
+
+        divergence_b ~ (1/P) sum_p v_p^T (d fn_b / dx_b) v_p
+
+    one vector-Jacobian product through ``fn`` per probe v_p (independent Rademacher entries, or
+    ``probe_dist="normal"``), drawn with diffaccel's probe stream (``seed``: an int or (B,)
+    per-sample seeds; None: a fresh seed from torch's global generator; use a different seed at
+    every step so the estimates' errors average out over the steps). fn: sample (B, ...) ->
+    model output shaped like sample (e.g. ``lambda x: unet(x, t).sample``). model_output comes
+    back detached; the estimate is float32 (float64 for a float64 sample). Cost: one forward
+    and P backward passes."""
+    from ..sampling.samplers import PROBE_BASE, _check_probes, draw_probes
+
+    if not callable(fn):
+        raise TypeError(f"fn: expected a callable sample -> model output, got {type(fn).__name__}")
+    if not isinstance(sample, torch.Tensor) or not sample.is_floating_point() or sample.dim() < 1:
+        raise TypeError("sample: expected a floating-point (B, ...) tensor")
+    P = _check_probes(probes)
+    if probe_dist not in ("rademacher", "normal"):
+        raise ValueError(f"probe_dist: expected 'rademacher' or 'normal', got {probe_dist!r}")
+    if seed is None:
+        seed = int(torch.randint(0, 2 ** 62, ()).item())
+
+    def call(x):
+        out = fn(x)
+        if not isinstance(out, torch.Tensor) or out.shape != sample.shape:
+            raise ValueError(f"fn: expected a model output of shape {tuple(sample.shape)} (that of "
+                             f"sample), got {tuple(getattr(out, 'shape', ())) or type(out).__name__}")
+        return out
+
+    B = sample.shape[0]
+    ct = torch.promote_types(sample.dtype, torch.float32)
+    est = torch.zeros(B, dtype=ct, device=sample.device)
+    if B == 0:
+        with torch.no_grad():
+            return call(sample), est
+    v = draw_probes(sample, P, seed, PROBE_BASE, probe_dist)  # (P, B, ...)
+    with torch.enable_grad():
+        xr = sample.detach().requires_grad_(True)
+        out = call(xr)
+        if out.requires_grad:  # else fn does not depend on its input: divergence 0
+            for p in range(P):
+                (g,) = torch.autograd.grad(out, xr, v[p].to(out.dtype), retain_graph=p < P - 1)
+                est += (g.to(ct) * v[p].to(ct)).reshape(B, -1).sum(1)
+            est /= P
+    return out.detach(), est
+
+
+__all__ = ["accelerate", "training_targets", "model_output_and_divergence", "Stroke",
+           "DDPMScheduler", "DDIMScheduler",
            "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler",
            "FlowMatchEulerDiscreteScheduler", "ACCELERATED"]
