@@ -31,8 +31,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
 from ..reference.step import coef_width
 from ..sampling.step import fused_step
-from ._diffusers_base import (AX, AZ, BM, W1, backend_for, check_model_output, gaussian_logprob,
-                              run_pass_a, step_seeds)
+from ._diffusers_base import (AX, AZ, BM, W1, backend_for, check_model_output, fold_x0,
+                              gaussian_logprob, step_seeds)
 from ._diffusers_sigma import _SigmaMixin, sigma_to_t
 
 AM = 7  # first model column; model k at AM + 3k
@@ -98,7 +98,7 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
         self._da_build(self.timesteps.device)
 
     def _da_make_table(self):
-        """(n, W1 + 3 W) rows: pass A (x0 of the model output), then pass B for orders 1, 2, 3."""
+        """(n, W1 + 3 W) rows: row A (x0 of the model output), then row B for orders 1, 2, 3."""
         s = self.sigmas.to(torch.float64).cpu()
         n = s.shape[0] - 1
         K = self.config.solver_order
@@ -169,8 +169,9 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
 
     def step(self, model_output, timestep, sample, generator=None, variance_noise=None,
              return_dict=True, *, seed=None):
-        """Stock's step (same arguments and outputs): the model output's x0 (pass A, kept in
-        ``model_outputs``) and the multistep update (pass B) as fused passes."""
+        """Stock's step (same arguments and outputs) as one fused pass: the model output's x0
+        (the op's y line, kept in ``model_outputs``, float32) and the multistep update from it
+        and the past x0s."""
         if self.num_inference_steps is None:
             raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' "
                              "after creating the scheduler")
@@ -179,7 +180,6 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
         K = self.config.solver_order
         W = coef_width(K)
         cd = torch.promote_types(sample.dtype, model_output.dtype)
-        be = backend_for(cd)
         sde = self._da_stochastic()
         z, kernel_draw = None, False
         if sde:
@@ -191,19 +191,22 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
         seeds = step_seeds(seed if seed is not None else self._da_seed, B, dev, i) if kernel_draw else None
         order = self._da_order(i)
         r = tab.index_select(0, i)
-        x0 = run_pass_a(sample.to(cd).contiguous(), model_output, r[:, :W1].expand(B, W1), be)
+        x = sample.to(torch.float32).contiguous()
+        x0 = torch.empty_like(x)  # this step's history entry: the y line's output
+        # m1, m2: past x0s (unused slots, before K steps were taken, get zero coefficients)
+        past = [m if m is not None else x for m in reversed(self.model_outputs[1:])]
+        cols = W1 + (order - 1) * W + torch.arange(W, device=dev)
+        cB = r.index_select(1, cols).expand(B, W)
+        coef, ycoef = fold_x0(r[:, :W1].expand(B, W1), cB, replace=True)
+        prev = fused_step(x, [model_output] + past[:K - 1], coef, ycoef=ycoef, y_out=x0, z=z,
+                          seed=seeds, dist="normal" if kernel_draw else None,
+                          out=torch.empty_like(x), backend=backend_for(x.dtype))
         for k in range(K - 1):
             self.model_outputs[k] = self.model_outputs[k + 1]
         self.model_outputs[-1] = x0
-        hist = [m if m is not None else x0 for m in reversed(self.model_outputs)]  # m0, m1, m2
-        cols = W1 + (order - 1) * W + torch.arange(W, device=dev)
-        cB = r.index_select(1, cols).expand(B, W)
-        x = sample.to(torch.float32).contiguous()
-        prev = fused_step(x, hist, cB, z=z, seed=seeds, dist="normal" if kernel_draw else None,
-                          out=torch.empty_like(x), backend=backend_for(x.dtype))
         self._da_taken.add_(1)
         self._da_i.copy_(i + 1)
-        prev = prev.to(x0.dtype)
+        prev = prev.to(cd)
         if not return_dict:
             return (prev,)
         return SchedulerOutput(prev_sample=prev)

@@ -28,7 +28,7 @@ from ..sampling.step import fused_step
 from ._diffusers_base import step_output
 from ._diffusers_base import (AM0, AX, AZ, BM, C1, C2, SM0, SX, W1, W2, AcceleratedMixin,
                               backend_for, check_model_output, gaussian_logprob, host_value,
-                              run_pass_a, step_seeds, tensor_host_known)
+                              one_pass, step_seeds, tensor_host_known)
 
 SCALE = W1 + W2  # column: sqrt(s^2 + 1), the divisor of scale_model_input
 
@@ -180,14 +180,12 @@ class _SigmaMixin(AcceleratedMixin):
             out = self._da_logprob(model_output, x, r, z, kernel_draw, prev_sample, seed, i)
             self._da_i.copy_(i + 1)
             return out
-        x0 = run_pass_a(x, model_output, r[:, :W1].expand(B, W1), be)
         seeds = None
         if kernel_draw:
             seeds = step_seeds(seed if seed is not None else self._da_seed, B, dev, i)
         logp = self._da_logp_buffer(B, dev, x)
-        prev = fused_step(x, [x0, model_output], r[:, W1:W1 + W2].expand(B, W2), z=z, seed=seeds,
-                          dist="normal" if kernel_draw else None, out=torch.empty_like(x),
-                          logp=logp, backend=be)
+        prev, x0 = one_pass(x, model_output, r[:, :W1].expand(B, W1), r[:, W1:W1 + W2].expand(B, W2),
+                            z=z, seeds=seeds, logp=logp, backend=be)
         self._da_i.copy_(i + 1)
         return prev.to(model_output.dtype), x0
 
@@ -213,8 +211,8 @@ class EulerDiscreteScheduler(_ScaleInputMixin, _SigmaMixin, _StockEuler):
 
     def step(self, model_output, timestep, sample, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
              s_noise=1.0, generator=None, return_dict=True, *, seed=None):
-        """Stock's step (same arguments and outputs) as two fused passes. With s_churn > 0
-        (stock's "churn": noise added before the step where s_tmin <= sigma <= s_tmax), the
+        """Stock's step (same arguments and outputs) as one fused pass. With s_churn > 0
+        (stock's "churn": noise added before the step where s_tmin <= sigma <= s_tmax; two passes), the
         step index and sigma are read on the host, as stock reads them (a device sync on a GPU),
         and the coefficients are per-call numbers (each call compiles on its own)."""
         if s_churn != 0:
@@ -327,7 +325,7 @@ class EulerAncestralDiscreteScheduler(_ScaleInputMixin, _SigmaMixin, _StockEA):
 
     def step(self, model_output, timestep, sample, generator=None, return_dict=True, *, seed=None,
              return_logprob=False, prev_sample=None):
-        """Stock's step (same arguments and outputs) as two fused passes; ``seed``: int or (B,)
+        """Stock's step (same arguments and outputs) as one fused pass; ``seed``: int or (B,)
         integer tensor, noise drawn in the kernel (batch-invariant with per-sample seeds).
         ``return_logprob``: returns ``(prev_sample, pred_original_sample, log_prob)`` (B,), the
         transition's log-density averaged over the non-batch dims; with ``prev_sample`` it

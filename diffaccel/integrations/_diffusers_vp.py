@@ -28,11 +28,10 @@ from diffusers import DDPMScheduler as _StockDDPM
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 
-from ..sampling.step import fused_step
 from ._diffusers_base import step_output
 from ._diffusers_base import (AM0, AM1, AX, AZ, BM, C0, C1, C2, C3, SM0, SX, W1, W2,
                               AcceleratedMixin, backend_for, check_model_output, gaussian_logprob,
-                              host_value, run_pass_a, step_seeds, tensor_host_known,
+                              host_value, one_pass, step_seeds, tensor_host_known,
                               with_logp_dim)
 
 PREDICTIONS = ("epsilon", "sample", "v_prediction")
@@ -122,7 +121,7 @@ class _VPMixin(AcceleratedMixin):
 
     def _da_run(self, model_output, timestep, sample, cB_fn, draw, generator, variance_noise, seed,
                 clip, return_logprob=False, prev_sample=None):
-        """Both passes: returns (prev_sample, pred_original_sample) in stock's dtype, plus the
+        """One fused pass: returns (prev_sample, pred_original_sample) in stock's dtype, plus the
         transition log-probability with ``return_logprob``."""
         check_model_output(model_output, sample)
         if prev_sample is not None:
@@ -139,10 +138,6 @@ class _VPMixin(AcceleratedMixin):
         z, kernel_draw = self._da_noise(model_output, generator, variance_noise, seed, draw,
                                         model_output.dtype)
         r = tab.index_select(0, idx)
-        x0 = run_pass_a(x, model_output, r[:, :W1].expand(B, W1), be)
-        if clip:
-            r_ = self.config.clip_sample_range
-            x0.clamp_(-r_, r_)
         cB = cB_fn(r)
         if return_logprob:
             return self._da_logprob(model_output, sample, r, cB, clip, z, kernel_draw, prev_sample,
@@ -153,10 +148,10 @@ class _VPMixin(AcceleratedMixin):
         logp = self._da_logp_buffer(B, dev, x)
         if logp is not None:
             cB = with_logp_dim(cB, x[0].numel())
-        prev = fused_step(x, [x0, model_output], cB.expand(B, W2), z=z, seed=seeds,
-                          dist="normal" if kernel_draw else None, out=torch.empty_like(x),
-                          logp=logp, backend=be)
-        return prev, x0
+        # x0 (clamped with clip_sample) and x_prev from it, in one pass
+        return one_pass(x, model_output, r[:, :W1].expand(B, W1), cB.expand(B, W2),
+                        clip=self.config.clip_sample_range if clip else None, z=z, seeds=seeds,
+                        logp=logp, backend=be)
 
     def _da_logprob(self, model_output, sample, r, cB, clip, z, kernel_draw, prev_sample,
                     timestep, seed, generator):
@@ -234,7 +229,7 @@ class DDPMScheduler(_VPMixin, _StockDDPM):
 
     def step(self, model_output, timestep, sample, generator=None, return_dict=True, *,
              seed=None, return_logprob=False, prev_sample=None):
-        """Stock's step (same arguments and outputs) as two fused passes; ``seed``: int or (B,)
+        """Stock's step (same arguments and outputs) as one fused pass; ``seed``: int or (B,)
         integer tensor, noise drawn in the kernel (batch-invariant with per-sample seeds)."""
         draw = (host_value(timestep) > 0) if tensor_host_known(timestep) else None
         res = self._da_run(model_output, timestep, sample, lambda r: r[:, W1:], draw,
@@ -284,7 +279,7 @@ class DDIMScheduler(_VPMixin, _StockDDIM):
         return torch.arange(T, dtype=torch.int64) - T // self.num_inference_steps
 
     def _da_table(self, a, b, a_prev):
-        """Rows: pass A | P | Q | Qc | sqrt(1 - a') | sqrt(var), with pass B = P + dir Q (Qc with
+        """Rows: row A (x0) | P | Q | Qc | sqrt(1 - a') | sqrt(var), with row B = P + dir Q (Qc with
         use_clipped_model_output) + std e_z: the eta-dependent parts combine per step."""
         T = a.shape[0]
         pred = self.config.prediction_type
@@ -308,7 +303,7 @@ class DDIMScheduler(_VPMixin, _StockDDIM):
     def step(self, model_output, timestep, sample, eta=0.0, use_clipped_model_output=False,
              generator=None, variance_noise=None, return_dict=True, *, seed=None,
              return_logprob=False, prev_sample=None):
-        """Stock's step (same arguments and outputs) as two fused passes; ``seed``: int or (B,)
+        """Stock's step (same arguments and outputs) as one fused pass; ``seed``: int or (B,)
         integer tensor, noise drawn in the kernel (batch-invariant with per-sample seeds)."""
         if self.num_inference_steps is None:
             raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' "
