@@ -119,16 +119,6 @@ def with_logp_dim(cB, D):
     return torch.cat([cB[:, :C0], cB[:, C0:C0 + 1] * D, cB[:, C0 + 1:]], 1)
 
 
-def gaussian_logprob(prev, mean, std):
-    """log N(prev; mean, std^2 I) per sample, averaged over the non-batch dimensions (as DDPO
-    and Flow-GRPO report it); plain PyTorch in float32 or wider, differentiable. std: (1,)."""
-    ct = torch.promote_types(prev.dtype, torch.float32)
-    d = prev.to(ct) - mean.to(ct)
-    sd = std.to(ct).reshape(())
-    lp = -(d * d) / (2 * sd * sd) - torch.log(sd) - 0.5 * math.log(2 * math.pi)
-    return lp.reshape(lp.shape[0], -1).mean(1)
-
-
 def backend_for(dtype):
     return "reference" if dtype == torch.float64 else None
 

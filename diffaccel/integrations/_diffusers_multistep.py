@@ -31,8 +31,9 @@ from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
 from ..reference.step import coef_width
 from ..sampling.step import fused_step
+from . import _diffusers_logprob as _logprob
 from ._diffusers_base import (AX, AZ, BM, W1, backend_for, check_model_output, fold_x0,
-                              gaussian_logprob, step_seeds)
+                              step_seeds)
 from ._diffusers_sigma import _SigmaMixin, sigma_to_t
 
 AM = 7  # first model column; model k at AM + 3k
@@ -277,19 +278,20 @@ class FlowMatchEulerDiscreteScheduler(_SigmaMixin, _StockFlow):
             z, kernel_draw = self._da_noise(model_output, generator, None, seed, True, torch.float32)
         seeds = step_seeds(seed if seed is not None else self._da_seed, B, dev, i) if kernel_draw else None
         W = coef_width(1)
-        if return_logprob:
-            r = tab.index_select(0, i)[0]
-            mean = r[AX] * x + r[AM] * model_output.to(torch.float32)
-            std = r[AZ:AZ + 1]
+        if return_logprob:  # one fused pass (no x0 line); re-scoring differentiable in model_output
+            r = tab.index_select(0, i)
+            zero = torch.zeros_like(r[:, AX])
+            rows = dict(ax=r[:, AX], am=r[:, AM], std=r[:, AZ], bx=zero, bm=zero, ay=zero,
+                        backend=backend_for(x.dtype))
             if prev_sample is None:
-                if z is None:
-                    from ..random import noise as _noise  # the kernel's draws, made explicit
-                    z = _noise(x.shape, seed=seeds, device=dev)
-                prev_sample = (mean + std * z).to(model_output.dtype)
+                prev_sample, _, lp = _logprob.sample_with_logprob(x, model_output, z=z, seeds=seeds,
+                                                                  **rows)
+                prev_sample = prev_sample.to(model_output.dtype)
             else:
                 check_model_output(prev_sample, sample)
+                lp, _ = _logprob.rescore(x, model_output, prev_sample, **rows)
             self._da_i.copy_(i + 1)
-            return prev_sample, gaussian_logprob(prev_sample, mean, std)
+            return prev_sample, lp
         prev = fused_step(x, [model_output], tab.index_select(0, i).expand(B, W), z=z, seed=seeds,
                           dist="normal" if kernel_draw else None, out=torch.empty_like(x),
                           backend=backend_for(x.dtype))

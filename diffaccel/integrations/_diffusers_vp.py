@@ -28,9 +28,10 @@ from diffusers import DDPMScheduler as _StockDDPM
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 
+from . import _diffusers_logprob as _logprob
 from ._diffusers_base import step_output
 from ._diffusers_base import (AM0, AM1, AX, AZ, BM, C0, C1, C2, C3, SM0, SX, W1, W2,
-                              AcceleratedMixin, backend_for, check_model_output, gaussian_logprob,
+                              AcceleratedMixin, backend_for, check_model_output,
                               host_value, one_pass, step_seeds, tensor_host_known,
                               with_logp_dim)
 
@@ -156,28 +157,26 @@ class _VPMixin(AcceleratedMixin):
     def _da_logprob(self, model_output, sample, r, cB, clip, z, kernel_draw, prev_sample,
                     timestep, seed, generator):
         """(prev_sample, pred_original_sample, log N(prev; mean, std^2 I) averaged over the
-        non-batch dims) in plain PyTorch, differentiable in model_output (DDPO / re-scoring)."""
+        non-batch dims) in one fused pass; re-scoring a given prev_sample is differentiable in
+        model_output (DDPO; see _diffusers_logprob)."""
         std = cB[:, AZ]
         if tensor_host_known(timestep) and float(std[0]) == 0:
             raise ValueError(f"return_logprob: the step at timestep {host_value(timestep)} adds no "
                              "noise (std = 0), so it has no transition density")
-        ct = torch.promote_types(torch.promote_types(sample.dtype, model_output.dtype), torch.float32)
-        x, m = sample.to(ct), model_output.to(ct)
-        c = lambda j, row=r: row[0, j].to(ct)  # noqa: E731
-        x0 = c(AX) * x + c(BM) * m
-        if clip:
-            x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
-        mean = cB[0, AX].to(ct) * x + cB[0, AM0].to(ct) * x0 + cB[0, AM1].to(ct) * m
-        if prev_sample is None:
-            if z is None:
-                if not kernel_draw:
-                    raise ValueError("return_logprob: this step draws no noise")
-                from ..random import noise as _noise  # the kernel's draws, made explicit
-                seeds = step_seeds(seed if seed is not None else self._da_seed, sample.shape[0],
-                                   sample.device, self._da_index(timestep, sample.device))
-                z = _noise(sample.shape, seed=seeds, device=sample.device)
-            prev_sample = (mean + std[0].to(ct) * z.to(ct)).to(torch.promote_types(sample.dtype, model_output.dtype))
-        return prev_sample, x0.to(prev_sample.dtype), gaussian_logprob(prev_sample, mean, std[:1])
+        cd = torch.promote_types(sample.dtype, model_output.dtype)
+        ct = torch.promote_types(cd, torch.float32)
+        x = sample.to(ct).contiguous()
+        rows = dict(ax=cB[:, AX], am=cB[:, AM1], std=std, bx=r[:, AX], bm=r[:, BM], ay=cB[:, AM0],
+                    clip=self.config.clip_sample_range if clip else None, backend=backend_for(ct))
+        if prev_sample is not None:
+            lp, x0 = _logprob.rescore(x, model_output, prev_sample, **rows)
+            return prev_sample, x0.to(cd), lp
+        seeds = None
+        if z is None and kernel_draw:
+            seeds = step_seeds(seed if seed is not None else self._da_seed, sample.shape[0],
+                               sample.device, self._da_index(timestep, sample.device))
+        prev, x0, lp = _logprob.sample_with_logprob(x, model_output, z=z, seeds=seeds, **rows)
+        return prev.to(cd), x0.to(cd), lp
 
 
 class DDPMScheduler(_VPMixin, _StockDDPM):
