@@ -13,7 +13,7 @@ def cases():
                     "D": "i32", "CHUNK": "i32", "offset": "i64", "probe_offset": "i64", "P": "i32",
                     "P_out": "i32", "W": "i32",
                     "ycoef_ptr": "*fp32", "y_out_ptr": f"*{dt}", "clip": "fp32"})
-        ykw = {"Y": True, "Y_OUT": True, "CLIP": True} if y else {}
+        ykw = {"Y": y, "Y_OUT": y, "CLIP": y}  # all named: triton_compile.py sets no defaults
         out.append(("sample_step", f"{dt},K={K},hutch={hutch}" + (",y" if y else ""), S._sample_step_kernel,
                     sig, {"K": K, "DIST": 0, "HAS_Z": False, "TRACK": True, "HUTCH": hutch,
                           "PROBE_DIST": 3, "PER_SAMPLE": True, "BLOCK": 1024, **ykw}))
