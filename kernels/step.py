@@ -360,7 +360,8 @@ def sample_step(x, out, logp, logp_var, models, coef, z, seeds, offset, dist, pr
     _sample_step_kernel[(B, num_splits)](
         x, out, coef, z.contiguous() if z is not None else x, seeds.contiguous(), partial, probes,
         probes_out if P_out else x, *ms, *ws, B, D, chunk, offset, probe_offset, Ph, P_out, W,
-        ycoef, y_out if y_out is not None else x, float(clip), **y_kw, K=K, DIST=-1 if z is not None else dist, HAS_Z=z is not None, TRACK=track, HUTCH=hutch,
+        ycoef, y_out if y_out is not None else x, float(clip), **y_kw,
+        K=K, DIST=-1 if z is not None else dist, HAS_Z=z is not None, TRACK=track, HUTCH=hutch,
         PROBE_DIST=probe_dist, PER_SAMPLE=per_sample, BLOCK=block, num_warps=warps)
     if track:
         track_var = logp_var.numel() > 0

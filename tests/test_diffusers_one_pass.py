@@ -33,7 +33,8 @@ def _cases():
     out = []
     for name in STOCK:
         for kw in STEP_KW.get(name.split("-")[0] if name.startswith("ddim") else name, [{}]):
-            out.append(pytest.param(name, kw, id=f"{name}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'default'}"))
+            tag = "-".join(f"{k}={v}" for k, v in kw.items()) or "default"
+            out.append(pytest.param(name, kw, id=f"{name}-{tag}"))
     return out
 
 

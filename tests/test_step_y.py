@@ -121,7 +121,8 @@ def test_noncontiguous_inputs(backend, rng):
     """Model outputs, z and ycoef may be strided views (x too, with out=)."""
     B, K = 3, 2
     big = torch.randn(B, 6, 22, generator=rng)
-    inp = dict(x=big[:, ::2, 1:], models=[big[:, 1::2, :21], torch.randn(B, 22, 3, generator=rng).transpose(1, 2)[..., :21]],
+    inp = dict(x=big[:, ::2, 1:],
+               models=[big[:, 1::2, :21], torch.randn(B, 22, 3, generator=rng).transpose(1, 2)[..., :21]],
                coef=torch.randn(B, 7 + 3 * K, generator=rng),
                ycoef=torch.randn(5 + K + 3, B, generator=rng)[2:-1].t(), probes=None, vjps=None)
     assert not inp["x"].is_contiguous() and not inp["ycoef"].is_contiguous()
@@ -159,7 +160,8 @@ def test_nan_stays_in_its_sample_and_survives_the_clamp(backend, rng):
     assert int(torch.isnan(got[3]).sum()) == 1
     assert torch.isnan(got[0][1]).any() and torch.isnan(got[1][1])
     for b in (0, 2):
-        assert torch.isfinite(got[0][b]).all() and torch.isfinite(got[3][b]).all() and torch.isfinite(got[1][b])
+        assert torch.isfinite(got[0][b]).all() and torch.isfinite(got[3][b]).all()
+        assert torch.isfinite(got[1][b])
     if backend != "reference":
         want = _run("reference", inp, clip=0.5, z=torch.randn(B, *S, generator=rng))
         keep = torch.tensor([0, 2])

@@ -55,8 +55,8 @@ def _rows(x, ax, am, std, bx, bm, ay):
 
 def sample_with_logprob(x, model_output, *, ax, am, std, bx, bm, ay, clip=None, z=None, seeds=None,
                         backend=None):
-    """(x_prev, x0, lp) in x's dtype (lp: (B,) float32, float64 for float64 x) in one fused pass; z given, else drawn
-    from ``seeds`` in the kernel."""
+    """(x_prev, x0, lp) in x's dtype (lp: (B,) float32, float64 for float64 x) in one fused
+    pass; z given, else drawn from ``seeds`` in the kernel."""
     if z is None and seeds is None:
         raise ValueError("return_logprob: this step draws no noise")
     B, D = x.shape[0], x[0].numel()
