@@ -136,3 +136,25 @@ def test_return_logprob_is_one_fused_launch(name, cls, cfg, kw, rng):
     assert_close(lp2.detach(), lp, atol=1e-4, rtol=1e-5, what="re-scored lp")
     lp2.sum().backward()
     assert mg.grad is not None and bool(torch.isfinite(mg.grad).all()) and bool((mg.grad != 0).any())
+
+
+@pytest.mark.parametrize("name,cls,cfg,kw", CASES, ids=[c[0] for c in CASES])
+def test_bf16_logprob_is_that_of_the_returned_sample(name, cls, cfg, kw, rng):
+    """With bfloat16 model outputs the returned x_prev is rounded to bfloat16 (~0.4% of |x_prev|,
+    large against a small std): the sampled log-probability is that of the rounded x_prev, so
+    re-scoring it under the same model output gives the same value (PPO ratio 1)."""
+    acc = dd.accelerate(cls(**cfg))
+    acc.set_timesteps(5)
+    B, S = 2, (3, 8, 8)
+    x = torch.randn(B, *S, generator=rng).to(torch.bfloat16)  # (DDPM/DDIM: stock's dtype is the
+    m = torch.randn(B, *S, generator=rng).to(torch.bfloat16)  # promotion of sample and model output)
+    for j, t in enumerate(acc.timesteps[:-1]):
+        if hasattr(acc, "_da_i"):
+            acc._da_i.fill_(j)
+        out = acc.step(m, t, x, generator=torch.Generator().manual_seed(j), return_logprob=True, **kw)
+        prev, lp = out[0], out[-1]
+        assert prev.dtype == torch.bfloat16
+        if hasattr(acc, "_da_i"):
+            acc._da_i.sub_(1)
+        lp2 = acc.step(m, t, x, return_logprob=True, prev_sample=prev, **kw)[-1]
+        assert_close(lp, lp2, atol=1e-5, rtol=1e-5, what=f"lp at step {j}: sampled vs re-scored")

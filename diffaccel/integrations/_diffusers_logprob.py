@@ -10,7 +10,8 @@ and the log-probability reported is log N(x_prev; mean, std^2 I) averaged over t
 dimensions:  lp = -|x_prev - mean|^2 / (2 D std^2) - log std - log(2 pi) / 2.
 
 - Sampling (:func:`sample_with_logprob`): x_prev = mean + std z with z given or drawn in the
-  kernel, and lp = c0 - |z|^2 / (2 D) from the op's z line (cz = -1/(2D), c0 = -log std - log(2 pi)/2).
+  kernel, and lp = c0 - |z|^2 / (2 D) from the op's z line (cz = -1/(2D), c0 = -log std - log(2 pi)/2)
+  (x_prev returned in a narrower dtype than the step's: a second pass re-scores the rounded one).
 - Re-scoring a stored x_prev (:func:`rescore`): the op computes u = (x_prev - mean)/std into a
   scratch buffer (x_prev passed as the increment, coefficients divided by std) and
   lp = c0 - |u|^2 / (2 D) from its |x_new|^2 line (cn = -1/(2D)); x0 is the y line's output.
@@ -54,19 +55,27 @@ def _rows(x, ax, am, std, bx, bm, ay):
 
 
 def sample_with_logprob(x, model_output, *, ax, am, std, bx, bm, ay, clip=None, z=None, seeds=None,
-                        backend=None):
-    """(x_prev, x0, lp) in x's dtype (lp: (B,) float32, float64 for float64 x) in one fused
-    pass; z given, else drawn from ``seeds`` in the kernel."""
+                        out_dtype=None, backend=None):
+    """(x_prev, x0, lp) in one fused pass: x_prev in ``out_dtype`` (default x's), x0 in x's
+    dtype, lp (B,) float32 (float64 for float64 x); z given, else drawn from ``seeds`` in the
+    kernel. When ``out_dtype`` is narrower than x's dtype (bfloat16 outputs), lp must be that of
+    the rounded x_prev the caller gets (the one a later re-scoring sees: a bfloat16 rounding is
+    ~0.4% of |x_prev|, large against a small std), so a second pass re-scores the rounded x_prev."""
     if z is None and seeds is None:
         raise ValueError("return_logprob: this step draws no noise")
     B, D = x.shape[0], x[0].numel()
-    ax, am, std, bx, bm, ay = _rows(x, ax, am, std, bx, bm, ay)
-    coef, ycoef = _coefs(B, ax, am, std, bx, bm, ay, False, D)
-    lp = torch.zeros(B, dtype=_lp_dtype(x), device=x.device)
+    rows = _rows(x, ax, am, std, bx, bm, ay)
+    coef, ycoef = _coefs(B, *rows, False, D)
+    out_dtype = x.dtype if out_dtype is None else out_dtype
+    rounds = torch.promote_types(out_dtype, x.dtype) != out_dtype
+    lp = None if rounds else torch.zeros(B, dtype=_lp_dtype(x), device=x.device)
     x0 = torch.empty_like(x)
     prev = fused_step(x, [model_output], coef, ycoef=ycoef, y_out=x0, clip=clip, z=z, seed=seeds,
                       dist="normal" if z is None else None, out=torch.empty_like(x), logp=lp,
                       backend=backend)
+    prev = prev.to(out_dtype)
+    if rounds:
+        lp, _ = _Rescore.apply(model_output, x, prev.to(x.dtype), *rows, clip, backend)
     return prev, x0, lp
 
 

@@ -284,9 +284,8 @@ class FlowMatchEulerDiscreteScheduler(_SigmaMixin, _StockFlow):
             rows = dict(ax=r[:, AX], am=r[:, AM], std=r[:, AZ], bx=zero, bm=zero, ay=zero,
                         backend=backend_for(x.dtype))
             if prev_sample is None:
-                prev_sample, _, lp = _logprob.sample_with_logprob(x, model_output, z=z, seeds=seeds,
-                                                                  **rows)
-                prev_sample = prev_sample.to(model_output.dtype)
+                prev_sample, _, lp = _logprob.sample_with_logprob(
+                    x, model_output, z=z, seeds=seeds, out_dtype=model_output.dtype, **rows)
             else:
                 check_model_output(prev_sample, sample)
                 lp, _ = _logprob.rescore(x, model_output, prev_sample, **rows)

@@ -104,8 +104,9 @@ class _SigmaMixin(AcceleratedMixin):
         seeds = None
         if z is None:
             seeds = step_seeds(seed if seed is not None else self._da_seed, x.shape[0], x.device, i)
-        prev, x0, lp = _logprob.sample_with_logprob(x, model_output, z=z, seeds=seeds, **rows)
-        return prev.to(model_output.dtype), x0, lp
+        prev, x0, lp = _logprob.sample_with_logprob(x, model_output, z=z, seeds=seeds,
+                                                    out_dtype=model_output.dtype, **rows)
+        return prev, x0, lp
 
     def _da_begin(self, model_output, timestep, sample, *, reject_index=True):
         """What a step starts with: stock's refusal of integer step indices (the Euler-type

@@ -175,8 +175,9 @@ class _VPMixin(AcceleratedMixin):
         if z is None and kernel_draw:
             seeds = step_seeds(seed if seed is not None else self._da_seed, sample.shape[0],
                                sample.device, self._da_index(timestep, sample.device))
-        prev, x0, lp = _logprob.sample_with_logprob(x, model_output, z=z, seeds=seeds, **rows)
-        return prev.to(cd), x0.to(cd), lp
+        prev, x0, lp = _logprob.sample_with_logprob(x, model_output, z=z, seeds=seeds, out_dtype=cd,
+                                                    **rows)
+        return prev, x0.to(cd), lp
 
 
 class DDPMScheduler(_VPMixin, _StockDDPM):
