@@ -4,6 +4,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <cstdint>
+#include <cstring>
 #include <optional>
 #include <vector>
 
@@ -43,7 +45,7 @@ inline int64_t check_stack_like_x(const at::Tensor& t, const at::Tensor& x, cons
 struct StepInputs {
   std::vector<at::Tensor> models, vjps;
   at::Tensor coef, seeds;
-  std::optional<at::Tensor> z, probes;
+  std::optional<at::Tensor> z, probes, ycoef;
   bool per_sample = false;
   int64_t P = 0, P_out = 0;
 };
@@ -56,7 +58,8 @@ inline StepInputs check_sample_step(const at::Tensor& x, const at::Tensor& out,
                                     int64_t offset, int64_t dist,
                                     const std::optional<at::Tensor>& probes, at::TensorList vjps,
                                     const at::Tensor& probes_out, int64_t probe_offset,
-                                    int64_t probe_dist) {
+                                    int64_t probe_dist, const std::optional<at::Tensor>& ycoef,
+                                    const at::Tensor& y_out, double clip) {
   TORCH_CHECK(x.dim() >= 1, "x: expected a (B, *S) tensor, got a 0-d tensor");
   check_float_input(x, "x");
   check_like_x(out, x, "out");
@@ -110,6 +113,29 @@ inline StepInputs check_sample_step(const at::Tensor& x, const at::Tensor& out,
     TORCH_CHECK(!in.probes.has_value() || !probes_out.is_same(*probes),
                 "probes_out: must not be the probes tensor being read");
   }
+  // the y line (all optional): ycoef [B, 5 + K] float32, y_out like x or empty, clip >= 0
+  // finiteness from the bits: this file is compiled with -ffast-math, where std::isfinite folds
+  uint64_t clip_bits;
+  std::memcpy(&clip_bits, &clip, sizeof(clip_bits));
+  const bool clip_finite = (clip_bits & 0x7ff0000000000000ull) != 0x7ff0000000000000ull;
+  TORCH_CHECK(clip_finite && clip >= 0.0, "clip: expected a finite value > 0 (0: no clamp), got ",
+              clip);
+  if (ycoef.has_value()) {
+    check_same_device(x, *ycoef, "ycoef");
+    TORCH_CHECK(ycoef->scalar_type() == at::kFloat && ycoef->dim() == 2 &&
+                    ycoef->size(0) == x.size(0) && ycoef->size(1) == step_y_width(static_cast<int>(K)),
+                "ycoef: expected a float32 tensor of shape (", x.size(0), ", ",
+                step_y_width(static_cast<int>(K)), "), got ", ycoef->scalar_type(), " ",
+                ycoef->sizes());
+    in.ycoef = ycoef->contiguous();
+  }
+  if (y_out.numel() != 0) {
+    TORCH_CHECK(ycoef.has_value(), "y_out: given without ycoef");
+    check_like_x(y_out, x, "y_out");
+    TORCH_CHECK(y_out.is_contiguous(), "y_out: expected a contiguous tensor (it is written in place)");
+    TORCH_CHECK(y_out.data_ptr() != x.data_ptr() && y_out.data_ptr() != out.data_ptr(),
+                "y_out: must not be x or out");
+  }
   return in;
 }
 
@@ -117,7 +143,7 @@ template <typename T>
 StepArgs<T> make_step_args(const at::Tensor& x, const at::Tensor& out, const at::Tensor& logp,
                            const at::Tensor& logp_var, const StepInputs& in, int64_t offset,
                            int64_t dist, const at::Tensor& probes_out, int64_t probe_offset,
-                           int64_t probe_dist) {
+                           int64_t probe_dist, const at::Tensor& y_out, double clip) {
   StepArgs<T> a{};
   a.x = x.data_ptr<T>();
   a.out = out.data_ptr<T>();
@@ -146,6 +172,9 @@ StepArgs<T> make_step_args(const at::Tensor& x, const at::Tensor& out, const at:
     if (logp_var.scalar_type() == at::kDouble) a.var_d = logp_var.data_ptr<double>();
     else a.var_f = logp_var.data_ptr<float>();
   }
+  a.ycoef = in.ycoef.has_value() ? in.ycoef->data_ptr<float>() : nullptr;
+  a.y_out = y_out.numel() != 0 ? y_out.data_ptr<T>() : nullptr;
+  a.clip = static_cast<float>(clip);
   return a;
 }
 

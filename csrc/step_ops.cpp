@@ -16,15 +16,18 @@ void run_step_cpu(const Tensor& x, const Tensor& out, const Tensor& logp, const 
                   at::TensorList models, const Tensor& coef, const std::optional<Tensor>& z,
                   const Tensor& seeds, int64_t offset, int64_t dist,
                   const std::optional<Tensor>& probes, at::TensorList vjps,
-                  const Tensor& probes_out, int64_t probe_offset, int64_t probe_dist) {
+                  const Tensor& probes_out, int64_t probe_offset, int64_t probe_dist,
+                  const std::optional<Tensor>& ycoef, const Tensor& y_out, double clip) {
   TORCH_CHECK(x.is_contiguous(), "x: expected a contiguous tensor");
   const StepInputs in = check_sample_step(x, out, logp, logp_var, models, coef, z, seeds, offset,
-                                          dist, probes, vjps, probes_out, probe_offset, probe_dist);
+                                          dist, probes, vjps, probes_out, probe_offset, probe_dist,
+                                          ycoef, y_out, clip);
   // D = 0 still adds c0 to logp (the reference's sums over no elements are 0)
   if (x.size(0) == 0) return;
   DA_DISPATCH_FLOATS(x.scalar_type(), "diffaccel::sample_step", [&] {
     cpu::sample_step<scalar_t>(make_step_args<scalar_t>(x, out, logp, logp_var, in, offset, dist,
-                                                        probes_out, probe_offset, probe_dist));
+                                                        probes_out, probe_offset, probe_dist,
+                                                        y_out, clip));
   });
 }
 
@@ -32,19 +35,21 @@ void sample_step_cpu(const Tensor& x, const Tensor& logp, const Tensor& logp_var
                      at::TensorList models, const Tensor& coef, const std::optional<Tensor>& z,
                      const Tensor& seeds, int64_t offset, int64_t dist,
                      const std::optional<Tensor>& probes, at::TensorList vjps,
-                     const Tensor& probes_out, int64_t probe_offset, int64_t probe_dist) {
+                     const Tensor& probes_out, int64_t probe_offset, int64_t probe_dist,
+                  const std::optional<Tensor>& ycoef, const Tensor& y_out, double clip) {
   run_step_cpu(x, x, logp, logp_var, models, coef, z, seeds, offset, dist, probes, vjps,
-               probes_out, probe_offset, probe_dist);
+               probes_out, probe_offset, probe_dist, ycoef, y_out, clip);
 }
 
 void sample_step_out_cpu(const Tensor& x, const Tensor& out, const Tensor& logp,
                          const Tensor& logp_var, at::TensorList models, const Tensor& coef,
                          const std::optional<Tensor>& z, const Tensor& seeds, int64_t offset,
                          int64_t dist, const std::optional<Tensor>& probes, at::TensorList vjps,
-                         const Tensor& probes_out, int64_t probe_offset, int64_t probe_dist) {
+                         const Tensor& probes_out, int64_t probe_offset, int64_t probe_dist,
+                  const std::optional<Tensor>& ycoef, const Tensor& y_out, double clip) {
   const Tensor xc = x.contiguous();
   run_step_cpu(xc, out, logp, logp_var, models, coef, z, seeds, offset, dist, probes, vjps,
-               probes_out, probe_offset, probe_dist);
+               probes_out, probe_offset, probe_dist, ycoef, y_out, clip);
 }
 
 }  // namespace

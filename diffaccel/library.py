@@ -31,16 +31,19 @@ SCHEMAS = {
         "int[] scales, Tensor seeds, int offset, int dist, int target) -> (Tensor, Tensor)",
     # fused sampler step (docs/math.md 3.1), in place on x [B, *S], logp [B] and logp_var [B];
     # models: K tensors [B, *S]; coef [B, 7 + 3K]; probes [P, B, *S]; vjps: K x [P, B, *S];
-    # dist -1: no increment; probes_out [P', B, *S] or empty (see diffaccel/sampling/step.py)
+    # dist -1: no increment; probes_out [P', B, *S] or empty; the optional y line: ycoef
+    # [B, 5 + K] or None, y_out [B, *S] or empty, clip > 0 or 0 (none) (diffaccel/sampling/step.py)
     "sample_step":
         "(Tensor(a!) x, Tensor(b!) logp, Tensor(c!) logp_var, Tensor[] models, Tensor coef, "
         "Tensor? z, Tensor seeds, int offset, int dist, Tensor? probes, Tensor[] vjps, "
-        "Tensor(d!) probes_out, int probe_offset, int probe_dist) -> ()",
+        "Tensor(d!) probes_out, int probe_offset, int probe_dist, Tensor? ycoef, "
+        "Tensor(e!) y_out, float clip) -> ()",
     # the same, writing the new x to out [B, *S] instead of x
     "sample_step_out":
         "(Tensor x, Tensor(a!) out, Tensor(b!) logp, Tensor(c!) logp_var, Tensor[] models, "
         "Tensor coef, Tensor? z, Tensor seeds, int offset, int dist, Tensor? probes, "
-        "Tensor[] vjps, Tensor(d!) probes_out, int probe_offset, int probe_dist) -> ()",
+        "Tensor[] vjps, Tensor(d!) probes_out, int probe_offset, int probe_dist, Tensor? ycoef, "
+        "Tensor(e!) y_out, float clip) -> ()",
     # VRG (docs/math.md 5): pred, target [B, ...], bins [B] int64 -> [num_bins, 3] float64
     # (element count, sum e, sum e^2), e = pred - target
     "vrg_error_moments": "(Tensor pred, Tensor target, Tensor bins, int num_bins) -> Tensor",

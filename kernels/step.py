@@ -8,6 +8,9 @@ Two kernels, laid out like the CUDA one (csrc/cuda/step.cu):
   the new x, sums |s|^2, s.z, x.s and then each probe's Hutchinson dot product t_p over its range
   in float32, stores those 3 + P partial sums in its own row of a (B, num_splits, 3 + P) float32
   scratch, and writes its range of the next step's probes.
+- The optional y line (constexpr ``Y``, so the plain step compiles to the same code): the same
+  loads also give y = bx x + sum_k bm_k M_k, clamped (``CLIP``), stored (``Y_OUT``) and added to
+  x_new and s; the scratch rows then end with |z|^2 and |x_new|^2.
 - ``_step_finish_kernel``, grid (B,): adds up sample b's partial sums in float64 and adds the
   log-density increment and the estimate's variance into the (B,) accumulators in place.
 
@@ -29,12 +32,14 @@ SPLIT_BLOCK = 128     # splits reduced per iteration of the finish kernel
 
 
 @triton.jit
-def _add_model(m_ptr, row, k: tl.constexpr, offs, mask, xn, s):
-    """xn += am_k M_k, s += sm_k M_k for one block."""
+def _add_model(m_ptr, row, yrow, k: tl.constexpr, offs, mask, xn, s, y, Y: tl.constexpr):
+    """xn += am_k M_k, s += sm_k M_k (and y += bm_k M_k with Y) for one block."""
     m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     am = tl.load(row + 7 + 3 * k)
     sm = tl.load(row + 8 + 3 * k)
-    return xn + am * m, s + sm * m
+    if Y:
+        y = y + tl.load(yrow + 5 + k) * m
+    return xn + am * m, s + sm * m, y
 
 
 @triton.jit
@@ -47,10 +52,12 @@ def _add_vjp(w_ptr, row, k: tl.constexpr, offs, mask, acc):
 @triton.jit
 def _sample_step_kernel(x_ptr, out_ptr, coef_ptr, z_ptr, seeds_ptr, partial_ptr, probes_ptr,
                         probes_out_ptr, m0, m1, m2, m3, m4, m5, m6, m7, w0, w1, w2, w3, w4, w5,
-                        w6, w7, B, D, CHUNK, offset, probe_offset, P, P_out, W,
+                        w6, w7, B, D, CHUNK, offset, probe_offset, P, P_out, W, ycoef_ptr,
+                        y_out_ptr, clip,
                         K: tl.constexpr, DIST: tl.constexpr, HAS_Z: tl.constexpr,
                         TRACK: tl.constexpr, HUTCH: tl.constexpr, PROBE_DIST: tl.constexpr,
-                        PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr):
+                        PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr, Y: tl.constexpr = False,
+                        Y_OUT: tl.constexpr = False, CLIP: tl.constexpr = False):
     """Split c = program_id(1) (elements [c CHUNK, min(D, (c + 1) CHUNK))) of sample
     b = program_id(0), coefficients c = coef[b]. (The batch is on axis 0, whose limit is
     2^31 - 1; axes 1 and 2 are capped at 65535.)
@@ -59,6 +66,9 @@ def _sample_step_kernel(x_ptr, out_ptr, coef_ptr, z_ptr, seeds_ptr, partial_ptr,
     partial[b, c] = (sum |s|^2, sum s.z, sum x.s, t_0, .., t_{P-1}) over the split (TRACK),
     t_p = sum_i v_{p,i} sum_k cw_k w_{k,p,i} (HUTCH; the row has 3 + P floats).
     z: loaded (HAS_Z), drawn at offset + (PER_SAMPLE ? 0 : b D) + i (DIST >= 0), or 0.
+    Y: y = bx x + sum_k bm_k M_k (ycoef[b] = bx, ay, sy, cz, cn, bm_k), clamped to [-clip, clip]
+    (CLIP), written to y_out (Y_OUT); x_new += ay y, s += sy y; the row then ends with
+    sum |z|^2, sum |x_new|^2 (row width 5 + P).
     """
     b = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1).to(tl.int64)
@@ -66,7 +76,11 @@ def _sample_step_kernel(x_ptr, out_ptr, coef_ptr, z_ptr, seeds_ptr, partial_ptr,
     # CHUNK is a multiple of BLOCK, so blocks never straddle two splits: i < D is the only mask
     end = tl.minimum(start + CHUNK, D)
     row = coef_ptr + b * W
-    part = partial_ptr + (b * tl.num_programs(1) + c) * (3 + P)
+    RW = 3 + P
+    if Y:
+        RW = RW + 2
+    part = partial_ptr + (b * tl.num_programs(1) + c) * RW
+    yrow = ycoef_ptr + b * (5 + K)
     ax = tl.load(row)
     az = tl.load(row + 1)
     sx = tl.load(row + 2)
@@ -77,6 +91,9 @@ def _sample_step_kernel(x_ptr, out_ptr, coef_ptr, z_ptr, seeds_ptr, partial_ptr,
     ss = tl.zeros([BLOCK], dtype=tl.float32)
     sz = tl.zeros([BLOCK], dtype=tl.float32)
     xs = tl.zeros([BLOCK], dtype=tl.float32)
+    if Y:
+        zz = tl.zeros([BLOCK], dtype=tl.float32)
+        nn = tl.zeros([BLOCK], dtype=tl.float32)
     lanes = tl.arange(0, BLOCK)
     for i0 in range(start, end, BLOCK):
         i = i0 + lanes
@@ -95,22 +112,35 @@ def _sample_step_kernel(x_ptr, out_ptr, coef_ptr, z_ptr, seeds_ptr, partial_ptr,
             z = tl.zeros([BLOCK], dtype=tl.float32)
         xn = ax * x + az * z
         s = sx * x
+        y = x  # the y line (Y); unused otherwise
+        if Y:
+            y = tl.load(yrow) * x
         if K > 0:
-            xn, s = _add_model(m0, row, 0, offs, mask, xn, s)
+            xn, s, y = _add_model(m0, row, yrow, 0, offs, mask, xn, s, y, Y)
         if K > 1:
-            xn, s = _add_model(m1, row, 1, offs, mask, xn, s)
+            xn, s, y = _add_model(m1, row, yrow, 1, offs, mask, xn, s, y, Y)
         if K > 2:
-            xn, s = _add_model(m2, row, 2, offs, mask, xn, s)
+            xn, s, y = _add_model(m2, row, yrow, 2, offs, mask, xn, s, y, Y)
         if K > 3:
-            xn, s = _add_model(m3, row, 3, offs, mask, xn, s)
+            xn, s, y = _add_model(m3, row, yrow, 3, offs, mask, xn, s, y, Y)
         if K > 4:
-            xn, s = _add_model(m4, row, 4, offs, mask, xn, s)
+            xn, s, y = _add_model(m4, row, yrow, 4, offs, mask, xn, s, y, Y)
         if K > 5:
-            xn, s = _add_model(m5, row, 5, offs, mask, xn, s)
+            xn, s, y = _add_model(m5, row, yrow, 5, offs, mask, xn, s, y, Y)
         if K > 6:
-            xn, s = _add_model(m6, row, 6, offs, mask, xn, s)
+            xn, s, y = _add_model(m6, row, yrow, 6, offs, mask, xn, s, y, Y)
         if K > 7:
-            xn, s = _add_model(m7, row, 7, offs, mask, xn, s)
+            xn, s, y = _add_model(m7, row, yrow, 7, offs, mask, xn, s, y, Y)
+        if Y:
+            if CLIP:  # torch.clamp: NaN fails both tests and stays NaN (tl.minimum might drop it)
+                y = tl.where(y > clip, clip, tl.where(y < -clip, -clip, y))
+            xn += tl.load(yrow + 1) * y
+            s += tl.load(yrow + 2) * y
+            if Y_OUT:
+                tl.store(y_out_ptr + offs, y.to(y_out_ptr.dtype.element_ty), mask=mask)
+            if TRACK:
+                zz += z * z
+                nn += xn * xn
         tl.store(out_ptr + offs, xn.to(out_ptr.dtype.element_ty), mask=mask)
         if TRACK:
             ss += s * s
@@ -120,6 +150,9 @@ def _sample_step_kernel(x_ptr, out_ptr, coef_ptr, z_ptr, seeds_ptr, partial_ptr,
         tl.store(part, tl.sum(ss))
         tl.store(part + 1, tl.sum(sz))
         tl.store(part + 2, tl.sum(xs))
+        if Y:
+            tl.store(part + 3 + P, tl.sum(zz))
+            tl.store(part + 4 + P, tl.sum(nn))
         if HUTCH:
             for p in range(0, P):
                 t = tl.zeros([BLOCK], dtype=tl.float32)
@@ -171,16 +204,19 @@ def _split_sum(row, NS, RW, BLOCK_S: tl.constexpr):
 
 
 @triton.jit
-def _step_finish_kernel(partial_ptr, coef_ptr, logp_ptr, var_ptr, NS, P, W,
-                        TRACK_VAR: tl.constexpr, BLOCK_S: tl.constexpr):
+def _step_finish_kernel(partial_ptr, coef_ptr, logp_ptr, var_ptr, NS, P, W, ycoef_ptr, YW,
+                        TRACK_VAR: tl.constexpr, BLOCK_S: tl.constexpr, Y: tl.constexpr = False):
     """Sample b = program_id(0), coefficients c = coef[b], sums over its NS splits (float64):
 
     logp[b]     += c0 + c1 |s|^2 + c2 s.z + c3 x.s + mean_p t_p
     logp_var[b] += sum_p (t_p - mean)^2 / (P (P - 1))          (P >= 2)
+    logp[b]     += cz |z|^2 + cn |x_new|^2                      (Y; ycoef[b] columns 3, 4)
     """
     b = tl.program_id(0).to(tl.int64)
     row = coef_ptr + b * W
     RW = 3 + P
+    if Y:
+        RW = RW + 2
     part = partial_ptr + b * NS * RW
     inc = (tl.load(row + 3).to(tl.float64)
            + tl.load(row + 4).to(tl.float64) * _split_sum(part, NS, RW, BLOCK_S)
@@ -201,6 +237,10 @@ def _step_finish_kernel(partial_ptr, coef_ptr, logp_ptr, var_ptr, NS, P, W,
         inc += shift + s1 / P
         if P > 1:
             var = (s2 - s1 * s1 / P) / (P * (P - 1))
+    if Y:
+        yrow = ycoef_ptr + b * YW
+        inc += (tl.load(yrow + 3).to(tl.float64) * _split_sum(part + 3 + P, NS, RW, BLOCK_S)
+                + tl.load(yrow + 4).to(tl.float64) * _split_sum(part + 4 + P, NS, RW, BLOCK_S))
     lp = tl.load(logp_ptr + b).to(tl.float64)
     tl.store(logp_ptr + b, (lp + inc).to(logp_ptr.dtype.element_ty))
     if TRACK_VAR:
@@ -256,10 +296,11 @@ def _plan(D, block, splits):
 
 
 def sample_step(x, out, logp, logp_var, models, coef, z, seeds, offset, dist, probes, vjps,
-                probes_out, probe_offset, probe_dist, *, _block_size=None, _num_splits=None):
+                probes_out, probe_offset, probe_dist, *, ycoef=None, y_out=None, clip=0.0,
+                _block_size=None, _num_splits=None):
     """Launch the fused step (arguments as the diffaccel::sample_step(_out) schemas; ``out`` may
-    be ``x``). Mutates out, logp, logp_var and probes_out. ``_block_size`` / ``_num_splits``
-    override BLOCK and the requested splits per sample (tests)."""
+    be ``x``). Mutates out, logp, logp_var, probes_out and y_out (None or empty: not written).
+    ``_block_size`` / ``_num_splits`` override BLOCK and the requested splits per sample (tests)."""
     B = x.shape[0]
     D = x.numel() // B if B else 0
     K = len(models)
@@ -271,6 +312,15 @@ def sample_step(x, out, logp, logp_var, models, coef, z, seeds, offset, dist, pr
         raise ValueError(f"coef: expected a float32 tensor of shape ({B}, {HEAD + 3 * K})")
     if dist not in (-1, 0, 1, 2, 3) or probe_dist not in (0, 1, 2, 3):
         raise ValueError("dist, probe_dist: unknown law code")
+    has_y = ycoef is not None
+    y_out = y_out if y_out is not None and y_out.numel() else None
+    if has_y and (tuple(ycoef.shape) != (B, 5 + K) or ycoef.dtype != torch.float32):
+        raise ValueError(f"ycoef: expected a float32 tensor of shape ({B}, {5 + K})")
+    if y_out is not None and (not has_y or y_out.shape != x.shape or y_out.dtype != x.dtype
+                              or not y_out.is_contiguous()):
+        raise ValueError("y_out: expected a contiguous tensor with the shape and dtype of x, with ycoef")
+    if not (clip >= 0 and clip < float("inf")):
+        raise ValueError(f"clip: expected a finite value >= 0 (0: no clamp), got {clip}")
     if B == 0:
         return
     if D == 0:  # no element to update; logp still gets c0 (the reference's empty sums are 0)
@@ -301,15 +351,20 @@ def sample_step(x, out, logp, logp_var, models, coef, z, seeds, offset, dist, pr
         warps = num_warps(K)
     Ph = P if hutch else 0  # probes summed: the scratch rows hold 3 + Ph partial sums
     # every slot is written by its program before the finish kernel reads it
-    partial = torch.empty((B, num_splits, 3 + Ph) if track else (1,), dtype=torch.float32,
+    RW = 3 + Ph + (2 if has_y else 0)  # ... then |z|^2 and |x_new|^2 on the y line
+    partial = torch.empty((B, num_splits, RW) if track else (1,), dtype=torch.float32,
                           device=x.device)
     W = HEAD + 3 * K
+    ycoef = ycoef.contiguous() if has_y else x
+    y_kw = dict(Y=True, Y_OUT=y_out is not None, CLIP=clip > 0) if has_y else {}
     _sample_step_kernel[(B, num_splits)](
         x, out, coef, z.contiguous() if z is not None else x, seeds.contiguous(), partial, probes,
         probes_out if P_out else x, *ms, *ws, B, D, chunk, offset, probe_offset, Ph, P_out, W,
+        ycoef, y_out if y_out is not None else x, float(clip), **y_kw,
         K=K, DIST=-1 if z is not None else dist, HAS_Z=z is not None, TRACK=track, HUTCH=hutch,
         PROBE_DIST=probe_dist, PER_SAMPLE=per_sample, BLOCK=block, num_warps=warps)
     if track:
         track_var = logp_var.numel() > 0
         _step_finish_kernel[(B,)](partial, coef, logp, logp_var if track_var else logp, num_splits,
-                                  Ph, W, TRACK_VAR=track_var, BLOCK_S=SPLIT_BLOCK)
+                                  Ph, W, ycoef, 5 + K, TRACK_VAR=track_var, BLOCK_S=SPLIT_BLOCK,
+                                  **({"Y": True} if has_y else {}))

@@ -231,21 +231,30 @@ def triton_configs():
                  "C": "i32", "H": "i32", "W": "i32", "J": "i32", "total": "i32", "offset": "i64"},
                 {"DIST": 0, "PER_SAMPLE": True, "TARGET": 2, "BLOCK": K.BLOCK, "IDX64": False}, 4))
     # fused step: each K's warps, at the largest and the smallest block gpu_plan picks
-    for dt, K_, hutch, blocks in (("fp32", 1, False, "min"), ("bf16", 1, False, "max"),
-                                  ("fp32", 2, True, "max"), ("fp16", 8, True, "max")):
+    for dt, K_, hutch, blocks, y in (("fp32", 1, False, "min", False), ("bf16", 1, False, "max", False),
+                                     ("fp32", 2, True, "max", False), ("fp16", 8, True, "max", False),
+                                     # the y line (a scheduler's x0 beside the step): DDPM/DDIM/Euler
+                                     # K = 1, DPM-Solver++ up to 3
+                                     ("fp32", 1, False, "min", True), ("bf16", 1, False, "max", True),
+                                     ("fp32", 3, False, "max", True), ("fp16", 8, True, "max", True)):
         warps = S.num_warps(K_)
         block = S.max_block(K_) if blocks == "max" else S.min_program_elems(warps)
         sig = {name: f"*{dt}" for name in ["x_ptr", "out_ptr", "z_ptr", "probes_ptr", "probes_out_ptr"]
                + [f"m{i}" for i in range(8)] + [f"w{i}" for i in range(8)]}
         sig.update({"coef_ptr": "*fp32", "seeds_ptr": "*i64", "partial_ptr": "*fp32", "B": "i32",
                     "D": "i32", "CHUNK": "i32", "offset": "i64", "probe_offset": "i64", "P": "i32",
-                    "P_out": "i32", "W": "i32"})
-        out.append(("sample_step", f"{dt},K={K_},hutch={hutch},BLOCK={block}", S._sample_step_kernel,
-                    sig, {"K": K_, "DIST": 0, "HAS_Z": False, "TRACK": True, "HUTCH": hutch,
-                          "PROBE_DIST": 3, "PER_SAMPLE": True, "BLOCK": block}, warps))
-    out.append(("step_finish", "", S._step_finish_kernel,
-                {"partial_ptr": "*fp32", "coef_ptr": "*fp32", "logp_ptr": "*fp64", "var_ptr": "*fp64",
-                 "NS": "i32", "P": "i32", "W": "i32"}, {"TRACK_VAR": True, "BLOCK_S": S.SPLIT_BLOCK}, 4))
+                    "P_out": "i32", "W": "i32",
+                    "ycoef_ptr": "*fp32", "y_out_ptr": f"*{dt}", "clip": "fp32"})
+        ykw = {"Y": True, "Y_OUT": True, "CLIP": True} if y else {}
+        out.append(("sample_step", f"{dt},K={K_},hutch={hutch},BLOCK={block}" + (",y" if y else ""),
+                    S._sample_step_kernel, sig, {"K": K_, "DIST": 0, "HAS_Z": False, "TRACK": True,
+                                                 "HUTCH": hutch, "PROBE_DIST": 3, "PER_SAMPLE": True,
+                                                 "BLOCK": block, **ykw}, warps))
+    for y in (False, True):
+        out.append(("step_finish", ",y" if y else "", S._step_finish_kernel,
+                    {"partial_ptr": "*fp32", "coef_ptr": "*fp32", "logp_ptr": "*fp64", "var_ptr": "*fp64",
+                     "NS": "i32", "P": "i32", "W": "i32", "ycoef_ptr": "*fp32", "YW": "i32"},
+                    {"TRACK_VAR": True, "BLOCK_S": S.SPLIT_BLOCK, "Y": y}, 4))
     for dt in ("bf16",):
         for block in sorted({V.MOMENT_BLOCK, V.MOMENT_MIN_BLOCK}):
             out.append(("vrg_error_moments", f"{dt},BLOCK={block}", V._error_moments_kernel,

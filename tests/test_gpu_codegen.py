@@ -147,18 +147,22 @@ def test_cuda_fused_stroke_noise_reads_x0_once_draws_once(cuda_all, cap):
 @needs_cuda_build
 @pytest.mark.parametrize("cap", [80, 90])
 def test_cuda_step_uses_128bit_loads(cuda_all, cap):
-    """float32 and bfloat16, K = 1, 2 and 8 (reading every K's SASS would take a minute)."""
+    """float32 and bfloat16, K = 1, 2 and 8 (reading every K's SASS would take a minute); the y
+    line's variant (x0 beside the step) at K = 1 and 3."""
     ks = [r["name"] for r in cuda_all[0] if r["base"] == "step_main_kernel" and r["cap"] == cap]
-    assert len(ks) == 3 * 9, ks  # three dtypes, K = 0..8
-    want = [f"step_main_kernel<{dt}, {K}>" for dt in ("float", "bf16") for K in (1, 2, 8)]
+    assert len(ks) == 3 * 9 * 2, ks  # three dtypes, K = 0..8, with and without the y line
+    want = [f"step_main_kernel<{dt}, {K}, false>" for dt in ("float", "bf16") for K in (1, 2, 8)]
+    want += [f"step_main_kernel<{dt}, {K}, true>" for dt in ("float", "bf16") for K in (1, 3)]
     sass = _sass(cuda_all, cap, lambda n: n in want)
     assert sorted(sass) == sorted(want)
     for name, text in sass.items():
-        K = int(re.search(r",\s*(\d+)>", name).group(1))
+        K = int(re.search(r",\s*(\d+),", name).group(1))
+        y = name.endswith("true>")
         lds = len(re.findall(r"LDG\.E\.128", text))
         sts = len(re.findall(r"STG\.E\.128", text))
-        # x, z and each model output in the step loop; probes and vjps in the Hutchinson loop
-        assert lds >= K + 2 and sts >= 2, f"{name} sm_{cap}: {lds} LDG.128, {sts} STG.128"
+        # x, z and each model output in the step loop; probes and vjps in the Hutchinson loop;
+        # x_new (and y_out on the y line) stored
+        assert lds >= K + 2 and sts >= 2 + y, f"{name} sm_{cap}: {lds} LDG.128, {sts} STG.128"
 
 
 # -------------------------------------------------------------------------------- launch grids

@@ -175,8 +175,8 @@ def test_reference_terms_by_hand(rng):
     z = torch.randn(B, D, generator=rng, dtype=torch.float64)
     v, w = torch.randn(P, B, D, generator=rng, dtype=torch.float64), torch.randn(P, B, D, generator=rng, dtype=torch.float64)
     c = torch.randn(B, 10, generator=rng, dtype=torch.float64)
-    xn, lp, lv, _ = ref.sample_step(x, torch.zeros(B, dtype=torch.float64), torch.zeros(B, dtype=torch.float64),
-                                    [m], c, z, None, 0, None, v, [w], 0, 0, "normal")
+    xn, lp, lv, _, _ = ref.sample_step(x, torch.zeros(B, dtype=torch.float64), torch.zeros(B, dtype=torch.float64),
+                                       [m], c, z, None, 0, None, v, [w], 0, 0, "normal")
     s = c[:, 2:3] * x + c[:, 8:9] * m
     t = c[None, :, 9] * (v * w).sum(-1)  # (P, B)
     want = c[:, 3] + c[:, 4] * (s * s).sum(1) + c[:, 5] * (s * z).sum(1) + c[:, 6] * (x * s).sum(1) + t.mean(0)
@@ -217,7 +217,8 @@ def _op_args_cpu(g, B, S, K, P, P_out):
     return [x, torch.zeros(B, dtype=torch.float64), torch.zeros(B, dtype=torch.float64),
             [torch.randn(B, *S, generator=g) for _ in range(K)], torch.randn(B, 7 + 3 * K, generator=g),
             None, torch.tensor([3], dtype=torch.int64), 5, 0, torch.randn(P, B, *S, generator=g),
-            [torch.randn(P, B, *S, generator=g) for _ in range(K)], torch.empty(P_out, B, *S), 9, 3]
+            [torch.randn(P, B, *S, generator=g) for _ in range(K)], torch.empty(P_out, B, *S), 9, 3,
+            None, torch.empty(0), 0.0]
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

@@ -27,7 +27,9 @@ __attribute__((noinline)) void draw_chunk(int32_t dist, uint64_t seed, uint64_t 
   fill_draws(dist, seed, base, n, out);
 }
 
-template <typename T>
+// Y: the y line (a.ycoef != nullptr), a separate instantiation so that the plain step's loops
+// are exactly those without it.
+template <typename T, bool Y>
 void step_sample(const StepArgs<T>& a, int64_t b) {
   const int64_t D = a.D;
   const float* c = a.coef + b * step_coef_width(a.K);
@@ -36,7 +38,9 @@ void step_sample(const StepArgs<T>& a, int64_t b) {
   const uint64_t seed = static_cast<uint64_t>(a.seeds[a.per_sample ? b : 0]);
   const bool has_z = a.z != nullptr || a.dist != kNoIncrement;  // else z = 0
   alignas(64) float xf[kChunk], zf[kChunk], xn[kChunk], sf[kChunk], wf[kChunk];
-  double ss = 0.0, sz = 0.0, xs = 0.0;
+  alignas(64) float yf[Y ? kChunk : 1];
+  const float* yc = Y ? a.ycoef + b * step_y_width(a.K) : nullptr;
+  double ss = 0.0, sz = 0.0, xs = 0.0, zz = 0.0, nn = 0.0;
   double t[kMaxProbes];
   for (int p = 0; p < a.P; ++p) t[p] = 0.0;
 
@@ -66,10 +70,44 @@ void step_sample(const StepArgs<T>& a, int64_t b) {
         step_init(c, xf[i], 0.0f, xn[i], sf[i]);
       }
     }
+    if constexpr (Y) {  // the y line rides on the same reads of x and the model outputs
+#pragma omp simd
+      for (int i = 0; i < n; ++i) yf[i] = step_y_init(yc, xf[i]);
+    }
     for (int k = 0; k < a.K; ++k) {
       const T* mp = a.models[k] + base;
+      if constexpr (Y) {
 #pragma omp simd
-      for (int i = 0; i < n; ++i) step_add_model(c, k, static_cast<float>(mp[i]), xn[i], sf[i]);
+        for (int i = 0; i < n; ++i) {
+          const float m = static_cast<float>(mp[i]);
+          step_add_model(c, k, m, xn[i], sf[i]);
+          step_y_add_model(yc, k, m, yf[i]);
+        }
+      } else {
+#pragma omp simd
+        for (int i = 0; i < n; ++i) step_add_model(c, k, static_cast<float>(mp[i]), xn[i], sf[i]);
+      }
+    }
+    if constexpr (Y) {
+      const float clip = a.clip;
+#pragma omp simd
+      for (int i = 0; i < n; ++i) step_y_finish(yc, clip, yf[i], xn[i], sf[i]);
+      if (a.y_out != nullptr) {
+        T* yp = a.y_out + base;
+#pragma omp simd
+        for (int i = 0; i < n; ++i) yp[i] = static_cast<T>(yf[i]);
+      }
+      if (track) {
+        float czz = 0.0f, cnn = 0.0f;
+#pragma omp simd reduction(+ : cnn)
+        for (int i = 0; i < n; ++i) cnn += xn[i] * xn[i];
+        if (has_z) {
+#pragma omp simd reduction(+ : czz)
+          for (int i = 0; i < n; ++i) czz += zf[i] * zf[i];
+        }
+        zz += czz;
+        nn += cnn;
+      }
     }
     if (track) {
       float css = 0.0f, csz = 0.0f, cxs = 0.0f;
@@ -121,7 +159,8 @@ void step_sample(const StepArgs<T>& a, int64_t b) {
   }
   if (track) {
     double var = 0.0;
-    const double inc = step_logp_increment(c, ss, sz, xs, t, hutch ? a.P : 0, var);
+    double inc = step_logp_increment(c, ss, sz, xs, t, hutch ? a.P : 0, var);
+    if constexpr (Y) inc += step_y_logp(yc, zz, nn);
     step_accumulate(a, b, inc, var);
   }
 }
@@ -131,7 +170,11 @@ void step_sample(const StepArgs<T>& a, int64_t b) {
 template <typename T>
 void sample_step(const StepArgs<T>& args) {
   at::parallel_for(0, args.B, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) step_sample(args, b);
+    if (args.ycoef != nullptr) {
+      for (int64_t b = begin; b < end; ++b) step_sample<T, true>(args, b);
+    } else {
+      for (int64_t b = begin; b < end; ++b) step_sample<T, false>(args, b);
+    }
   });
 }
 

@@ -3,7 +3,8 @@
 // SM count). It reads x and the model outputs once, 16-byte vectors per thread where aligned,
 // with the 7 + 3K coefficients held in registers (K is a template parameter), writes the new x
 // once, and stores its block's sums (|s|^2, s.z, x.s, then each probe's t_p) in its own row of a
-// float64 scratch. A one-thread-per-sample kernel adds those rows up in a fixed order and adds
+// float64 scratch (with the y line, template bool Y: also |z|^2 and |x_new|^2). A
+// one-thread-per-sample kernel adds those rows up in a fixed order and adds
 // the increments to logp / logp_var: no atomics, so results are reproducible run to run
 // (csrc/include/diffaccel/step.h holds every formula, shared with the CPU).
 #include <c10/util/BFloat16.h>
@@ -46,17 +47,20 @@ struct Row {
   T* out;
   const T* __restrict__ z;
   const T* __restrict__ m[K > 0 ? K : 1];
+  T* y_out;  // the y line's output row, or nullptr
 };
 
-// x_new and the three sums over [i0, end) in steps of V elements per thread.
-template <typename T, int K, int V>
+// x_new and the three sums over [i0, end) in steps of V elements per thread; with Y also the y
+// line (yc: its 5 + K coefficients), y_out and the sums |z|^2 (zz) and |x_new|^2 (nn).
+template <typename T, int K, int V, bool Y>
 __device__ __forceinline__ void step_range(const StepArgs<T>& a, const Row<T, K>& r,
                                            const float (&c)[kStepHead + kStepPerModel * K],
+                                           const float (&yc)[Y ? kYHead + K : 1],
                                            uint64_t seed, int64_t b, int64_t i0, int64_t end,
-                                           float& ss, float& sz, float& xs) {
+                                           float& ss, float& sz, float& xs, float& zz, float& nn) {
   for (int64_t i = i0 + static_cast<int64_t>(threadIdx.x) * V; i < end;
        i += static_cast<int64_t>(kThreads) * V) {
-    float xv[V], zv[V], xn[V], s[V];
+    float xv[V], zv[V], xn[V], s[V], y[Y ? V : 1];
     load_vec<T, V>(r.x + i, xv);
     if (r.z != nullptr) {
       load_vec<T, V>(r.z + i, zv);
@@ -69,12 +73,30 @@ __device__ __forceinline__ void step_range(const StepArgs<T>& a, const Row<T, K>
     }
 #pragma unroll
     for (int u = 0; u < V; ++u) step_init(c, xv[u], zv[u], xn[u], s[u]);
+    if constexpr (Y) {
+#pragma unroll
+      for (int u = 0; u < V; ++u) y[u] = step_y_init(yc, xv[u]);
+    }
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       float mv[V];
       load_vec<T, V>(r.m[k] + i, mv);
 #pragma unroll
       for (int u = 0; u < V; ++u) step_add_model(c, k, mv[u], xn[u], s[u]);
+      if constexpr (Y) {
+#pragma unroll
+        for (int u = 0; u < V; ++u) step_y_add_model(yc, k, mv[u], y[u]);
+      }
+    }
+    if constexpr (Y) {
+#pragma unroll
+      for (int u = 0; u < V; ++u) step_y_finish(yc, a.clip, y[u], xn[u], s[u]);
+      if (r.y_out != nullptr) store_vec<T, V>(r.y_out + i, y);
+#pragma unroll
+      for (int u = 0; u < V; ++u) {
+        zz += zv[u] * zv[u];
+        nn += xn[u] * xn[u];
+      }
     }
     store_vec<T, V>(r.out + i, xn);
 #pragma unroll
@@ -124,7 +146,7 @@ __device__ __forceinline__ void draw_probes(const StepArgs<T>& a, uint64_t seed,
   }
 }
 
-template <typename T, int K>
+template <typename T, int K, bool Y>
 __global__ void __launch_bounds__(kThreads, 2) step_main_kernel(const StepArgs<T> a, double* partial,
                                                              int64_t chunk, bool vec) {
   constexpr int V = kVec<T>;
@@ -135,6 +157,12 @@ __global__ void __launch_bounds__(kThreads, 2) step_main_kernel(const StepArgs<T
   const float* __restrict__ cb = a.coef + b * CW;
 #pragma unroll
   for (int i = 0; i < CW; ++i) c[i] = cb[i];
+  float yc[Y ? kYHead + K : 1];
+  if constexpr (Y) {
+    const float* __restrict__ yb = a.ycoef + b * (kYHead + K);
+#pragma unroll
+    for (int i = 0; i < kYHead + K; ++i) yc[i] = yb[i];
+  }
   const uint64_t seed = static_cast<uint64_t>(a.seeds[a.per_sample ? b : 0]);
   const int64_t i0 = static_cast<int64_t>(blockIdx.y) * chunk;
   const int64_t end = min(D, i0 + chunk);
@@ -144,11 +172,13 @@ __global__ void __launch_bounds__(kThreads, 2) step_main_kernel(const StepArgs<T
   r.z = a.z != nullptr ? a.z + b * D : nullptr;
 #pragma unroll
   for (int k = 0; k < K; ++k) r.m[k] = a.models[k] + b * D;
-  float ss = 0.0f, sz = 0.0f, xs = 0.0f;
-  if (vec) step_range<T, K, V>(a, r, c, seed, b, i0, end, ss, sz, xs);
-  else step_range<T, K, 1>(a, r, c, seed, b, i0, end, ss, sz, xs);
+  r.y_out = Y && a.y_out != nullptr ? a.y_out + b * D : nullptr;
+  float ss = 0.0f, sz = 0.0f, xs = 0.0f, zz = 0.0f, nn = 0.0f;
+  if (vec) step_range<T, K, V, Y>(a, r, c, yc, seed, b, i0, end, ss, sz, xs, zz, nn);
+  else step_range<T, K, 1, Y>(a, r, c, yc, seed, b, i0, end, ss, sz, xs, zz, nn);
   if (partial != nullptr) {  // logp is tracked: this block's row of the scratch
-    const int RW = 3 + ((a.probes != nullptr && K > 0) ? a.P : 0);
+    const int Ph = (a.probes != nullptr && K > 0) ? a.P : 0;
+    const int RW = 3 + Ph + (Y ? 2 : 0);
     double* row = partial + (b * gridDim.y + blockIdx.y) * RW;
     ss = block_sum(ss);
     sz = block_sum(sz);
@@ -166,6 +196,14 @@ __global__ void __launch_bounds__(kThreads, 2) step_main_kernel(const StepArgs<T
         if (threadIdx.x == 0) row[3 + p] = t;
       }
     }
+    if constexpr (Y) {
+      zz = block_sum(zz);
+      nn = block_sum(nn);
+      if (threadIdx.x == 0) {
+        row[3 + Ph] = zz;
+        row[4 + Ph] = nn;
+      }
+    }
   }
   for (int p = 0; p < a.P_out; ++p) {
     if (vec) draw_probes<T, V>(a, seed, b, p, i0, end);
@@ -180,14 +218,16 @@ __global__ void step_finish_kernel(StepArgs<T> a, double* partial, int64_t split
   const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= a.B) return;
   const int P = (a.probes != nullptr && a.K > 0) ? a.P : 0;
-  const int RW = 3 + P;
+  const bool y = a.ycoef != nullptr;
+  const int RW = 3 + P + (y ? 2 : 0);
   double* r = partial + b * splits * RW;
   for (int64_t c = 1; c < splits; ++c)
     for (int q = 0; q < RW; ++q) r[q] += r[c * RW + q];
   double var = 0.0;
-  const double inc = splits == 0
+  double inc = splits == 0
       ? step_logp_increment(a.coef + b * step_coef_width(a.K), 0.0, 0.0, 0.0, nullptr, 0, var)
       : step_logp_increment(a.coef + b * step_coef_width(a.K), r[0], r[1], r[2], r + 3, P, var);
+  if (y && splits != 0) inc += step_y_logp(a.ycoef + b * step_y_width(a.K), r[3 + P], r[4 + P]);
   step_accumulate(a, b, inc, var);
 }
 
@@ -195,7 +235,10 @@ template <typename T, int K>
 cudaError_t launch_main(const StepArgs<T>& a, double* partial, int64_t chunk, int64_t splits,
                         bool vec, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(a.B), static_cast<unsigned>(splits));
-  step_main_kernel<T, K><<<grid, kThreads, 0, stream>>>(a, partial, chunk, vec);
+  if (a.ycoef != nullptr)
+    step_main_kernel<T, K, true><<<grid, kThreads, 0, stream>>>(a, partial, chunk, vec);
+  else
+    step_main_kernel<T, K, false><<<grid, kThreads, 0, stream>>>(a, partial, chunk, vec);
   return cudaGetLastError();
 }
 
@@ -207,7 +250,8 @@ bool step_vectorizable(const StepArgs<T>& a) {
   if (a.D % V != 0) return false;
   bool ok = aligned16(a.x) && aligned16(a.out) && (a.z == nullptr || aligned16(a.z)) &&
             (a.probes == nullptr || aligned16(a.probes)) &&
-            (a.probes_out == nullptr || aligned16(a.probes_out));
+            (a.probes_out == nullptr || aligned16(a.probes_out)) &&
+            (a.y_out == nullptr || aligned16(a.y_out));
   for (int k = 0; k < a.K; ++k) ok = ok && aligned16(a.models[k]) && (a.probes == nullptr || aligned16(a.vjps[k]));
   return ok;
 }

@@ -1,11 +1,14 @@
 """Shared machinery of the accelerated diffusers schedulers.
 
-Every accelerated ``step()`` is one or two passes of the fused step op
-(``diffaccel.sampling.step.fused_step``, docs/math.md Section 3.1):
+Every accelerated ``step()`` is one pass of the fused step op
+(``diffaccel.sampling.step.fused_step``, docs/math.md Section 3.1). The tables hold two rows of
+coefficients per step:
 
-    pass A (only where stock returns ``pred_original_sample``):  x0 = bx x + bm M   (then clamped
-            when the config clips it)
-    pass B:  x_prev = ax x + az z + a0 x0 + am M      (+ the log-density terms, when tracked)
+    row A (where the step uses the predicted x0):  x0 = bx x + bm M   (clamped when the config clips)
+    row B:  x_prev = ax x + az z + a0 x0 + am M      (+ the log-density terms, when tracked)
+
+and :func:`fold_x0` turns them into one call: x0 is the op's y line (computed, clamped, written
+to ``pred_original_sample`` and fed into x_prev in the same pass).
 
 with per-step coefficients read from tables built at ``set_timesteps`` (float64 on the host,
 stored float32 on the device) through a device-resident index: a step never reads a tensor value
@@ -30,10 +33,10 @@ from ..sampling.step import fused_step
 
 # Columns of the coefficient rows (diffaccel.reference.step layout).
 AX, AZ, SX, C0, C1, C2, C3 = range(7)
-W1 = coef_width(1)  # pass A: models [M]
-W2 = coef_width(2)  # pass B: models [x0, M]
+W1 = coef_width(1)  # row A: models [M]
+W2 = coef_width(2)  # row B: models [x0, M]
 AM0, SM0, CW0, AM1, SM1, CW1 = range(7, 13)
-BM = 7  # pass A's model column
+BM = 7  # row A's model column
 
 # Per-step noise keys: XORed into the high word of each seed's Philox key, so that every step
 # draws an independent stream (the offset stays 0 and the key stays on the device).
@@ -82,24 +85,38 @@ def row(table, idx, B, lo, hi):
     return table.index_select(0, idx)[:, lo:hi].expand(B, hi - lo)
 
 
-def run_pass_a(x, model, coef, backend):
-    """x0 = bx x + bm M, in x's dtype (one fused pass)."""
-    return fused_step(x, [model], coef, out=torch.empty_like(x), backend=backend)
+def fold_x0(rA, cB, *, replace=False):
+    """(coef, ycoef) of the one-pass step from row A (B, W1: x0 = rA[AX] x + rA[BM] M) and row B
+    (B, coef_width(K): model 0 is x0). x0 becomes the op's y line (ay, sy: x0's columns of row B;
+    bx, bm_0: row A). Models of the one pass: [M, rest of row B's] (``replace=False``: row B's
+    model 1 is M itself, so x0's columns are dropped: K - 1 models) or ``replace=True``: M takes
+    x0's place with no direct term (K models; a multistep history [x0, m1, m2]).
+    Returns coef (B, coef_width) and ycoef (B, 5 + models)."""
+    B = cB.shape[0]
+    zero = torch.zeros(B, 1, dtype=cB.dtype, device=cB.device)
+    if replace:
+        coef = torch.cat([cB[:, :AM0], zero, zero, zero, cB[:, AM1:]], 1)
+    else:
+        coef = torch.cat([cB[:, :AM0], cB[:, AM1:]], 1)
+    n = (coef.shape[1] - AM0) // 3  # models of the one pass
+    ycoef = torch.cat([rA[:, AX:AX + 1], cB[:, AM0:AM0 + 1], cB[:, SM0:SM0 + 1], zero, zero,
+                       rA[:, BM:BM + 1]] + [zero] * (n - 1), 1)
+    return coef, ycoef
+
+
+def one_pass(x, model_output, rA, cB, *, clip=None, z=None, seeds=None, logp=None, backend=None):
+    """x_prev and x0 (both in x's dtype) in one fused pass from rows A and B (B, W1) and (B, W2)."""
+    coef, ycoef = fold_x0(rA, cB)
+    x0 = torch.empty_like(x)
+    prev = fused_step(x, [model_output], coef, ycoef=ycoef, y_out=x0, clip=clip, z=z, seed=seeds,
+                      dist="normal" if seeds is not None else None, out=torch.empty_like(x),
+                      logp=logp, backend=backend)
+    return prev, x0
 
 
 def with_logp_dim(cB, D):
     """The per-dimension constant of a log-density update (column C0) times D."""
     return torch.cat([cB[:, :C0], cB[:, C0:C0 + 1] * D, cB[:, C0 + 1:]], 1)
-
-
-def gaussian_logprob(prev, mean, std):
-    """log N(prev; mean, std^2 I) per sample, averaged over the non-batch dimensions (as DDPO
-    and Flow-GRPO report it); plain PyTorch in float32 or wider, differentiable. std: (1,)."""
-    ct = torch.promote_types(prev.dtype, torch.float32)
-    d = prev.to(ct) - mean.to(ct)
-    sd = std.to(ct).reshape(())
-    lp = -(d * d) / (2 * sd * sd) - torch.log(sd) - 0.5 * math.log(2 * math.pi)
-    return lp.reshape(lp.shape[0], -1).mean(1)
 
 
 def backend_for(dtype):

@@ -31,8 +31,9 @@ from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
 from ..reference.step import coef_width
 from ..sampling.step import fused_step
+from . import _diffusers_logprob as _logprob
 from ._diffusers_base import (AX, AZ, BM, C0, C1, C2, SX, W1, backend_for, check_model_output,
-                              gaussian_logprob, run_pass_a, step_seeds, with_logp_dim)
+                              fold_x0, step_seeds, with_logp_dim)
 from ._diffusers_sigma import _SigmaMixin, sigma_to_t
 
 AM = 7  # first model column; model k at AM + 3k
@@ -105,7 +106,7 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
         self._da_build(self.timesteps.device)
 
     def _da_make_table(self):
-        """(n, W1 + 3 W) rows: pass A (x0 of the model output), then pass B for orders 1, 2, 3."""
+        """(n, W1 + 3 W) rows: row A (x0 of the model output), then row B for orders 1, 2, 3."""
         s = self.sigmas.to(torch.float64).cpu()
         n = s.shape[0] - 1
         K = self.config.solver_order
@@ -188,9 +189,8 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
         if int(self._da_taken[0]) != 0:
             raise ValueError("init_history: the run has started (call it after set_timesteps, "
                              "before the first step)")
-        # x0 comes in the promoted dtype of sample and model output: the sample's, for the
-        # usual model output of the sample's dtype
-        self.model_outputs = [torch.zeros(sample.shape, dtype=sample.dtype, device=sample.device)
+        # float32, the dtype of the x0 each step writes (the step computes in float32)
+        self.model_outputs = [torch.zeros(sample.shape, dtype=torch.float32, device=sample.device)
                               for _ in range(self.config.solver_order)]
         self._da_hist = self.model_outputs
         return self.model_outputs
@@ -212,8 +212,9 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
 
     def step(self, model_output, timestep, sample, generator=None, variance_noise=None,
              return_dict=True, *, seed=None):
-        """Stock's step (same arguments and outputs): the model output's x0 (pass A, kept in
-        ``model_outputs``) and the multistep update (pass B) as fused passes."""
+        """Stock's step (same arguments and outputs) as one fused pass: the model output's x0
+        (the op's y line, kept in ``model_outputs``, float32) and the multistep update from it
+        and the past x0s."""
         if self.num_inference_steps is None:
             raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' "
                              "after creating the scheduler")
@@ -227,7 +228,6 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
                 raise ValueError(f"model_outputs[{k}]: the history holds a {tuple(m.shape)} tensor on "
                                  f"{m.device}, the sample is {tuple(sample.shape)} on {dev} (call "
                                  "set_timesteps, then init_history(sample), for a new batch shape)")
-        be = backend_for(cd)
         sde = self._da_stochastic()
         z, kernel_draw = None, False
         if sde:
@@ -239,25 +239,28 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
         seeds = step_seeds(seed if seed is not None else self._da_seed, B, dev, i) if kernel_draw else None
         order = self._da_order(i)
         r = tab.index_select(0, i)
-        x0 = run_pass_a(sample.to(cd).contiguous(), model_output, r[:, :W1].expand(B, W1), be)
+        x = sample.to(torch.float32).contiguous()
+        x0 = torch.empty_like(x)  # this step's history entry: the y line's output
+        # m1, m2: past x0s (unused slots, before K steps were taken, get zero coefficients)
+        past = [m if m is not None else x for m in reversed(self.model_outputs[1:])]
+        cols = W1 + (order - 1) * W + torch.arange(W, device=dev)
+        cB = r.index_select(1, cols).expand(B, W)
+        logp = self._da_logp_buffer(B, dev, x)
+        if logp is not None:
+            cB = with_logp_dim(cB, x[0].numel())
+        coef, ycoef = fold_x0(r[:, :W1].expand(B, W1), cB, replace=True)
+        prev = fused_step(x, [model_output] + past[:K - 1], coef, ycoef=ycoef, y_out=x0, z=z,
+                          seed=seeds, dist="normal" if kernel_draw else None,
+                          out=torch.empty_like(x), logp=logp, backend=backend_for(x.dtype))
         for k in range(K - 1):
             self.model_outputs[k] = self.model_outputs[k + 1]
         self.model_outputs[-1] = x0
         # entries not written yet (no init_history): zeros, with coefficient 0 in this step's row
         self.model_outputs = [m if m is not None else torch.zeros_like(x0) for m in self.model_outputs]
         self._da_hist = self.model_outputs
-        hist = list(reversed(self.model_outputs))  # m0, m1, m2
-        cols = W1 + (order - 1) * W + torch.arange(W, device=dev)
-        cB = r.index_select(1, cols).expand(B, W)
-        x = sample.to(torch.float32).contiguous()
-        logp = self._da_logp_buffer(B, dev, x)
-        if logp is not None:
-            cB = with_logp_dim(cB, x[0].numel())
-        prev = fused_step(x, hist, cB, z=z, seed=seeds, dist="normal" if kernel_draw else None,
-                          out=torch.empty_like(x), logp=logp, backend=backend_for(x.dtype))
         self._da_taken.add_(1)
         self._da_i.copy_(i + 1)
-        prev = prev.to(x0.dtype)
+        prev = prev.to(cd)
         if not return_dict:
             return (prev,)
         return SchedulerOutput(prev_sample=prev)
@@ -328,19 +331,19 @@ class FlowMatchEulerDiscreteScheduler(_SigmaMixin, _StockFlow):
             z, kernel_draw = self._da_noise(model_output, generator, None, seed, True, torch.float32)
         seeds = step_seeds(seed if seed is not None else self._da_seed, B, dev, i) if kernel_draw else None
         W = coef_width(1)
-        if return_logprob:
-            r = tab.index_select(0, i)[0]
-            mean = r[AX] * x + r[AM] * model_output.to(torch.float32)
-            std = r[AZ:AZ + 1]
+        if return_logprob:  # one fused pass (no x0 line); re-scoring differentiable in model_output
+            r = tab.index_select(0, i)
+            zero = torch.zeros_like(r[:, AX])
+            rows = dict(ax=r[:, AX], am=r[:, AM], std=r[:, AZ], bx=zero, bm=zero, ay=zero,
+                        backend=backend_for(x.dtype))
             if prev_sample is None:
-                if z is None:
-                    from ..random import noise as _noise  # the kernel's draws, made explicit
-                    z = _noise(x.shape, seed=seeds, device=dev)
-                prev_sample = (mean + std * z).to(model_output.dtype)
+                prev_sample, _, lp = _logprob.sample_with_logprob(
+                    x, model_output, z=z, seeds=seeds, out_dtype=model_output.dtype, **rows)
             else:
                 check_model_output(prev_sample, sample)
+                lp, _ = _logprob.rescore(x, model_output, prev_sample, **rows)
             self._da_i.copy_(i + 1)
-            return prev_sample, gaussian_logprob(prev_sample, mean, std)
+            return prev_sample, lp
         prev = fused_step(x, [model_output], tab.index_select(0, i).expand(B, W), z=z, seed=seeds,
                           dist="normal" if kernel_draw else None, out=torch.empty_like(x),
                           backend=backend_for(x.dtype))

@@ -25,10 +25,11 @@ from diffusers.schedulers.scheduling_euler_ancestral_discrete import \
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
 
 from ..sampling.step import fused_step
+from . import _diffusers_logprob as _logprob
 from ._diffusers_base import step_output
-from ._diffusers_base import (AM0, AX, AZ, BM, C1, C2, SM0, SX, W1, W2, AcceleratedMixin,
-                              backend_for, check_model_output, gaussian_logprob, host_value,
-                              run_pass_a, step_seeds, tensor_host_known)
+from ._diffusers_base import (AM0, AM1, AX, AZ, BM, C1, C2, SM0, SX, W1, W2, AcceleratedMixin,
+                              backend_for, check_model_output, host_value,
+                              one_pass, step_seeds, tensor_host_known)
 
 SCALE = W1 + W2  # column: sqrt(s^2 + 1), the divisor of scale_model_input
 
@@ -94,19 +95,18 @@ class _SigmaMixin(AcceleratedMixin):
 
     def _da_logprob(self, model_output, x, r, z, kernel_draw, prev_sample, seed, i):
         """(prev_sample, pred_original_sample, log N(prev; mean, s_up^2 I) averaged over the
-        non-batch dims), plain PyTorch, differentiable in model_output."""
-        m = model_output.to(torch.float32)
-        c = lambda j: r[0, j]  # noqa: E731
-        x0 = c(AX) * x + c(BM) * m
-        mean = c(W1 + AX) * x + c(W1 + AM0) * x0
-        std = r[0, W1 + AZ:W1 + AZ + 1]
-        if prev_sample is None:
-            if z is None:
-                from ..random import noise as _noise  # the kernel's draws, made explicit
-                z = _noise(x.shape, seed=step_seeds(seed if seed is not None else self._da_seed,
-                                                    x.shape[0], x.device, i), device=x.device)
-            prev_sample = (mean + std * z.to(torch.float32)).to(model_output.dtype)
-        return prev_sample, x0, gaussian_logprob(prev_sample, mean, std)
+        non-batch dims) in one fused pass; re-scoring is differentiable in model_output."""
+        rows = dict(ax=r[:, W1 + AX], am=r[:, W1 + AM1], std=r[:, W1 + AZ], bx=r[:, AX], bm=r[:, BM],
+                    ay=r[:, W1 + AM0], backend=backend_for(x.dtype))
+        if prev_sample is not None:
+            lp, x0 = _logprob.rescore(x, model_output, prev_sample, **rows)
+            return prev_sample, x0, lp
+        seeds = None
+        if z is None:
+            seeds = step_seeds(seed if seed is not None else self._da_seed, x.shape[0], x.device, i)
+        prev, x0, lp = _logprob.sample_with_logprob(x, model_output, z=z, seeds=seeds,
+                                                    out_dtype=model_output.dtype, **rows)
+        return prev, x0, lp
 
     def _da_begin(self, model_output, timestep, sample, *, reject_index=True):
         """What a step starts with: stock's refusal of integer step indices (the Euler-type
@@ -180,14 +180,12 @@ class _SigmaMixin(AcceleratedMixin):
             out = self._da_logprob(model_output, x, r, z, kernel_draw, prev_sample, seed, i)
             self._da_i.copy_(i + 1)
             return out
-        x0 = run_pass_a(x, model_output, r[:, :W1].expand(B, W1), be)
         seeds = None
         if kernel_draw:
             seeds = step_seeds(seed if seed is not None else self._da_seed, B, dev, i)
         logp = self._da_logp_buffer(B, dev, x)
-        prev = fused_step(x, [x0, model_output], r[:, W1:W1 + W2].expand(B, W2), z=z, seed=seeds,
-                          dist="normal" if kernel_draw else None, out=torch.empty_like(x),
-                          logp=logp, backend=be)
+        prev, x0 = one_pass(x, model_output, r[:, :W1].expand(B, W1), r[:, W1:W1 + W2].expand(B, W2),
+                            z=z, seeds=seeds, logp=logp, backend=be)
         self._da_i.copy_(i + 1)
         return prev.to(model_output.dtype), x0
 
@@ -351,7 +349,7 @@ class EulerAncestralDiscreteScheduler(_ScaleInputMixin, _SigmaMixin, _StockEA):
 
     def step(self, model_output, timestep, sample, generator=None, return_dict=True, *, seed=None,
              return_logprob=False, prev_sample=None):
-        """Stock's step (same arguments and outputs) as two fused passes; ``seed``: int or (B,)
+        """Stock's step (same arguments and outputs) as one fused pass; ``seed``: int or (B,)
         integer tensor, noise drawn in the kernel (batch-invariant with per-sample seeds).
         ``return_logprob``: returns ``(prev_sample, pred_original_sample, log_prob)`` (B,), the
         transition's log-density averaged over the non-batch dims; with ``prev_sample`` it

@@ -28,11 +28,11 @@ from diffusers import DDPMScheduler as _StockDDPM
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 
-from ..sampling.step import fused_step
+from . import _diffusers_logprob as _logprob
 from ._diffusers_base import step_output
 from ._diffusers_base import (AM0, AM1, AX, AZ, BM, C0, C1, C2, C3, SM0, SX, W1, W2,
-                              AcceleratedMixin, backend_for, check_model_output, gaussian_logprob,
-                              host_value, run_pass_a, step_seeds, tensor_host_known,
+                              AcceleratedMixin, backend_for, check_model_output,
+                              host_value, one_pass, step_seeds, tensor_host_known,
                               with_logp_dim)
 
 PREDICTIONS = ("epsilon", "sample", "v_prediction")
@@ -122,7 +122,7 @@ class _VPMixin(AcceleratedMixin):
 
     def _da_run(self, model_output, timestep, sample, cB_fn, draw, generator, variance_noise, seed,
                 clip, return_logprob=False, prev_sample=None):
-        """Both passes: returns (prev_sample, pred_original_sample) in stock's dtype, plus the
+        """One fused pass: returns (prev_sample, pred_original_sample) in stock's dtype, plus the
         transition log-probability with ``return_logprob``."""
         check_model_output(model_output, sample)
         if prev_sample is not None:
@@ -139,10 +139,6 @@ class _VPMixin(AcceleratedMixin):
         z, kernel_draw = self._da_noise(model_output, generator, variance_noise, seed, draw,
                                         model_output.dtype)
         r = tab.index_select(0, idx)
-        x0 = run_pass_a(x, model_output, r[:, :W1].expand(B, W1), be)
-        if clip:
-            r_ = self.config.clip_sample_range
-            x0.clamp_(-r_, r_)
         cB = cB_fn(r)
         if return_logprob:
             return self._da_logprob(model_output, sample, r, cB, clip, z, kernel_draw, prev_sample,
@@ -153,36 +149,35 @@ class _VPMixin(AcceleratedMixin):
         logp = self._da_logp_buffer(B, dev, x)
         if logp is not None:
             cB = with_logp_dim(cB, x[0].numel())
-        prev = fused_step(x, [x0, model_output], cB.expand(B, W2), z=z, seed=seeds,
-                          dist="normal" if kernel_draw else None, out=torch.empty_like(x),
-                          logp=logp, backend=be)
-        return prev, x0
+        # x0 (clamped with clip_sample) and x_prev from it, in one pass
+        return one_pass(x, model_output, r[:, :W1].expand(B, W1), cB.expand(B, W2),
+                        clip=self.config.clip_sample_range if clip else None, z=z, seeds=seeds,
+                        logp=logp, backend=be)
 
     def _da_logprob(self, model_output, sample, r, cB, clip, z, kernel_draw, prev_sample,
                     timestep, seed, generator):
         """(prev_sample, pred_original_sample, log N(prev; mean, std^2 I) averaged over the
-        non-batch dims) in plain PyTorch, differentiable in model_output (DDPO / re-scoring)."""
+        non-batch dims) in one fused pass; re-scoring a given prev_sample is differentiable in
+        model_output (DDPO; see _diffusers_logprob)."""
         std = cB[:, AZ]
         if tensor_host_known(timestep) and float(std[0]) == 0:
             raise ValueError(f"return_logprob: the step at timestep {host_value(timestep)} adds no "
                              "noise (std = 0), so it has no transition density")
-        ct = torch.promote_types(torch.promote_types(sample.dtype, model_output.dtype), torch.float32)
-        x, m = sample.to(ct), model_output.to(ct)
-        c = lambda j, row=r: row[0, j].to(ct)  # noqa: E731
-        x0 = c(AX) * x + c(BM) * m
-        if clip:
-            x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
-        mean = cB[0, AX].to(ct) * x + cB[0, AM0].to(ct) * x0 + cB[0, AM1].to(ct) * m
-        if prev_sample is None:
-            if z is None:
-                if not kernel_draw:
-                    raise ValueError("return_logprob: this step draws no noise")
-                from ..random import noise as _noise  # the kernel's draws, made explicit
-                seeds = step_seeds(seed if seed is not None else self._da_seed, sample.shape[0],
-                                   sample.device, self._da_index(timestep, sample.device))
-                z = _noise(sample.shape, seed=seeds, device=sample.device)
-            prev_sample = (mean + std[0].to(ct) * z.to(ct)).to(torch.promote_types(sample.dtype, model_output.dtype))
-        return prev_sample, x0.to(prev_sample.dtype), gaussian_logprob(prev_sample, mean, std[:1])
+        cd = torch.promote_types(sample.dtype, model_output.dtype)
+        ct = torch.promote_types(cd, torch.float32)
+        x = sample.to(ct).contiguous()
+        rows = dict(ax=cB[:, AX], am=cB[:, AM1], std=std, bx=r[:, AX], bm=r[:, BM], ay=cB[:, AM0],
+                    clip=self.config.clip_sample_range if clip else None, backend=backend_for(ct))
+        if prev_sample is not None:
+            lp, x0 = _logprob.rescore(x, model_output, prev_sample, **rows)
+            return prev_sample, x0.to(cd), lp
+        seeds = None
+        if z is None and kernel_draw:
+            seeds = step_seeds(seed if seed is not None else self._da_seed, sample.shape[0],
+                               sample.device, self._da_index(timestep, sample.device))
+        prev, x0, lp = _logprob.sample_with_logprob(x, model_output, z=z, seeds=seeds, out_dtype=cd,
+                                                    **rows)
+        return prev, x0.to(cd), lp
 
 
 class DDPMScheduler(_VPMixin, _StockDDPM):
@@ -234,7 +229,7 @@ class DDPMScheduler(_VPMixin, _StockDDPM):
 
     def step(self, model_output, timestep, sample, generator=None, return_dict=True, *,
              seed=None, return_logprob=False, prev_sample=None):
-        """Stock's step (same arguments and outputs) as two fused passes; ``seed``: int or (B,)
+        """Stock's step (same arguments and outputs) as one fused pass; ``seed``: int or (B,)
         integer tensor, noise drawn in the kernel (batch-invariant with per-sample seeds)."""
         draw = (host_value(timestep) > 0) if tensor_host_known(timestep) else None
         res = self._da_run(model_output, timestep, sample, lambda r: r[:, W1:], draw,
@@ -284,7 +279,7 @@ class DDIMScheduler(_VPMixin, _StockDDIM):
         return torch.arange(T, dtype=torch.int64) - T // self.num_inference_steps
 
     def _da_table(self, a, b, a_prev):
-        """Rows: pass A | P | Q | Qc | sqrt(1 - a') | sqrt(var) | rho | b | kD | kd, with pass
+        """Rows: row A (x0) | P | Q | Qc | sqrt(1 - a') | sqrt(var) | rho | b | kD | kd, with row
         B = P + dir Q (Qc with use_clipped_model_output) + std e_z: the eta-dependent parts
         combine per step; the last four are the log-density's (see ``_logp_coefs``)."""
         T = a.shape[0]
@@ -316,7 +311,7 @@ class DDIMScheduler(_VPMixin, _StockDDIM):
     def step(self, model_output, timestep, sample, eta=0.0, use_clipped_model_output=False,
              generator=None, variance_noise=None, return_dict=True, *, seed=None,
              return_logprob=False, prev_sample=None, divergence=None):
-        """Stock's step (same arguments and outputs) as two fused passes; ``seed``: int or (B,)
+        """Stock's step (same arguments and outputs) as one fused pass; ``seed``: int or (B,)
         integer tensor, noise drawn in the kernel (batch-invariant with per-sample seeds).
 
         With ``track_logp``, ``scheduler.logp`` takes the step's log-density change (see

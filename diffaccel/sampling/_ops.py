@@ -25,13 +25,15 @@ for _name in STEP_OPS:
 
 @torch.library.impl(f"diffaccel::sample_step{TRITON_SUFFIX}", ("cpu", "cuda"), lib=_lib)
 def _sample_step_triton(x, logp, logp_var, models, coef, z, seeds, offset, dist, probes, vjps,
-                        probes_out, probe_offset, probe_dist):
+                        probes_out, probe_offset, probe_dist, ycoef, y_out, clip):
     _kernels("step").sample_step(x, x, logp, logp_var, models, coef, z, seeds, offset, dist,
-                                 probes, vjps, probes_out, probe_offset, probe_dist)
+                                 probes, vjps, probes_out, probe_offset, probe_dist,
+                                 ycoef=ycoef, y_out=y_out, clip=clip)
 
 
 @torch.library.impl(f"diffaccel::sample_step_out{TRITON_SUFFIX}", ("cpu", "cuda"), lib=_lib)
 def _sample_step_out_triton(x, out, logp, logp_var, models, coef, z, seeds, offset, dist, probes,
-                            vjps, probes_out, probe_offset, probe_dist):
+                            vjps, probes_out, probe_offset, probe_dist, ycoef, y_out, clip):
     _kernels("step").sample_step(x, out, logp, logp_var, models, coef, z, seeds, offset, dist,
-                                 probes, vjps, probes_out, probe_offset, probe_dist)
+                                 probes, vjps, probes_out, probe_offset, probe_dist,
+                                 ycoef=ycoef, y_out=y_out, clip=clip)

@@ -11,6 +11,13 @@ Per sample b, with per-sample coefficients ``coef[b]`` (a (B, 7 + 3K) tensor, se
     logp     += c0 + c1 |s|^2 + c2 (s . z) + c3 (x . s) + mean_p t_p
     logp_var += var_p(t_p) / P                           (P >= 2)
 
+With ``ycoef`` (a (B, 5 + K) tensor, :func:`make_ycoef`) the same pass also computes a second
+linear combination, e.g. a sampler's predicted x0, clamps it, writes it to ``y_out`` and feeds it
+into the step (one launch where a sampler would otherwise need two)::
+
+    y      = bx x + sum_k bm_k M_k,    yc = clamp(y, -clip, clip)  (clip given)  else  y
+    x_new += ay yc,    s += sy yc,    logp += cz |z|^2 + cn |x_new|^2,    y_out = yc
+
 One kernel serves Euler, Heun (K = 2 model outputs), Euler-Maruyama, the high-density ODE, DDIM
 and Runge-Kutta / multistep solvers (K stage derivatives or past outputs). Coefficients stay
 tensors: a step has no host synchronization and compiles with ``torch.compile(fullgraph=True)``.
@@ -27,6 +34,8 @@ MAX_MODELS = 8
 MAX_PROBES = 64
 COEF_HEAD = _ref.COEF_HEAD
 coef_width = _ref.coef_width
+Y_HEAD = _ref.Y_HEAD
+y_width = _ref.y_width
 
 
 def make_coef(B, *, ax=1.0, az=0.0, sx=0.0, c0=0.0, c1=0.0, c2=0.0, c3=0.0, am=(), sm=None,
@@ -52,6 +61,30 @@ def make_coef(B, *, ax=1.0, az=0.0, sx=0.0, c0=0.0, c1=0.0, c2=0.0, c3=0.0, am=(
         else:
             out.append(torch.full((B,), float(c), dtype=dtype, device=device))
     return torch.stack(out, 1)
+
+
+def make_ycoef(B, *, bx=0.0, ay=0.0, sy=0.0, cz=0.0, cn=0.0, bm=(), device=None,
+               dtype=torch.float32):
+    """The (B, 5 + K) coefficients of the y line from numbers, 0-d or (B,) tensors (no host
+    sync); bm: K values, one per model output."""
+    cols = [bx, ay, sy, cz, cn, *bm]
+    if device is None:
+        device = next((c.device for c in cols if isinstance(c, torch.Tensor)), torch.device("cpu"))
+    return torch.stack([c.to(device=device, dtype=dtype).reshape(-1).expand(B)
+                        if isinstance(c, torch.Tensor) else
+                        torch.full((B,), float(c), dtype=dtype, device=device) for c in cols], 1)
+
+
+def _clip(clip):
+    """clip: None or a finite number > 0; returns the float the op takes (0.0: no clamp)."""
+    if clip is None:
+        return 0.0
+    if not is_number(clip):
+        raise TypeError(f"clip: expected None or a number > 0, got {type(clip).__name__}")
+    c = float(clip)
+    if not (c > 0 and c < float("inf")):
+        raise ValueError(f"clip: expected a finite number > 0, got {clip}")
+    return c
 
 
 def _tensor(t, name):
@@ -100,7 +133,7 @@ def _accumulator(t, x, name):
 
 def fused_step(x, models, coef, *, logp=None, logp_var=None, z=None, seed=None, offset=0,
                dist=None, probes=None, vjps=None, probes_out=None, probe_offset=0,
-               probe_dist="rademacher", out=None, backend=None):
+               probe_dist="rademacher", out=None, ycoef=None, y_out=None, clip=None, backend=None):
     """One fused sampler step; returns the new x (``x`` itself, updated in place, or ``out``).
 
     x: (B, *S); models: K <= 8 tensors shaped like x (model outputs, stage derivatives, past
@@ -111,6 +144,9 @@ def fused_step(x, models, coef, *, logp=None, logp_var=None, z=None, seed=None, 
     probes: (P, B, *S) and vjps: K tensors (P, B, *S) (``v_p^T J_k``) for the Hutchinson term;
     probes_out: (P', B, *S) buffer that receives the next step's probes of law ``probe_dist``
     at ``probe_offset`` (it must not be ``probes``). ``out``: write the new x there, leave x.
+    ycoef: (B, 5 + K) coefficients of the y line (:func:`make_ycoef`), None: no y line;
+    y_out: a contiguous tensor shaped like x, of x's dtype, that receives yc (not x or out);
+    clip: a finite float > 0 clamping y to [-clip, clip] (None: no clamp).
     """
     x = _tensor(x, "x")
     if x.dtype not in _validate.FLOAT_DTYPES + (torch.float64,):
@@ -174,15 +210,34 @@ def fused_step(x, models, coef, *, logp=None, logp_var=None, z=None, seed=None, 
             raise ValueError(f"out: expected a contiguous {x.dtype} tensor")
     elif not x.is_contiguous():
         raise ValueError("x: expected a contiguous tensor for an in-place step (or pass out=)")
+    clip_value = _clip(clip)
+    if ycoef is not None:
+        ycoef = _tensor(ycoef, "ycoef")
+        if tuple(ycoef.shape) != (B, y_width(K)):
+            raise ValueError(f"ycoef: expected shape ({B}, {y_width(K)}) for {K} model outputs, "
+                             f"got {tuple(ycoef.shape)}")
+        if not ycoef.is_floating_point() or ycoef.device != x.device:
+            raise TypeError(f"ycoef: expected a floating-point tensor on {x.device}, got "
+                            f"{ycoef.dtype} on {ycoef.device}")
+    elif y_out is not None or clip is not None:
+        raise ValueError(f"{'y_out' if y_out is not None else 'clip'}: given without ycoef")
+    if y_out is not None:
+        y_out = _like_x(y_out, x, "y_out")
+        if y_out.dtype != x.dtype or not y_out.is_contiguous():
+            raise ValueError(f"y_out: expected a contiguous {x.dtype} tensor (that of x)")
+        for other, oname in ((x, "x"), (out, "out")):
+            if other is not None and (y_out is other or (_validate.eager() and y_out.numel()
+                                                          and y_out.data_ptr() == other.data_ptr())):
+                raise ValueError(f"y_out: must not be {oname} (both are written)")
 
     name = _validate.pick_backend(backend, x, "x", "sample_step")
     if name == "reference":
         n_out = 0 if probes_out is None else probes_out.shape[0]
         empty = x.new_zeros(0, dtype=torch.float32)
-        xn, lp, lv, pout = _ref.sample_step(
+        xn, lp, lv, pout, yc = _ref.sample_step(
             x, empty if logp is None else logp, empty if logp_var is None else logp_var, models,
             coef, z, seeds, offset, None if dist_code < 0 else DISTS[dist_code], probes, vjps,
-            n_out, probe_offset, probe_dist)
+            n_out, probe_offset, probe_dist, ycoef=ycoef, clip=clip_value or None)
         target = x if out is None else out
         target.copy_(xn)
         if logp is not None:
@@ -191,6 +246,8 @@ def fused_step(x, models, coef, *, logp=None, logp_var=None, z=None, seed=None, 
             logp_var.copy_(lv)
         if n_out:
             probes_out.copy_(pout)
+        if y_out is not None:
+            y_out.copy_(yc)
         return target
     dt = x.dtype
     models = [m.to(dt).contiguous() for m in models]
@@ -201,7 +258,9 @@ def fused_step(x, models, coef, *, logp=None, logp_var=None, z=None, seed=None, 
             None if probes is None else probes.to(dt).contiguous(),
             [w.to(dt).contiguous() for w in vjps],
             x.new_empty((0, *x.shape)) if probes_out is None else probes_out,
-            probe_offset, probe_code)
+            probe_offset, probe_code,
+            None if ycoef is None else ycoef.to(torch.float32).contiguous(),
+            x.new_empty(0) if y_out is None else y_out, clip_value)
     if probes_out is not None and probes_out.dtype != dt:
         raise TypeError(f"probes_out: expected {dt} (that of x), got {probes_out.dtype}")
     if out is None:

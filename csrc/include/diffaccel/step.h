@@ -8,8 +8,14 @@
 //   t_p       = sum_i v_{p,i} sum_k cw_k w_{k,p,i}            (Hutchinson, probe p)
 //   logp     += c0 + c1 |s|^2 + c2 (s . z) + c3 (x . s) + mean_p t_p
 //   logp_var += sum_p (t_p - mean)^2 / (P (P - 1))            (P >= 2)
+//
+// The optional y line (ycoef = yc[b], 5 + K floats: bx, ay, sy, cz, cn, bm_0 .. bm_{K-1}), e.g.
+// a sampler's predicted x0, clamped and returned beside the step in the same pass:
+//   y      = bx x + sum_k bm_k M_k,   yc = clamp(y, -clip, clip) (clip > 0) else y
+//   x_new += ay yc,   s += sy yc,   logp += cz |z|^2 + cn |x_new|^2,   y_out = yc
 #pragma once
 #include <cstdint>
+#include <cstring>
 
 #include "diffaccel/common.h"
 
@@ -22,6 +28,10 @@ constexpr int kMaxProbes = 64;
 constexpr int32_t kNoIncrement = -1;  // dist code: no increment (z = 0)
 
 enum StepCoef : int { kAx = 0, kAz = 1, kSx = 2, kC0 = 3, kC1 = 4, kC2 = 5, kC3 = 6 };
+
+constexpr int kYHead = 5;  // bx, ay, sy, cz, cn (then bm_k)
+enum StepYCoef : int { kYBx = 0, kYAy = 1, kYSy = 2, kYCz = 3, kYCn = 4 };
+DA_HOST_DEVICE int step_y_width(int K) { return kYHead + K; }
 
 DA_HOST_DEVICE int step_coef_width(int K) { return kStepHead + kStepPerModel * K; }
 DA_HOST_DEVICE int step_am(int k) { return kStepHead + kStepPerModel * k; }
@@ -50,6 +60,45 @@ DA_HOST_DEVICE void step_init(const float* c, float x, float z, float& xn, float
 DA_HOST_DEVICE void step_add_model(const float* c, int k, float m, float& xn, float& s) {
   xn += c[step_am(k)] * m;
   s += c[step_sm(k)] * m;
+}
+
+// The y line: y = bx x, then y += bm_k M_k per model output, then step_y_finish.
+DA_HOST_DEVICE float step_y_init(const float* yc, float x) { return yc[kYBx] * x; }
+
+DA_HOST_DEVICE void step_y_add_model(const float* yc, int k, float m, float& y) {
+  y += yc[kYHead + k] * m;
+}
+
+// NaN test on the bits: the CPU build uses -ffast-math, under which y != y and std::isnan may
+// fold to false.
+DA_HOST_DEVICE bool step_is_nan(float v) {
+  uint32_t u;
+#if defined(__CUDA_ARCH__)
+  u = __float_as_uint(v);
+#else
+  std::memcpy(&u, &v, sizeof(u));
+#endif
+  return (u & 0x7fffffffu) > 0x7f800000u;
+}
+
+// clamp(y, -clip, clip) for clip > 0 (clip is never NaN), as torch.clamp: NaN stays NaN, where
+// fminf/fmaxf (and min/max instructions the compiler may pick) would replace it by a bound.
+DA_HOST_DEVICE float step_clip(float y, float clip) {
+  if (!(clip > 0.0f)) return y;
+  const float c = y > clip ? clip : (y < -clip ? -clip : y);
+  return step_is_nan(y) ? y : c;
+}
+
+// Clamps y (in place: it becomes yc) and adds its terms to the new x and the score.
+DA_HOST_DEVICE void step_y_finish(const float* yc, float clip, float& y, float& xn, float& s) {
+  y = step_clip(y, clip);
+  xn += yc[kYAy] * y;
+  s += yc[kYSy] * y;
+}
+
+// The y line's log-density terms from the sums |z|^2 and |x_new|^2.
+DA_HOST_DEVICE double step_y_logp(const float* yc, double zz, double nn) {
+  return static_cast<double>(yc[kYCz]) * zz + static_cast<double>(yc[kYCn]) * nn;
 }
 
 // The per-sample log-density increment from the three sums and the probes' estimates t[0..P).
@@ -97,6 +146,9 @@ struct StepArgs {
   double* logp_d;
   float* var_f;          // [B] variance accumulators, or neither
   double* var_d;
+  const float* ycoef;    // [B, 5 + K] or nullptr (no y line)
+  T* y_out;              // [B, D] receives yc, or nullptr
+  float clip;            // > 0: yc = clamp(y, -clip, clip); 0: yc = y
 };
 
 // Adds the increments into the caller's accumulators.
