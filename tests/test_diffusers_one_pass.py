@@ -35,6 +35,9 @@ def _cases():
         for kw in STEP_KW.get(name.split("-")[0] if name.startswith("ddim") else name, [{}]):
             tag = "-".join(f"{k}={v}" for k, v in kw.items()) or "default"
             out.append(pytest.param(name, kw, id=f"{name}-{tag}"))
+    # Euler's churn: a partial range (stock's draw decision read on the host) and every step
+    for kw in (dict(s_churn=1.0, s_tmin=0.5, s_tmax=10.0), dict(s_churn=3.0)):
+        out.append(pytest.param("euler", kw, id="euler-churn-" + "-".join(f"{k}={v}" for k, v in kw.items())))
     return out
 
 

@@ -217,7 +217,7 @@ class EulerDiscreteScheduler(_ScaleInputMixin, _SigmaMixin, _StockEuler):
 
     def step(self, model_output, timestep, sample, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
              s_noise=1.0, generator=None, return_dict=True, *, seed=None):
-        """Stock's step (same arguments and outputs) as two fused passes. With s_churn > 0
+        """Stock's step (same arguments and outputs) as one fused pass. With s_churn > 0
         (stock's "churn": noise added before the step where s_tmin <= sigma <= s_tmax), gamma
         and sigma_hat come from the sigmas on the device (see ``_churn_step``)."""
         if s_churn != 0:
@@ -239,11 +239,13 @@ def _churn_step(self, model_output, timestep, sample, s_churn, s_tmin, s_tmax, s
     and compiles once for a whole loop. Stock draws noise only where gamma > 0: with noise from a
     torch generator (or the global one) and a churn range that holds some of the steps but not
     all, matching its draws needs the step index on the host (read there: a sync on a GPU, a
-    graph break under torch.compile); with ``seed`` the noise is drawn in the kernel at every
-    step and enters with coefficient 0 where gamma = 0."""
+    graph break under torch.compile); with ``seed`` the noise is drawn from diffaccel's stream
+    at every step (a launch of its own: the churn noise enters x0, the op's y line, which reads
+    only x and the model outputs) and enters with coefficient 0 where gamma = 0. Then one fused
+    pass writes x0 and x_prev."""
     import math
 
-    from ..sampling.step import make_coef
+    from ..sampling.step import make_coef, make_ycoef
 
     for name, v in (("s_churn", s_churn), ("s_tmin", s_tmin), ("s_tmax", s_tmax), ("s_noise", s_noise)):
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v):
@@ -279,14 +281,16 @@ def _churn_step(self, model_output, timestep, sample, s_churn, s_tmin, s_tmax, s
         bx, bm = 1 / (sig * sig + 1), -sig / (sig * sig + 1).sqrt()
     else:
         bx, bm = 0.0, 1.0
-    if z is None:  # no churn noise at this step
-        zz, c = torch.zeros_like(x), torch.zeros_like(c)
+    if z is None:  # no churn noise at this step: x stands in for z with coefficient 0
+        zz, c = x, torch.zeros_like(c)
     else:
         zz = z.to(torch.float32)
-    x0 = fused_step(x, [model_output, zz], make_coef(B, ax=bx, am=(bm, bx * c), device=dev),
-                    out=torch.empty_like(x), backend=backend_for(x.dtype))
+    # one pass: x0 = bx x' + bm M = bx x + bm M + bx c z (the y line, returned), then
+    # x_prev = (1 + k) x' - k x0 = (1 + k) x + (1 + k) c z - k x0
     k = (nxt - sh) / sh
-    prev = fused_step(x, [x0, zz], make_coef(B, ax=1 + k, am=(-k, (1 + k) * c), device=dev),
+    x0 = torch.empty_like(x)
+    prev = fused_step(x, [model_output, zz], make_coef(B, ax=1 + k, am=(0.0, (1 + k) * c), device=dev),
+                      ycoef=make_ycoef(B, bx=bx, ay=-k, bm=(bm, bx * c), device=dev), y_out=x0,
                       out=torch.empty_like(x), backend=backend_for(x.dtype))
     self._da_i.copy_(i + 1)
     prev = prev.to(model_output.dtype)
