@@ -131,10 +131,12 @@ def log_likelihood(model, x, sigma_min, sigma_max, *, steps=None, solver="heun",
 
     ``solver="expint"``: the exponential multistep solver of :mod:`.expint` (``order`` 1-4,
     ``steps`` + 1 evaluations); ``divergence`` ("hutchinson" or "subspace", its control variate
-    of rank ``cv_rank`` used where sigma >= ``cv_sigma``, default sigma_max / 16); info adds
-    ``vjps``. ``prior``: "standard" (the default above), "matched" (``prior_data``: (mean, var),
-    a :class:`~.priors.MatchedPrior` or an iterable of data batches) or a callable (see
-    :mod:`.priors`)."""
+    of rank ``cv_rank`` used where sigma >= ``cv_sigma``, default sigma_max / 16; its extra
+    VJPs are counted in ``vjps``). ``prior`` (every solver): "standard" (the default above),
+    "matched" (``prior_data``: (mean, var), a :class:`~.priors.MatchedPrior` or an iterable of
+    data batches), "empirical" (``prior_data``: data points, a tensor or an iterable of batches,
+    or an :class:`~.priors.EmpiricalPrior`: the data's own noised density at sigma_max) or a
+    callable (see :mod:`.priors`)."""
     _check_args(x, sigma_min, sigma_max, steps, solver)
     _check_probes(probes)
     extra_args = {} if extra_args is None else extra_args
