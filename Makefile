@@ -78,7 +78,7 @@ gpu-check:
 # Likelihood solvers side by side (k-diffusion's real sampling.py, loaded without its package
 # __init__, so it installs without its pinned dependencies) and on a UNet trained on digits.
 bench-likelihood: $(STAMP)
-	$(PIP) install -q diffusers scikit-learn scipy torchdiffeq torchsde
+	$(PIP) install -q diffusers scikit-learn scipy safetensors torchdiffeq torchsde
 	$(PIP) install -q --no-deps "k-diffusion==0.1.1.post1"
 	PYTHONPATH=$(CURDIR)/benchmarks $(PYTHON) benchmarks/bench_likelihood.py
 	PYTHONPATH=$(CURDIR)/benchmarks $(PYTHON) benchmarks/bench_likelihood_digits.py

@@ -2,6 +2,8 @@
 Gaussian mixture (D = 3072, B = 64, sigma 0.01 -> 80, exact log p from diffaccel.models).
 
     python benchmarks/bench_likelihood.py              # the full table (3 runs per row, min wall)
+    python benchmarks/bench_likelihood.py --mean-scale 0.5   # the same on closer components
+    python benchmarks/bench_likelihood.py --prior-only # each prior's own error, per mean scale
     python benchmarks/bench_likelihood.py --quick      # small sizes
 
 Rows: k-diffusion's own ``log_likelihood`` (torchdiffeq dopri5 in sigma, one fixed Rademacher
@@ -9,13 +11,20 @@ probe; its real ``k_diffusion/sampling.py``, loaded with the package's heavy ``_
 stubbed, when k-diffusion 0.1.1.post1, torchdiffeq and torchsde are installed), our ``dopri5``
 (tolerances 1e-2 .. 1e-5), ``rk4`` and ``expint`` (order 4, with 1 and 4 probes, and with the
 ``subspace`` control variate) at about 25 / 50 / 100 / 200 evaluations. Every run keeps its
-latent ``x_T``, so three errors come from one run: with the standard prior ``N(0, sigma_max^2
+latent ``x_T``, so four errors come from one run: with the standard prior ``N(0, sigma_max^2
 I)`` (as used by k-diffusion), with the matched prior (mean and variance from 4096 fresh draws
-of the mixture) and with the exact prior (the solver's own error). Errors are the mean over
-the batch of ``|log p - exact log p|`` in nats.
+of the mixture), with the empirical prior (those 4096 draws themselves) and with the exact
+prior (the solver's own error). Errors are the mean over the batch of ``|log p - exact log p|``
+in nats.
 
-Functions: :func:`gmm_problem`, :func:`kdiffusion_log_likelihood`, :func:`likelihood_table`,
-:func:`format_table`.
+The mixture's means are ``mean_scale`` (default 2) times standard normal vectors, so the
+components are ``mean_scale * sqrt(2 D)`` apart (157 at scale 2): at sigma_max = 80 they are
+still about 2 noise standard deviations apart along their differences, and no single Gaussian
+fits p_80 (``--prior-only`` prints each prior's own error against the exact log p_80, over
+8192 draws of p_80, for several scales).
+
+Functions: :func:`gmm_problem`, :func:`kdiffusion_log_likelihood`, :func:`prior_errors`,
+:func:`likelihood_table`, :func:`format_table`.
 """
 import argparse
 import importlib.util
@@ -28,11 +37,12 @@ import types
 import torch
 
 
-def gmm_problem(B=64, d=3072, K=4, seed=0):
-    """(mixture, x, exact log p at 0.01): the mixture of bench_step's likelihood part."""
+def gmm_problem(B=64, d=3072, K=4, seed=0, mean_scale=2.0):
+    """(mixture, x, exact log p at 0.01): the mixture of bench_step's likelihood part (means
+    ``mean_scale`` randn, weights U(0.5, 1.5), stds U(0.3, 0.8))."""
     from diffaccel.models import GaussianMixture
     g = torch.Generator().manual_seed(seed)
-    gm = GaussianMixture(torch.randn(K, d, generator=g, dtype=torch.float64) * 2,
+    gm = GaussianMixture(torch.randn(K, d, generator=g, dtype=torch.float64) * mean_scale,
                          torch.rand(K, generator=g) + 0.5, torch.rand(K, generator=g) * 0.5 + 0.3)
     x = gm.sample(B, generator=g)
     return gm, x, gm.log_prob(x, 0.01)
@@ -63,6 +73,39 @@ def kdiffusion_log_likelihood():
     return mod.log_likelihood
 
 
+def _priors(gm, smax=80.0, n=4096, seed=7):
+    """{name: log-prior of x_T}: standard, matched and empirical from ``n`` fresh draws, exact."""
+    import diffaccel.sampling as S
+    data = gm.sample(n, generator=torch.Generator().manual_seed(seed))
+    matched, emp = S.MatchedPrior.from_data(data), S.EmpiricalPrior(data)
+    return {"standard": lambda xt: S.prior_logp(xt, smax), "matched": lambda xt: matched(xt, smax),
+            "empirical": lambda xt: emp(xt, smax), "exact": lambda xt: gm.log_prob(xt, smax)}
+
+
+def prior_errors(scales=(2.0, 1.0, 0.5, 0.25), d=3072, n=8192, smax=80.0, out=sys.stdout):
+    """Each prior's own error: mean |log prior(x_T) - log p_80(x_T)| over ``n`` draws x_T of
+    p_80 (the PF-ODE maps p_0 to p_80, so this is the error's distribution over encoded data),
+    per mean scale; with the mixture's geometry (mean norms, pairwise distances, per-dimension
+    variance)."""
+    rows = []
+    for c in scales:
+        gm, _, _ = gmm_problem(B=1, d=d, mean_scale=c)
+        pr = _priors(gm, smax)
+        xt = gm.sample(n, generator=torch.Generator().manual_seed(11), sigma=smax, dtype=torch.float64)
+        exact = pr["exact"](xt)
+        pair = torch.cdist(gm.means, gm.means)
+        row = {"scale": c, "mean_norm": float(gm.means.norm(dim=1).mean()),
+               "pairwise": float(pair[pair > 0].mean())}
+        for name in ("standard", "matched", "empirical"):
+            e = pr[name](xt) - exact
+            row[name] = (float(e.abs().mean()), float(e.std()))
+        rows.append(row)
+        print(f"mean scale {c:5.2f}: |mu_k| {row['mean_norm']:6.1f}, |mu_i - mu_j| {row['pairwise']:6.1f}; "
+              + ", ".join(f"{k} {row[k][0]:.4f} (sd {row[k][1]:.4f})" for k in ("standard", "matched", "empirical")),
+              file=out, flush=True)
+    return rows
+
+
 def _errors(lp, x_T, exact, priors):
     """Mean |error| with each prior, from one run (the default prior swapped out)."""
     import diffaccel.sampling as S
@@ -71,23 +114,21 @@ def _errors(lp, x_T, exact, priors):
 
 
 def likelihood_table(B=64, d=3072, nfes=(25, 50, 100, 200), tols=(1e-2, 1e-3, 1e-4, 1e-5),
-                     backend="cpu", kdiffusion=True, repeats=3, out=None):
-    """Rows {method, nfe, vjps_per_eval, seconds, err_standard, err_matched, err_exact}; the
+                     backend="cpu", kdiffusion=True, repeats=3, out=None, mean_scale=2.0):
+    """Rows {method, nfe, vjps_per_eval, seconds, err_standard, err_matched, err_empirical,
+    err_exact}; the
     wall time is the fastest of ``repeats`` identical runs (same seeds: the same result), so a
     shared machine's load spikes do not land in the table."""
     import diffaccel.sampling as S
-    gm, x, exact = gmm_problem(B, d)
-    g = torch.Generator().manual_seed(7)
-    matched = S.MatchedPrior.from_data(gm.sample(4096, generator=g))
-    priors = {"standard": lambda xt: S.prior_logp(xt, 80.0),
-              "matched": lambda xt: matched(xt, 80.0),
-              "exact": lambda xt: gm.log_prob(xt, 80.0)}
+    gm, x, exact = gmm_problem(B, d, mean_scale=mean_scale)
+    priors = _priors(gm)
     rows = []
 
     def add(method, nfe, vjps, seconds, lp, x_T):
         e = _errors(lp, x_T, exact, priors)
         rows.append({"method": method, "nfe": nfe, "vjps_per_eval": vjps / nfe, "seconds": seconds,
-                     "err_standard": e["standard"], "err_matched": e["matched"], "err_exact": e["exact"]})
+                     "err_standard": e["standard"], "err_matched": e["matched"],
+                     "err_empirical": e["empirical"], "err_exact": e["exact"]})
         if out is not None:
             print(format_table(rows[-1:], header=len(rows) == 1), file=out, flush=True)
 
@@ -135,10 +176,11 @@ def format_table(rows, header=True):
     out = []
     if header:
         out.append(f"{'method':38s} {'NFE':>5s} {'vjp/eval':>8s} {'wall':>8s} {'err N(0,s2)':>11s} "
-                   f"{'err matched':>11s} {'err exact prior':>15s}")
+                   f"{'err matched':>11s} {'err empirical':>13s} {'err exact prior':>15s}")
     for r in rows:
         out.append(f"{r['method']:38s} {r['nfe']:5d} {r['vjps_per_eval']:8.2f} {r['seconds']:7.2f}s "
-                   f"{r['err_standard']:11.4f} {r['err_matched']:11.4f} {r['err_exact']:15.4f}")
+                   f"{r['err_standard']:11.4f} {r['err_matched']:11.4f} {r['err_empirical']:13.4f} "
+                   f"{r['err_exact']:15.4f}")
     return "\n".join(out)
 
 
@@ -150,6 +192,8 @@ def main():
     p.add_argument("--nfes", default=None, help="e.g. 25,50,100,200")
     p.add_argument("--tols", default=None, help="dopri5 tolerances, e.g. 1e-2,1e-3,1e-4,1e-5")
     p.add_argument("--repeats", type=int, default=3, help="wall time: the fastest of this many runs")
+    p.add_argument("--mean-scale", type=float, default=2.0, help="the mixture's means: this x randn")
+    p.add_argument("--prior-only", action="store_true", help="only each prior's own error, per mean scale")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -158,9 +202,12 @@ def main():
         kw["nfes"] = tuple(int(n) for n in a.nfes.split(","))
     if a.tols:
         kw["tols"] = tuple(float(t) for t in a.tols.split(","))
-    print(f"log_likelihood, 4-component GM, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"backend {a.backend}")
-    likelihood_table(backend=a.backend, repeats=a.repeats, out=sys.stdout, **kw)
+    if a.prior_only:
+        prior_errors(d=64 if a.quick else 3072, n=512 if a.quick else 8192)
+        return
+    print(f"log_likelihood, 4-component GM (means {a.mean_scale:g} randn), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, backend {a.backend}")
+    likelihood_table(backend=a.backend, repeats=a.repeats, out=sys.stdout, mean_scale=a.mean_scale, **kw)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@
   :func:`sample_dpmpp_3m_sde`; and :func:`sample_euler_maruyama`, :func:`sample_hd`,
   :func:`sample_ddim` (+ :class:`VPEpsDenoiser` for eps-prediction models), and :func:`sample_interpolant` (Section 4's stochastic
   interpolants, Euler in tau).
-- :func:`log_likelihood` (euler, heun, rk4, dopri5, expint; priors: :class:`MatchedPrior`) and
+- :func:`log_likelihood` (euler, heun, rk4, dopri5, expint; priors: :class:`MatchedPrior`, :class:`EmpiricalPrior`) and
   :func:`bits_per_dim`.
 """
 from . import _ops  # noqa: F401  (fake and Triton registrations of the step ops)
@@ -19,7 +19,7 @@ from .k_samplers import (K_SAMPLERS, sample_dpm_2, sample_dpm_2_ancestral, sampl
                          sample_dpmpp_2m_sde, sample_dpmpp_2s_ancestral, sample_dpmpp_3m_sde,
                          sample_dpmpp_sde, sample_euler, sample_euler_ancestral, sample_heun,
                          sample_lms)
-from .priors import MatchedPrior
+from .priors import EmpiricalPrior, MatchedPrior
 from .samplers import (PROBE_BASE, VPEpsDenoiser, ancestral_step, prior_logp, sample_ddim,
                        sample_euler_maruyama, sample_hd)
 from .step import coef_width, fused_step, make_coef
@@ -30,4 +30,4 @@ __all__ = ["fused_step", "make_coef", "coef_width", "sample_euler", "sample_heun
            "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde", "K_SAMPLERS",
            "sample_euler_maruyama", "sample_hd", "sample_ddim", "sample_interpolant",
            "VPEpsDenoiser", "ancestral_step", "prior_logp", "log_likelihood", "bits_per_dim",
-           "SOLVERS", "PROBE_BASE", "MatchedPrior"]
+           "SOLVERS", "PROBE_BASE", "MatchedPrior", "EmpiricalPrior"]

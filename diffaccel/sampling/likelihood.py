@@ -113,7 +113,10 @@ def log_likelihood(model, x, sigma_min, sigma_max, *, steps=None, solver="heun",
     """``(logp, info)``: log p_{sigma_min}(x) (float64, (B,)) through the PF-ODE, and a dict
     with ``stderr`` (the Hutchinson estimate's standard error per sample, (B,); NaN with one
     probe, where no variance can be estimated),
-    ``nfe`` (model evaluations, each with ``probes`` vector-Jacobian products), ``steps`` and
+    ``nfe`` (batched model evaluations), ``vjps`` (batched vector-Jacobian products: ``probes``
+    per evaluation for euler / heun / rk4; for dopri5 none at its initial-step trial evaluation
+    and ``2 * probes`` at each attempt's last stage, which also serves the next step; for expint
+    more with ``divergence="subspace"``), ``steps`` and
     ``x_T`` (the encoded latent) and ``delta`` (the integral term). dopri5 steps each sample
     on its own (``steps`` is then a (B,) int64 tensor of accepted steps per sample, ``nfe``
     counts batched model calls) and adds, per sample (lists of B float64 / int64 tensors),
@@ -128,10 +131,12 @@ def log_likelihood(model, x, sigma_min, sigma_max, *, steps=None, solver="heun",
 
     ``solver="expint"``: the exponential multistep solver of :mod:`.expint` (``order`` 1-4,
     ``steps`` + 1 evaluations); ``divergence`` ("hutchinson" or "subspace", its control variate
-    of rank ``cv_rank`` used where sigma >= ``cv_sigma``, default sigma_max / 16); info adds
-    ``vjps``. ``prior``: "standard" (the default above), "matched" (``prior_data``: (mean, var),
-    a :class:`~.priors.MatchedPrior` or an iterable of data batches) or a callable (see
-    :mod:`.priors`)."""
+    of rank ``cv_rank`` used where sigma >= ``cv_sigma``, default sigma_max / 16; its extra
+    VJPs are counted in ``vjps``). ``prior`` (every solver): "standard" (the default above),
+    "matched" (``prior_data``: (mean, var), a :class:`~.priors.MatchedPrior` or an iterable of
+    data batches), "empirical" (``prior_data``: data points, a tensor or an iterable of batches,
+    or an :class:`~.priors.EmpiricalPrior`: the data's own noised density at sigma_max) or a
+    callable (see :mod:`.priors`)."""
     _check_args(x, sigma_min, sigma_max, steps, solver)
     _check_probes(probes)
     extra_args = {} if extra_args is None else extra_args
@@ -191,14 +196,14 @@ def log_likelihood(model, x, sigma_min, sigma_max, *, steps=None, solver="heun",
     logp = _prior(prior, x, sigma_max) - delta
     stderr = torch.sqrt(var) if P > 1 else torch.full_like(var, float("nan"))
     finish_rows(f"log_likelihood({solver})", bad, x, logp, delta, stderr if P > 1 else None)
-    return logp, {"stderr": stderr, "nfe": nfe, "steps": steps, "solver": solver, "x_T": x,
-                  "delta": delta}
+    return logp, {"stderr": stderr, "nfe": nfe, "vjps": nfe * P, "steps": steps, "solver": solver,
+                  "x_T": x, "delta": delta}
 
 
 def _empty(x, solver):
     """The results for an empty batch (B = 0): no model call."""
     e = torch.zeros(0, dtype=torch.float64, device=x.device)
-    info = {"stderr": e.clone(), "nfe": 0, "steps": 0, "solver": solver, "x_T": x,
+    info = {"stderr": e.clone(), "nfe": 0, "vjps": 0, "steps": 0, "solver": solver, "x_T": x,
             "delta": e.clone()}
     if solver == "dopri5":
         info.update(steps=torch.zeros(0, dtype=torch.int64), sigmas=[], errors=[], attempts=[])
@@ -278,9 +283,9 @@ def _dopri5(model, x, sigma_min, sigma_max, P, seed, extra_args, probe_dist, ato
     var = torch.zeros_like(delta)
     t = torch.full((B,), t0, dtype=f64, device=dev)
     k1, w1 = _stage(model, x, t, extra_args, v)
-    nfe = 1
+    nfe, vjps = 1, P
     h = _initial_step(model, x, t0, t1, k1, extra_args, atol, rtol)
-    nfe += 1
+    nfe += 1  # the trial step's evaluation takes no vjps
     active = torch.ones(B, dtype=torch.bool, device=dev)
     e_b = [bb - b4 for bb, b4 in zip(_DP_B, _DP_B4)]
     hist_t, hist_acc, hist_err = [], [], []
@@ -305,6 +310,7 @@ def _dopri5(model, x, sigma_min, sigma_max, P, seed, extra_args, probe_dist, ato
                         out=torch.empty_like(x), backend=backend)
         k7, w7 = _stage(model, x5, t + hs, extra_args, torch.cat([v, v_next]))
         nfe += 6
+        vjps += 7 * P  # stages 2-6 with the step's probes, the last one with the next ones too
         ks.append(k7)
         ws.append(w7[:P])
         # embedded error h sum_j (b_j - b4_j) (k_j, v.w_j - D); sum_j (b_j - b4_j) = 0, so no D term
@@ -349,6 +355,6 @@ def _dopri5(model, x, sigma_min, sigma_max, P, seed, extra_args, probe_dist, ato
     sigmas = [torch.cat([start, t_h[b][acc_h[b]]]).exp() for b in range(B)]
     errors = [err_h[b][acc_h[b]] for b in range(B)]
     attempts = [acc_h[b].nonzero().reshape(-1) for b in range(B)]
-    return logp, {"stderr": stderr, "nfe": nfe, "steps": acc_h.sum(1), "solver": "dopri5",
+    return logp, {"stderr": stderr, "nfe": nfe, "vjps": vjps, "steps": acc_h.sum(1), "solver": "dopri5",
                   "x_T": x, "delta": delta, "sigmas": sigmas, "errors": errors,
                   "attempts": attempts}
