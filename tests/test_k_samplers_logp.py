@@ -144,3 +144,34 @@ def test_lms_with_logp_keeps_k_diffusions_samples(order, rng):
                  what=f"sample_lms order {order}")
     assert torch.isfinite(lp).all()
     assert torch.equal(S.sample_lms(gm, x, sig, disable=True, order=order), got)
+
+
+def test_lms_logp_loop_compiles_into_one_graph(rng):
+    """With logp the loop (model, vector-Jacobian products, the corrector's input, fused steps)
+    still traces into one graph with the eager numbers (autograd traced by dynamo)."""
+    dyn = pytest.importorskip("torch._dynamo.testing")
+    if not hasattr(torch._dynamo.config, "trace_autograd_ops"):
+        pytest.skip("this torch's dynamo cannot trace torch.autograd.grad")
+    torch._dynamo.reset()
+    conv = torch.nn.Conv2d(2, 2, 3, padding=1).eval()
+
+    def model(x, sigma):
+        s = sigma.reshape(-1, 1, 1, 1)
+        return x / (1 + s ** 2) + s / (1 + s ** 2) ** 0.5 * conv(x / (1 + s ** 2) ** 0.5)
+
+    sigmas = sch.karras_sigmas(6, 0.05, 10.0).tolist()
+
+    def loop(x):
+        return S.sample_lms(model, x, sigmas, disable=True, backend="cpu", logp=True, seed=3)
+
+    counter = dyn.CompileCounterWithBackend("aot_eager")
+    try:
+        with torch._dynamo.config.patch(trace_autograd_ops=True):
+            compiled = torch.compile(loop, backend=counter, fullgraph=True)
+            x = torch.randn(2, 2, 5, 5, generator=rng) * 10
+            got, want = compiled(x), loop(x)
+    finally:
+        torch._dynamo.reset()
+    assert counter.frame_count == 1
+    assert_close(got[0], want[0], atol=1e-5, rtol=1e-5, what="x")
+    assert_close(got[1], want[1], atol=1e-4, rtol=1e-5, what="logp")

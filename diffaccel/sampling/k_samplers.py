@@ -39,7 +39,8 @@ k-diffusion's order and with its defaults, plus keyword-only extras:
     ``probes=None`` drops the divergence there and estimates it with one probe otherwise. The
     final step to sigma = 0 (``x' = Dn(x)``) adds ``D - div Dn`` (one Hutchinson estimate).
 
-  Accuracy is first order in the step (second order for the ODE samplers' quadrature).
+  Accuracy is first order in the step (second order for the ODE samplers' quadrature, fourth
+  or better for LMS's, which also corrects for its own local errors in x).
 - ``backend``: the fused step's backend (reference, cpu, triton, cuda).
 
 Host reads: the noise levels are read once before the loop (as k-diffusion's ``sample_lms``
@@ -484,6 +485,7 @@ def _lms(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, ord
     # past steps kept: the LMS terms' and (logp) the corrector's
     keep = max(order - 1, CORR_NODES - 1 if W is not None else 0)
     hist = []  # (x_m, Dn_m) of the previous steps, newest first
+    zbuf = None
     for i in _steps(run.n, disable):
         xi = run.x
         den, w = run.denoise(xi, lv[i], vjp=True)
@@ -500,7 +502,11 @@ def _lms(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, ord
             terms = dict(c0=-run.D * W[i], cw=(W[i],) + (0.0,) * (K - 1))
             if i:  # s_i . e_{i-1}: z = x_i - (e^h x_{i-1} - sum_j c_j Dn_j), s_i from Dn_i and x_i
                 eh, cs = corrector(lv, i)
-                z = torch.add(xi, hist[0][0], alpha=-eh, out=run.scratch())
+                # e is a small difference of large terms: float32 at least (from the stored,
+                # rounded states, so a half-precision x's rounding counts as local error)
+                if zbuf is None:
+                    zbuf = torch.empty_like(xi, dtype=torch.promote_types(xi.dtype, torch.float32))
+                z = zbuf.copy_(xi).sub_(hist[0][0], alpha=eh)
                 for j, c in cs.items():
                     z.add_(den if j == i else hist[i - j - 1][1], alpha=c)
                 terms.update(sx=-1 / lv[i] ** 2, sm=(1 / lv[i] ** 2,) + (0.0,) * (K - 1), c2=1.0)
