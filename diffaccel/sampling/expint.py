@@ -50,7 +50,7 @@ import torch
 from .samplers import _Noise, denoise_with_vjps, draw_probes
 from .step import fused_step, make_coef
 
-__all__ = ["ORDERS", "DIVERGENCES", "expint_log_likelihood", "expint_plan"]
+__all__ = ["ORDERS", "DIVERGENCES", "expint_log_likelihood", "expint_plan", "quadrature_weights"]
 
 ORDERS = (1, 2, 3, 4)
 DIVERGENCES = ("hutchinson", "subspace")
@@ -108,14 +108,23 @@ def expint_plan(ts, order, corrector=True):
             comb[j] = comb.get(j, 0.0) + c
         ax.append(eh)
         combos.append(comb)
-    m = min(order + 1, N + 1)
+    return ax, combos, quadrature_weights(ts, order + 1)
+
+
+def quadrature_weights(ts, m):
+    """W[n]: node n's weight in ``int_{ts[0]}^{ts[-1]} f dt ~ sum_n W_n f(ts[n])``, each interval
+    [ts[n], ts[n+1]] integrated with the Lagrange polynomial through ``m`` consecutive nodes
+    around it (fewer when there are fewer). ``ts`` monotone (either direction), float64."""
+    ts = [float(t) for t in ts]
+    N = len(ts) - 1
+    m = min(m, N + 1)
     W = [0.0] * (N + 1)
     for n in range(N):
         s = min(max(0, n - (m - 1) // 2), N + 1 - m)
         nodes = list(range(s, s + m))
         for j, c in zip(nodes, _lagrange_integrals([ts[j] for j in nodes], ts[n], ts[n + 1])):
             W[j] += c
-    return ax, combos, W
+    return W
 
 
 def _gram_schmidt(R, rank, eps):

@@ -24,8 +24,10 @@ k-diffusion's order and with its defaults, plus keyword-only extras:
 
   * ODE samplers (euler, heun, dpm_2, lms, dpmpp_2m) integrate
     ``d logp / d log sigma = div Dn - D`` with the quadrature weights the sampler gives its model
-    evaluations (Heun: trapezoid, DPM-2: midpoint, LMS / DPM-Solver++(2M): the multistep
-    weights), the divergence by Hutchinson with ``probes`` probes per evaluation;
+    evaluations (Heun: trapezoid, DPM-2: midpoint, DPM-Solver++(2M): its own linear
+    extrapolation), the divergence by Hutchinson with ``probes`` probes per evaluation; LMS
+    with quartic Lagrange weights in log sigma over all its evaluations plus a correction for
+    its own local errors (:mod:`.logp_quad`);
   * stochastic samplers use Ito's formula for ``log p_sigma(x)`` along a step
     ``x' = x + A s + G z`` (s = (Dn - x)/sigma^2 the score, q = sigma^2 - sigma'^2)::
 
@@ -37,7 +39,8 @@ k-diffusion's order and with its defaults, plus keyword-only extras:
     ``probes=None`` drops the divergence there and estimates it with one probe otherwise. The
     final step to sigma = 0 (``x' = Dn(x)``) adds ``D - div Dn`` (one Hutchinson estimate).
 
-  Accuracy is first order in the step (second order for the ODE samplers' quadrature).
+  Accuracy is first order in the step (second order for the ODE samplers' quadrature, fourth
+  or better for LMS's, which also corrects for its own local errors in x).
 - ``backend``: the fused step's backend (reference, cpu, triton, cuda).
 
 Host reads: the noise levels are read once before the loop (as k-diffusion's ``sample_lms``
@@ -56,6 +59,7 @@ from tqdm.auto import trange
 
 from ..library import DISTS
 from ..random import noise as _noise
+from .logp_quad import CORR_NODES, corrector, flow_weights
 from .samplers import (_check_probes, _init_logp, _Noise, _Probes, _rows_bad, check_levels,
                        denoise_with_vjps, draw_probes, finish_rows)
 from .step import fused_step, make_coef
@@ -464,8 +468,11 @@ def _lms(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, ord
          seed=None, dist="normal", logp=None, probes=1, probe_dist="rademacher", backend=None):
     """k-diffusion's linear multistep (Adams-Bashforth in sigma, order ``order`` <= 4 here):
     ``x <- x + sum_j c_ij d_{i-j}``, d = (x - Dn)/sigma, with the past states and model outputs
-    as inputs of the fused step. ``logp``: the same weights on ``(div Dn - D)/sigma``, each
-    evaluation's total weight added at its own step (the final logp is the LMS quadrature)."""
+    as inputs of the fused step. ``logp`` (:mod:`.logp_quad`): ``div Dn - D`` integrated in
+    t = log sigma with quartic Lagrange weights over all evaluations (each evaluation's total
+    weight added at its own step), plus ``s_i . e_{i-1}``, the log-density change from the
+    previous step's local error ``e`` (estimated by the exponential corrector), both in step
+    i's fused pass."""
     if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= MAX_LMS_ORDER:
         raise ValueError(f"order: expected an int from 1 to {MAX_LMS_ORDER} (the fused step takes "
                          f"at most 8 model-sized inputs), got {order!r}")
@@ -474,11 +481,11 @@ def _lms(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, ord
                probes=probes, probe_dist=probe_dist, backend=backend)
     lv = run.levels
     coeffs = lms_coefficients(lv[:run.n + 1], order)
-    W = [0.0] * run.n  # total weight of evaluation m on (div Dn_m - D)
-    for i, row in enumerate(coeffs):
-        for j, c in enumerate(row):
-            W[i - j] += c / lv[i - j]
+    W = flow_weights(lv[:run.n + 1]) if run.lp is not None and run.n else None
+    # past steps kept: the LMS terms' and (logp) the corrector's
+    keep = max(order - 1, CORR_NODES - 1 if W is not None else 0)
     hist = []  # (x_m, Dn_m) of the previous steps, newest first
+    zbuf = None
     for i in _steps(run.n, disable):
         xi = run.x
         den, w = run.denoise(xi, lv[i], vjp=True)
@@ -490,11 +497,23 @@ def _lms(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, ord
             models += [xm, dm]
             am += [row[j] / lv[i - j], -row[j] / lv[i - j]]
         K = len(models)
-        run.step(i, models, 1 + row[0] / lv[i], tuple(am),
-                 terms=dict(c0=-run.D * W[i], cw=(W[i],) + (0.0,) * (K - 1)),
-                 vjps=None if w is None else [w] * K, fresh=run.ring(i, order + 1))
+        terms = z = None
+        if W is not None:
+            terms = dict(c0=-run.D * W[i], cw=(W[i],) + (0.0,) * (K - 1))
+            if i:  # s_i . e_{i-1}: z = x_i - (e^h x_{i-1} - sum_j c_j Dn_j), s_i from Dn_i and x_i
+                eh, cs = corrector(lv, i)
+                # e is a small difference of large terms: float32 at least (from the stored,
+                # rounded states, so a half-precision x's rounding counts as local error)
+                if zbuf is None:
+                    zbuf = torch.empty_like(xi, dtype=torch.promote_types(xi.dtype, torch.float32))
+                z = zbuf.copy_(xi).sub_(hist[0][0], alpha=eh)
+                for j, c in cs.items():
+                    z.add_(den if j == i else hist[i - j - 1][1], alpha=c)
+                terms.update(sx=-1 / lv[i] ** 2, sm=(1 / lv[i] ** 2,) + (0.0,) * (K - 1), c2=1.0)
+        run.step(i, models, 1 + row[0] / lv[i], tuple(am), z=z, terms=terms,
+                 vjps=None if w is None else [w] * K, fresh=run.ring(i, keep + 2))
         hist.insert(0, (xi, den))
-        del hist[order - 1:]
+        del hist[keep:]
     return run.result()
 
 
