@@ -54,3 +54,13 @@ def rng():
     seed = int.from_bytes(os.urandom(4), "little")
     print(f"[rng seed {seed}]")
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny-tensor tests (on a loaded 2-core machine more
+    threads cost up to 50x). Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -13,15 +13,8 @@ from conftest import assert_close
 from diffaccel.integrations import k_diffusion as kdp
 from diffaccel.models import GaussianMixture
 
-pytestmark = pytest.mark.filterwarnings("ignore:Should have ta>=t0:UserWarning")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.filterwarnings("ignore:Should have ta>=t0:UserWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ from conftest import assert_close
 from diffaccel.models import GaussianMixture
 
 # torchsde warns when k-diffusion's float32 sigma_min falls an ulp below the tree's start
-pytestmark = pytest.mark.filterwarnings("ignore:Should have ta>=t0:UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:Should have ta>=t0:UserWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 CASES = [
     ("sample_euler", {}), ("sample_euler", dict(s_churn=1.0)),
@@ -33,15 +34,6 @@ IDS = [n[7:] + "".join(f"-{k}={v}" for k, v in kw.items()) for n, kw in CASES]
 NOISE_SAMPLER = {"sample_euler_ancestral", "sample_dpm_2_ancestral", "sample_dpmpp_2s_ancestral",
                  "sample_dpmpp_sde", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde"}
 BROWNIAN = {"sample_dpmpp_sde", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread (on a loaded 2-core machine more threads cost 50x)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,7 @@ from diffaccel.models import GaussianMixture
 SMAX = 80.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def div_exact(gm, x, sigma):
