@@ -300,9 +300,9 @@ def log_likelihood(model, data, sigma_min, sigma_max, *, seed, batch_size, devic
     ``atol``, ...). Each rank solves its batches on its own, with no collective inside the
     solver (adaptive solvers take different step counts per rank and per point); then ``logp``
     (N,) and ``info["stderr"]`` (N,) are gathered in global order. ``info["steps"]`` (N,) is
-    the number of accepted steps of each point, ``info["nfe"]`` the (batched) model
-    evaluations over all ranks, ``info["local_nfe"]`` this rank's, ``info["indices"]`` this
-    rank's batches. A point that is non-finite (or makes the model return non-finite values)
+    the number of accepted steps of each point, ``info["nfe"]`` and ``info["vjps"]`` the (batched)
+    model evaluations and vector-Jacobian products over all ranks, ``info["local_nfe"]`` and
+    ``info["local_vjps"]`` this rank's, ``info["indices"]`` this rank's batches. A point that is non-finite (or makes the model return non-finite values)
     gets NaN, as in the one-process solver, without stopping the others. With
     ``gather=False``, ``logp`` and the per-point entries cover this rank's rows only."""
     from .sampling.likelihood import log_likelihood as _ll
@@ -312,7 +312,7 @@ def log_likelihood(model, data, sigma_min, sigma_max, *, seed, batch_size, devic
     rk = ranks(state, group)
     device = _device(device, rk, state)
     batches = split(N, batch_size, rk.world_size, rk.rank)
-    lps, ses, steps, nfe = [], [], [], 0
+    lps, ses, steps, nfe, vjps = [], [], [], 0, 0
     for rows in batches:
         x = _load(data, rows, device)
         lp, info = _ll(model, x, sigma_min, sigma_max, seed=sample_seeds(seed, rows, x.device),
@@ -323,16 +323,17 @@ def log_likelihood(model, data, sigma_min, sigma_max, *, seed, batch_size, devic
         steps.append(st.to(device=lp.device, dtype=torch.int64) if isinstance(st, torch.Tensor)
                      else torch.full((len(rows),), int(st), dtype=torch.int64, device=lp.device))
         nfe += int(info["nfe"])
+        vjps += int(info["vjps"])
     dev = lps[0].device if lps else (device or torch.device("cpu"))
     cat = (lambda ts, dt: torch.cat(ts) if ts else torch.empty(0, dtype=dt, device=dev))
     lp, se, st = cat(lps, torch.float64), cat(ses, torch.float64), cat(steps, torch.int64)
-    info = {"local_nfe": nfe, "indices": batches}
+    info = {"local_nfe": nfe, "local_vjps": vjps, "indices": batches}
     if gather:
         lp, se, st = _gather(lp, state, group), _gather(se, state, group), _gather(st, state, group)
-        total = torch.tensor([nfe], dtype=torch.int64)
-        info["nfe"] = int(all_reduce(total, state, group))
+        total = all_reduce(torch.tensor([nfe, vjps], dtype=torch.int64), state, group)
+        info["nfe"], info["vjps"] = int(total[0]), int(total[1])
     else:
-        info["nfe"] = None
+        info["nfe"] = info["vjps"] = None
     info.update(stderr=se, steps=st)
     return lp, info
 

@@ -107,7 +107,7 @@ def compute(seed, state=None):
         lp, info = dd.log_likelihood(model, p.data1, 0.01, 20.0, seed=s, batch_size=2,
                                      solver="dopri5", state=state)
     r["ll_dopri5"], r["ll_dopri5_steps"] = lp, info["steps"]
-    r["ll_dopri5_nfe"] = torch.tensor([info["nfe"], info["local_nfe"]])
+    r["ll_dopri5_nfe"] = torch.tensor([info["nfe"], info["local_nfe"], info["vjps"], info["local_vjps"]])
     r["ll_dopri5_collectives"] = torch.tensor([max(seen), calls.n])
     tab = dd.measure_mse(eps_model, p.images, p.abar, batch_size=1, passes=3, seed=s % 1000,
                          levels=LEVELS,

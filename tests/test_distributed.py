@@ -95,8 +95,11 @@ def check_ranks(results, seed, single_results):
                      what=f"seed {seed}, rank {rank}, all_reduce")
         # the dopri5 ranks did different work (2 batches vs 1) with no collective in between
         assert got["ll_dopri5_nfe"][0] == single_results["ll_dopri5_nfe"][0]
+        assert got["ll_dopri5_nfe"][2] == single_results["ll_dopri5_nfe"][2]  # vjps
     local = [int(r["ll_dopri5_nfe"][1]) for r in results]
     assert local[0] != local[1] and sum(local) == int(results[0]["ll_dopri5_nfe"][0])
+    local_vjps = [int(r["ll_dopri5_nfe"][3]) for r in results]
+    assert sum(local_vjps) == int(results[0]["ll_dopri5_nfe"][2]) > 0
     # no collective before the last model call; the gathers at the end, as many on each rank
     coll = [r["ll_dopri5_collectives"].tolist() for r in results]
     assert coll[0] == coll[1] and coll[0][0] == 0 and coll[0][1] > 0, coll
@@ -298,4 +301,4 @@ def test_world_of_one_and_errors(monkeypatch, rng):
     with pytest.warns(RuntimeWarning, match="1 of 2 samples"):
         dirty, _ = dd.log_likelihood(gm, data, 0.01, 20.0, seed=7, batch_size=2, steps=2)
     assert torch.isnan(dirty[2]) and torch.equal(dirty[[0, 1, 3, 4]], clean[[0, 1, 3, 4]])
-    assert lp.shape == (0,) and info["stderr"].shape == (0,) and info["nfe"] == 0
+    assert lp.shape == (0,) and info["stderr"].shape == (0,) and info["nfe"] == info["vjps"] == 0
