@@ -338,6 +338,14 @@ class _Run:
         den, w = self.denoise(x, sigma, vjp=True, probes=pr)
         return den, w, pr
 
+    def denoise_sde(self, sigma, final):
+        """(Dn, vjps, probes) at x for a stochastic sampler's step: the final step's (with the
+        probes its log-density needs) or an SDE step's (vjps only where its terms need them;
+        probes None: the step's own)."""
+        if final:
+            return self.denoise_final(self.x, sigma)
+        return self.denoise(self.x, sigma, vjp=self.sde_vjp()) + (None,)
+
 
 def _check_churn(run, s_churn, s_tmin, s_tmax):
     n = run.n
@@ -609,11 +617,7 @@ def _euler_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, disab
     for i in _steps(run.n, disable):
         sig, nxt, down, up = _ancestral(run, i, eta)
         final = nxt == 0
-        if final:
-            den, w, pr = run.denoise_final(run.x, sig)
-        else:
-            den, w = run.denoise(run.x, sig, vjp=run.sde_vjp())
-            pr = None
+        den, w, pr = run.denoise_sde(sig, final)
         run.report(i, den)
         ax, am = down / sig, (1 - down / sig,)
         if final:
@@ -640,11 +644,7 @@ def _dpm_2_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, disab
     for i in _steps(run.n, disable):
         sig, nxt, down, up = _ancestral(run, i, eta)
         final = nxt == 0
-        if final:
-            den, w, pr = run.denoise_final(run.x, sig)
-        else:
-            den, w = run.denoise(run.x, sig, vjp=run.sde_vjp())
-            pr = None
+        den, w, pr = run.denoise_sde(sig, final)
         run.report(i, den)
         if down == 0:
             terms = (run.final_terms(sig) if final else
@@ -679,11 +679,7 @@ def _dpmpp_2s_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, di
     for i in _steps(run.n, disable):
         sig, nxt, down, up = _ancestral(run, i, eta)
         final = nxt == 0
-        if final:
-            den, w, pr = run.denoise_final(run.x, sig)
-        else:
-            den, w = run.denoise(run.x, sig, vjp=run.sde_vjp())
-            pr = None
+        den, w, pr = run.denoise_sde(sig, final)
         run.report(i, den)
         G = 0.0 if final else s_noise * up
         q = sig * sig - nxt * nxt
@@ -726,10 +722,7 @@ def _dpmpp_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=Non
     for i in _steps(run.n, disable):
         sig, nxt = run.levels[i], run.levels[i + 1]
         final = nxt == 0
-        if final:
-            den, w, pr = run.denoise_final(run.x, sig)
-        else:
-            den, w = run.denoise(run.x, sig, vjp=run.sde_vjp())
+        den, w, pr = run.denoise_sde(sig, final)
         run.report(i, den)
         if final:
             run.step(i, [den], 0.0, (1.0,), terms=run.final_terms(sig),
@@ -789,10 +782,7 @@ def _dpmpp_2m_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=
     for i in _steps(run.n, disable):
         sig, nxt = run.levels[i], run.levels[i + 1]
         final = nxt == 0
-        if final:
-            den, w, pr = run.denoise_final(run.x, sig)
-        else:
-            den, w = run.denoise(run.x, sig, vjp=run.sde_vjp())
+        den, w, pr = run.denoise_sde(sig, final)
         run.report(i, den)
         if final:
             run.step(i, [den], 0.0, (1.0,), terms=run.final_terms(sig),
@@ -839,10 +829,7 @@ def _dpmpp_3m_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=
     for i in _steps(run.n, disable):
         sig, nxt = run.levels[i], run.levels[i + 1]
         final = nxt == 0
-        if final:
-            den, w, pr = run.denoise_final(run.x, sig)
-        else:
-            den, w = run.denoise(run.x, sig, vjp=run.sde_vjp())
+        den, w, pr = run.denoise_sde(sig, final)
         run.report(i, den)
         if final:
             run.step(i, [den], 0.0, (1.0,), terms=run.final_terms(sig),
