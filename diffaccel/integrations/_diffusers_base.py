@@ -29,7 +29,7 @@ import torch
 
 from .. import _validate
 from ..reference.step import coef_width
-from ..sampling.step import fused_step
+from ..sampling.step import fused_step_prepared
 
 # Columns of the coefficient rows (diffaccel.reference.step layout).
 AX, AZ, SX, C0, C1, C2, C3 = range(7)
@@ -107,11 +107,29 @@ def fold_x0(rA, cB, *, replace=False):
 def one_pass(x, model_output, rA, cB, *, clip=None, z=None, seeds=None, logp=None, backend=None):
     """x_prev and x0 (both in x's dtype) in one fused pass from rows A and B (B, W1) and (B, W2)."""
     coef, ycoef = fold_x0(rA, cB)
+    return one_pass_folded(x, model_output, coef, ycoef, clip=clip, z=z, seeds=seeds, logp=logp,
+                           backend=backend)
+
+
+def one_pass_folded(x, model_output, coef, ycoef, *, clip=None, z=None, seeds=None, logp=None,
+                    backend=None):
+    """:func:`one_pass` from the folded rows (coef, ycoef) of :func:`fold_x0` (B, ...) each.
+
+    x: contiguous, the step's compute dtype; model_output checked against it (check_model_output)."""
     x0 = torch.empty_like(x)
-    prev = fused_step(x, [model_output], coef, ycoef=ycoef, y_out=x0, clip=clip, z=z, seed=seeds,
-                      dist="normal" if seeds is not None else None, out=torch.empty_like(x),
-                      logp=logp, backend=backend)
+    prev = fused_step_prepared(x, [model_output], coef, ycoef=ycoef, y_out=x0, clip=clip, z=z,
+                               seed=seeds, dist="normal" if seeds is not None else None,
+                               out=torch.empty_like(x), logp=logp, backend=backend)
     return prev, x0
+
+
+def folded_rows(tables, idx, B):
+    """(coef, ycoef) (B, ...) of the rows ``idx`` ((1,) device index) of folded tables (the
+    per-row :func:`fold_x0` of a scheduler's table, built once per schedule): one index_select
+    per table, broadcast over the batch."""
+    coef, ycoef = tables
+    return (coef.index_select(0, idx).expand(B, coef.shape[1]),
+            ycoef.index_select(0, idx).expand(B, ycoef.shape[1]))
 
 
 def with_logp_dim(cB, D):

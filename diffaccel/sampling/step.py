@@ -272,3 +272,39 @@ def fused_step(x, models, coef, *, logp=None, logp_var=None, z=None, seed=None, 
 
 def is_number(v):
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+_NO_PROBES = DISTS.index("rademacher")  # fused_step's default probe_dist (no probes drawn)
+
+
+def fused_step_prepared(x, models, coef, *, out, ycoef=None, y_out=None, z=None, seed=None,
+                        dist=None, logp=None, clip=None, backend=None):
+    """:func:`fused_step` for callers that built its arguments themselves (the accelerated
+    diffusers schedulers): same result, without re-checking what holds by construction.
+
+    The caller guarantees: x a contiguous float32/bfloat16/float16 (B, *S) tensor; models shaped
+    like x on x's device, floating-point; coef (B, coef_width(K)) and ycoef (B, y_width(K))
+    floating-point on x's device; out and y_out fresh contiguous tensors of x's dtype and shape
+    (not x); clip None or a float > 0; seed None or int64 seeds from ``_validate.seeds``. What a
+    user hands in (z, logp) and everything else (float64, the reference backend) takes the
+    checked path of :func:`fused_step`."""
+    if z is not None or logp is not None or x.dtype == torch.float64:
+        return fused_step(x, models, coef, ycoef=ycoef, y_out=y_out, clip=clip, z=z, seed=seed,
+                          dist=dist, out=out, logp=logp, backend=backend)
+    name = _validate.pick_backend(backend, x, "x", "sample_step")
+    if name == "reference":
+        return fused_step(x, models, coef, ycoef=ycoef, y_out=y_out, clip=clip, z=z, seed=seed,
+                          dist=dist, out=out, logp=logp, backend=backend)
+    dt = x.dtype
+    empty = x.new_empty(0, dtype=torch.float32)
+    if dist is None:
+        dist_code, seeds = -1, torch.zeros(1, dtype=torch.int64, device=x.device)
+    else:
+        dist_code, seeds = _validate.dist(dist), seed
+    op("sample_step_out", name)(
+        x, out, empty, empty, [m.to(dt).contiguous() for m in models],
+        coef.to(torch.float32).contiguous(), None, seeds, 0, dist_code, None, [],
+        x.new_empty((0, *x.shape)), 0, _NO_PROBES,
+        None if ycoef is None else ycoef.to(torch.float32).contiguous(),
+        x.new_empty(0) if y_out is None else y_out, 0.0 if clip is None else float(clip))
+    return out
