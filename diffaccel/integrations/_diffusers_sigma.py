@@ -101,8 +101,12 @@ class _SigmaMixin(AcceleratedMixin):
         return fold_x0(tab[:, :W1], tab[:, W1:W1 + W2])
 
     def _da_advance(self, i):
-        """Move the device step counter past step i."""
-        self._da_i.copy_(i + 1)
+        """Move the device step counter past step i (i: this step's index, or the counter itself
+        when _da_index returned it)."""
+        if i is self._da_i:
+            self._da_i.add_(1)
+        else:
+            self._da_i.copy_(i + 1)
         if _validate.eager():
             self._da_started = True
 

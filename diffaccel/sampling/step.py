@@ -274,7 +274,12 @@ def is_number(v):
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
-_NO_PROBES = DISTS.index("rademacher")  # fused_step's default probe_dist (no probes drawn)
+_NO_PROBES = DISTS.index("rademacher")
+
+
+def _as(t, dtype):
+    """t as a contiguous ``dtype`` tensor (t itself when it is one: no dispatch)."""
+    return t if t.dtype == dtype and t.is_contiguous() else t.to(dtype).contiguous()  # fused_step's default probe_dist (no probes drawn)
 
 
 def fused_step_prepared(x, models, coef, *, out, ycoef=None, y_out=None, z=None, seed=None,
@@ -286,9 +291,10 @@ def fused_step_prepared(x, models, coef, *, out, ycoef=None, y_out=None, z=None,
     like x on x's device, floating-point; coef (B, coef_width(K)) and ycoef (B, y_width(K))
     floating-point on x's device; out and y_out fresh contiguous tensors of x's dtype and shape
     (not x); clip None or a float > 0; seed None or int64 seeds from ``_validate.seeds``. What a
-    user hands in (z, logp) and everything else (float64, the reference backend) takes the
-    checked path of :func:`fused_step`."""
-    if z is not None or logp is not None or x.dtype == torch.float64:
+    user may hand in, z (a given increment) and logp (a (B,) accumulator), is checked here as
+    fused_step checks it (the same named errors); float64 and the reference backend take
+    fused_step's checked path."""
+    if x.dtype == torch.float64:
         return fused_step(x, models, coef, ycoef=ycoef, y_out=y_out, clip=clip, z=z, seed=seed,
                           dist=dist, out=out, logp=logp, backend=backend)
     name = _validate.pick_backend(backend, x, "x", "sample_step")
@@ -297,14 +303,18 @@ def fused_step_prepared(x, models, coef, *, out, ycoef=None, y_out=None, z=None,
                           dist=dist, out=out, logp=logp, backend=backend)
     dt = x.dtype
     empty = x.new_empty(0, dtype=torch.float32)
-    if dist is None:
+    if z is not None:
+        z = _like_x(z, x, "z").to(dt).contiguous()
+    logp = empty if logp is None else _accumulator(logp, x, "logp")
+    if dist is None or z is not None:
         dist_code, seeds = -1, torch.zeros(1, dtype=torch.int64, device=x.device)
     else:
+        if seed is None:
+            raise ValueError("seed: required to draw the increment or the next probes")
         dist_code, seeds = _validate.dist(dist), seed
     op("sample_step_out", name)(
-        x, out, empty, empty, [m.to(dt).contiguous() for m in models],
-        coef.to(torch.float32).contiguous(), None, seeds, 0, dist_code, None, [],
-        x.new_empty((0, *x.shape)), 0, _NO_PROBES,
-        None if ycoef is None else ycoef.to(torch.float32).contiguous(),
+        x, out, logp, empty, [_as(m, dt) for m in models], _as(coef, torch.float32), z, seeds, 0,
+        dist_code, None, [], x.new_empty((0, *x.shape)), 0, _NO_PROBES,
+        None if ycoef is None else _as(ycoef, torch.float32),
         x.new_empty(0) if y_out is None else y_out, 0.0 if clip is None else float(clip))
     return out
