@@ -43,10 +43,11 @@ BM = 7  # row A's model column
 _KEY_SHIFT = 40
 
 
-def tensor_host_known(v):
-    """True when ``v``'s value can be read without a device synchronization."""
+def tensor_host_known(v, eager=None):
+    """True when ``v``'s value can be read without a device synchronization (``eager``:
+    ``_validate.eager()`` when the caller has it already)."""
     if isinstance(v, torch.Tensor):
-        return v.device.type == "cpu" and _validate.eager()
+        return v.device.type == "cpu" and (_validate.eager() if eager is None else eager)
     return isinstance(v, numbers.Real)
 
 
@@ -127,9 +128,16 @@ def folded_rows(tables, idx, B):
     """(coef, ycoef) (B, ...) of the rows ``idx`` ((1,) device index) of folded tables (the
     per-row :func:`fold_x0` of a scheduler's table, built once per schedule): one index_select
     per table, broadcast over the batch."""
-    coef, ycoef = tables
-    return (coef.index_select(0, idx).expand(B, coef.shape[1]),
-            ycoef.index_select(0, idx).expand(B, ycoef.shape[1]))
+    table, wc = tables
+    r = table.index_select(0, idx)
+    return r[:, :wc].expand(B, wc), r[:, wc:].expand(B, table.shape[1] - wc)
+
+
+def fold_table(rA, cB, *, replace=False):
+    """The folded rows of :func:`fold_x0` for every row of a table, as :func:`folded_rows` reads
+    them: (one (N, coef width + ycoef width) tensor, the coef width)."""
+    coef, ycoef = fold_x0(rA, cB, replace=replace)
+    return torch.cat([coef, ycoef], 1), coef.shape[1]
 
 
 def with_logp_dim(cB, D):

@@ -33,7 +33,7 @@ from ..reference.step import coef_width
 from ..sampling.step import fused_step, fused_step_prepared
 from . import _diffusers_logprob as _logprob
 from ._diffusers_base import (AX, AZ, BM, C0, C1, C2, SX, W1, backend_for, check_model_output,
-                              fold_x0, folded_rows, step_seeds, with_logp_dim)
+                              fold_table, folded_rows, step_seeds, with_logp_dim)
 from ._diffusers_sigma import _SigmaMixin, sigma_to_t
 
 AM = 7  # first model column; model k at AM + 3k
@@ -215,14 +215,14 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
     def _da_fold_tables(self, tab):
         """Folded (coef, ycoef) rows of every (steps taken capped at solver_order, step index):
         row ``i + n min(taken, K)`` holds step i's row A folded with row B of the order stock
-        takes there (``replace=True``: M takes x0's place), so a step reads one row per table."""
+        takes there (``replace=True``: M takes x0's place), so a step reads one row."""
         n, K = tab.shape[0], self.config.solver_order
         W = coef_width(K)
         i = torch.arange(n).repeat(K + 1)
         taken = torch.arange(K + 1).repeat_interleave(n)
         cols = W1 + (self._da_order(i, taken) - 1)[:, None] * W + torch.arange(W)[None]
         i, cols = i.to(tab.device), cols.to(tab.device)
-        return fold_x0(tab.index_select(0, i)[:, :W1], tab[i[:, None], cols], replace=True)
+        return fold_table(tab.index_select(0, i)[:, :W1], tab[i[:, None], cols], replace=True)
 
     def step(self, model_output, timestep, sample, generator=None, variance_noise=None,
              return_dict=True, *, seed=None):

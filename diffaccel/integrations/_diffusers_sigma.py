@@ -29,7 +29,7 @@ from ..sampling.step import fused_step
 from . import _diffusers_logprob as _logprob
 from ._diffusers_base import step_output
 from ._diffusers_base import (AM0, AM1, AX, AZ, BM, C1, C2, SM0, SX, W1, W2, AcceleratedMixin,
-                              backend_for, check_model_output, fold_x0, folded_rows, host_value,
+                              backend_for, check_model_output, fold_table, folded_rows, host_value,
                               one_pass_folded, step_seeds, tensor_host_known)
 
 SCALE = W1 + W2  # column: sqrt(s^2 + 1), the divisor of scale_model_input
@@ -97,16 +97,16 @@ class _SigmaMixin(AcceleratedMixin):
         self._da_on_build(device)
 
     def _da_fold_tables(self, tab):
-        """(coef, ycoef) tables, one folded row (fold_x0) per step: a step reads one row each."""
-        return fold_x0(tab[:, :W1], tab[:, W1:W1 + W2])
+        """Folded rows (fold_table), one per step: a step reads one row."""
+        return fold_table(tab[:, :W1], tab[:, W1:W1 + W2])
 
     def _da_advance(self, i):
         """Move the device step counter past step i (i: this step's index, or the counter itself
         when _da_index returned it)."""
-        if i is self._da_i:
+        if i is self._da_i:  # eager, and the flag is already set
             self._da_i.add_(1)
-        else:
-            self._da_i.copy_(i + 1)
+            return
+        self._da_i.copy_(i + 1)
         if _validate.eager():
             self._da_started = True
 
@@ -148,7 +148,7 @@ class _SigmaMixin(AcceleratedMixin):
             self._da_ts = self._da_ts.to(device)
             self._da_i = self._da_i.to(device)
             if self._da_fold is not None:
-                self._da_fold = tuple(t.to(device) for t in self._da_fold)
+                self._da_fold = (self._da_fold[0].to(device), self._da_fold[1])
             self._da_on_build_move(device)
         return self._da_tab
 
@@ -163,11 +163,13 @@ class _SigmaMixin(AcceleratedMixin):
         if isinstance(timestep, torch.Tensor) and timestep.numel() != 1:
             raise ValueError(f"timestep: expected one timestep, got shape {tuple(timestep.shape)}")
         self._da_state(device)
-        if tensor_host_known(timestep) and float(host_value(timestep)) not in self._da_ts_host:
+        eager = _validate.eager()
+        if (tensor_host_known(timestep, eager)
+                and float(host_value(timestep)) not in self._da_ts_host):
             raise ValueError(f"timestep: {float(host_value(timestep))} is not one of the "
                              f"scheduler's timesteps ({self.timesteps[:4].tolist()}...)")
         ctr = self._da_i
-        if self._da_started and _validate.eager():
+        if self._da_started and eager:
             # a step of ours set the counter (>= 0): the first step's lookup (a dozen small ops)
             # is not needed. Eager only: under torch.compile this host flag would be a guard
             # that changes after the first step (a recompile); there the device select stays.

@@ -32,7 +32,7 @@ from .. import _validate
 from . import _diffusers_logprob as _logprob
 from ._diffusers_base import step_output
 from ._diffusers_base import (AM0, AM1, AX, AZ, BM, C0, C1, C2, C3, SM0, SX, W1, W2,
-                              AcceleratedMixin, backend_for, check_model_output, fold_x0,
+                              AcceleratedMixin, backend_for, check_model_output, fold_table,
                               folded_rows, host_value, one_pass, one_pass_folded, step_seeds,
                               tensor_host_known, with_logp_dim)
 
@@ -108,7 +108,7 @@ class _VPMixin(AcceleratedMixin):
     _FOLDS_KEPT = 8
 
     def _da_folded(self, key, cB_fn):
-        """Folded (coef, ycoef) tables (fold_x0 of row A and ``cB_fn``'s row B, every row of the
+        """Folded rows (fold_table of row A and ``cB_fn``'s row B, every row of the
         device table, float32 as a step computes them, so the values are the same bits), cached
         per ``key`` (the per-call arguments cB_fn depends on) until the next set_timesteps."""
         folds = self._da_folds
@@ -117,7 +117,7 @@ class _VPMixin(AcceleratedMixin):
             if len(folds) >= self._FOLDS_KEPT:
                 folds.clear()
             tab = self._da_tab
-            f = folds[key] = fold_x0(tab[:, :W1], cB_fn(tab))
+            f = folds[key] = fold_table(tab[:, :W1], cB_fn(tab))
         return f
 
     def _da_index(self, timestep, device):
