@@ -126,18 +126,17 @@ def one_pass_folded(x, model_output, coef, ycoef, *, clip=None, z=None, seeds=No
 
 def folded_rows(tables, idx, B):
     """(coef, ycoef) (B, ...) of the rows ``idx`` ((1,) device index) of folded tables (the
-    per-row :func:`fold_x0` of a scheduler's table, built once per schedule): one index_select
-    per table, broadcast over the batch."""
-    table, wc = tables
-    r = table.index_select(0, idx)
-    return r[:, :wc].expand(B, wc), r[:, wc:].expand(B, table.shape[1] - wc)
+    per-row :func:`fold_x0` of a scheduler's table, built once per schedule, :func:`fold_table`):
+    one index_select per table."""
+    # (gathering the row B times gives the contiguous (B, ...) blocks the op takes in one call)
+    j = idx.expand(B)
+    return tables[0].index_select(0, j), tables[1].index_select(0, j)
 
 
 def fold_table(rA, cB, *, replace=False):
     """The folded rows of :func:`fold_x0` for every row of a table, as :func:`folded_rows` reads
-    them: (one (N, coef width + ycoef width) tensor, the coef width)."""
-    coef, ycoef = fold_x0(rA, cB, replace=replace)
-    return torch.cat([coef, ycoef], 1), coef.shape[1]
+    them: (coef (N, coef width), ycoef (N, ycoef width)), contiguous."""
+    return tuple(t.contiguous() for t in fold_x0(rA, cB, replace=replace))
 
 
 def with_logp_dim(cB, D):

@@ -148,7 +148,7 @@ class _SigmaMixin(AcceleratedMixin):
             self._da_ts = self._da_ts.to(device)
             self._da_i = self._da_i.to(device)
             if self._da_fold is not None:
-                self._da_fold = (self._da_fold[0].to(device), self._da_fold[1])
+                self._da_fold = tuple(t.to(device) for t in self._da_fold)
             self._da_on_build_move(device)
         return self._da_tab
 
