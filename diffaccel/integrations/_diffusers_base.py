@@ -29,7 +29,7 @@ import torch
 
 from .. import _validate
 from ..reference.step import coef_width
-from ..sampling.step import fused_step
+from ..sampling.step import fused_step_prepared
 
 # Columns of the coefficient rows (diffaccel.reference.step layout).
 AX, AZ, SX, C0, C1, C2, C3 = range(7)
@@ -43,10 +43,11 @@ BM = 7  # row A's model column
 _KEY_SHIFT = 40
 
 
-def tensor_host_known(v):
-    """True when ``v``'s value can be read without a device synchronization."""
+def tensor_host_known(v, eager=None):
+    """True when ``v``'s value can be read without a device synchronization (``eager``:
+    ``_validate.eager()`` when the caller has it already)."""
     if isinstance(v, torch.Tensor):
-        return v.device.type == "cpu" and _validate.eager()
+        return v.device.type == "cpu" and (_validate.eager() if eager is None else eager)
     return isinstance(v, numbers.Real)
 
 
@@ -107,11 +108,35 @@ def fold_x0(rA, cB, *, replace=False):
 def one_pass(x, model_output, rA, cB, *, clip=None, z=None, seeds=None, logp=None, backend=None):
     """x_prev and x0 (both in x's dtype) in one fused pass from rows A and B (B, W1) and (B, W2)."""
     coef, ycoef = fold_x0(rA, cB)
+    return one_pass_folded(x, model_output, coef, ycoef, clip=clip, z=z, seeds=seeds, logp=logp,
+                           backend=backend)
+
+
+def one_pass_folded(x, model_output, coef, ycoef, *, clip=None, z=None, seeds=None, logp=None,
+                    backend=None):
+    """:func:`one_pass` from the folded rows (coef, ycoef) of :func:`fold_x0` (B, ...) each.
+
+    x: contiguous, the step's compute dtype; model_output checked against it (check_model_output)."""
     x0 = torch.empty_like(x)
-    prev = fused_step(x, [model_output], coef, ycoef=ycoef, y_out=x0, clip=clip, z=z, seed=seeds,
-                      dist="normal" if seeds is not None else None, out=torch.empty_like(x),
-                      logp=logp, backend=backend)
+    prev = fused_step_prepared(x, [model_output], coef, ycoef=ycoef, y_out=x0, clip=clip, z=z,
+                               seed=seeds, dist="normal" if seeds is not None else None,
+                               out=torch.empty_like(x), logp=logp, backend=backend)
     return prev, x0
+
+
+def folded_rows(tables, idx, B):
+    """(coef, ycoef) (B, ...) of the rows ``idx`` ((1,) device index) of folded tables (the
+    per-row :func:`fold_x0` of a scheduler's table, built once per schedule, :func:`fold_table`):
+    one index_select per table."""
+    # (gathering the row B times gives the contiguous (B, ...) blocks the op takes in one call)
+    j = idx.expand(B)
+    return tables[0].index_select(0, j), tables[1].index_select(0, j)
+
+
+def fold_table(rA, cB, *, replace=False):
+    """The folded rows of :func:`fold_x0` for every row of a table, as :func:`folded_rows` reads
+    them: (coef (N, coef width), ycoef (N, ycoef width)), contiguous."""
+    return tuple(t.contiguous() for t in fold_x0(rA, cB, replace=replace))
 
 
 def with_logp_dim(cB, D):

@@ -30,10 +30,10 @@ from diffusers.schedulers.scheduling_flow_match_euler_discrete import \
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
 from ..reference.step import coef_width
-from ..sampling.step import fused_step
+from ..sampling.step import fused_step, fused_step_prepared
 from . import _diffusers_logprob as _logprob
 from ._diffusers_base import (AX, AZ, BM, C0, C1, C2, SX, W1, backend_for, check_model_output,
-                              fold_x0, step_seeds, with_logp_dim)
+                              fold_table, folded_rows, step_seeds, with_logp_dim)
 from ._diffusers_sigma import _SigmaMixin, sigma_to_t
 
 AM = 7  # first model column; model k at AM + 3k
@@ -198,17 +198,31 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
     def _da_on_build_move(self, device):
         self._da_taken = self._da_taken.to(device)
 
-    def _da_order(self, i):
-        """(1,) device order of the step at index i (stock's rule)."""
+    def _da_order(self, i, taken=None):
+        """Order of the step at index i (stock's rule) after ``taken`` steps (default: the device
+        count); i, taken: int64 tensors of one shape (the (1,) device values, or the host grid
+        of ``_da_fold_tables``)."""
         cfg = self.config
         n = len(self.timesteps)
         final = cfg.euler_at_final or (cfg.lower_order_final and n < 15) or cfg.final_sigmas_type == "zero"
         second = cfg.lower_order_final and n < 15
-        taken = self._da_taken
+        taken = self._da_taken if taken is None else taken
         o1 = (taken < 1) | ((i == n - 1) & final)
         o2 = (taken < 2) | ((i == n - 2) & second)
         order = torch.where(o1, 1, torch.where(o2, 2, 3))
         return order.clamp(max=cfg.solver_order)
+
+    def _da_fold_tables(self, tab):
+        """Folded (coef, ycoef) rows of every (steps taken capped at solver_order, step index):
+        row ``i + n min(taken, K)`` holds step i's row A folded with row B of the order stock
+        takes there (``replace=True``: M takes x0's place), so a step reads one row."""
+        n, K = tab.shape[0], self.config.solver_order
+        W = coef_width(K)
+        i = torch.arange(n).repeat(K + 1)
+        taken = torch.arange(K + 1).repeat_interleave(n)
+        cols = W1 + (self._da_order(i, taken) - 1)[:, None] * W + torch.arange(W)[None]
+        i, cols = i.to(tab.device), cols.to(tab.device)
+        return fold_table(tab.index_select(0, i)[:, :W1], tab[i[:, None], cols], replace=True)
 
     def step(self, model_output, timestep, sample, generator=None, variance_noise=None,
              return_dict=True, *, seed=None):
@@ -221,7 +235,6 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
         tab, i = self._da_begin(model_output, timestep, sample, reject_index=False)
         B, dev = sample.shape[0], sample.device
         K = self.config.solver_order
-        W = coef_width(K)
         cd = torch.promote_types(sample.dtype, model_output.dtype)
         for k, m in enumerate(self.model_outputs):
             if m is not None and (m.shape != sample.shape or m.device != dev):
@@ -237,21 +250,19 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
                 z = z.to(device=dev, dtype=torch.float32)
         # (seeds checked before any state moves: a bad seed leaves the scheduler as it was)
         seeds = step_seeds(seed if seed is not None else self._da_seed, B, dev, i) if kernel_draw else None
-        order = self._da_order(i)
-        r = tab.index_select(0, i)
         x = sample.to(torch.float32).contiguous()
         x0 = torch.empty_like(x)  # this step's history entry: the y line's output
         # m1, m2: past x0s (unused slots, before K steps were taken, get zero coefficients)
         past = [m if m is not None else x for m in reversed(self.model_outputs[1:])]
-        cols = W1 + (order - 1) * W + torch.arange(W, device=dev)
-        cB = r.index_select(1, cols).expand(B, W)
+        # this step's folded row: (step i, steps taken capped at K), see _da_fold_tables
+        row = torch.add(i, self._da_taken.clamp(max=K), alpha=tab.shape[0])
+        coef, ycoef = folded_rows(self._da_fold, row, B)
         logp = self._da_logp_buffer(B, dev, x)
         if logp is not None:
-            cB = with_logp_dim(cB, x[0].numel())
-        coef, ycoef = fold_x0(r[:, :W1].expand(B, W1), cB, replace=True)
-        prev = fused_step(x, [model_output] + past[:K - 1], coef, ycoef=ycoef, y_out=x0, z=z,
-                          seed=seeds, dist="normal" if kernel_draw else None,
-                          out=torch.empty_like(x), logp=logp, backend=backend_for(x.dtype))
+            coef = with_logp_dim(coef, x[0].numel())
+        prev = fused_step_prepared(x, [model_output] + past[:K - 1], coef, ycoef=ycoef, y_out=x0,
+                                   z=z, seed=seeds, dist="normal" if kernel_draw else None,
+                                   out=torch.empty_like(x), logp=logp, backend=backend_for(x.dtype))
         for k in range(K - 1):
             self.model_outputs[k] = self.model_outputs[k + 1]
         self.model_outputs[-1] = x0
@@ -259,7 +270,7 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
         self.model_outputs = [m if m is not None else torch.zeros_like(x0) for m in self.model_outputs]
         self._da_hist = self.model_outputs
         self._da_taken.add_(1)
-        self._da_i.copy_(i + 1)
+        self._da_advance(i)
         prev = prev.to(cd)
         if not return_dict:
             return (prev,)
@@ -281,6 +292,9 @@ class FlowMatchEulerDiscreteScheduler(_SigmaMixin, _StockFlow):
     def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None, timesteps=None):
         super().set_timesteps(num_inference_steps, device, sigmas, mu, timesteps)
         self._da_build(self.timesteps.device)
+
+    def _da_fold_tables(self, tab):
+        return None  # no x0 line: the step reads the table's row as it is
 
     def _da_make_table(self):
         s = self.sigmas.to(torch.float64).cpu()
@@ -342,12 +356,12 @@ class FlowMatchEulerDiscreteScheduler(_SigmaMixin, _StockFlow):
             else:
                 check_model_output(prev_sample, sample)
                 lp, _ = _logprob.rescore(x, model_output, prev_sample, **rows)
-            self._da_i.copy_(i + 1)
+            self._da_advance(i)
             return prev_sample, lp
         prev = fused_step(x, [model_output], tab.index_select(0, i).expand(B, W), z=z, seed=seeds,
                           dist="normal" if kernel_draw else None, out=torch.empty_like(x),
                           backend=backend_for(x.dtype))
-        self._da_i.copy_(i + 1)
+        self._da_advance(i)
         prev = prev.to(model_output.dtype)
         if not return_dict:
             return (prev,)

@@ -24,12 +24,13 @@ from diffusers.schedulers.scheduling_euler_ancestral_discrete import \
     EulerAncestralDiscreteSchedulerOutput
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
 
+from .. import _validate
 from ..sampling.step import fused_step
 from . import _diffusers_logprob as _logprob
 from ._diffusers_base import step_output
 from ._diffusers_base import (AM0, AM1, AX, AZ, BM, C1, C2, SM0, SX, W1, W2, AcceleratedMixin,
-                              backend_for, check_model_output, host_value,
-                              one_pass, step_seeds, tensor_host_known)
+                              backend_for, check_model_output, fold_table, folded_rows, host_value,
+                              one_pass_folded, step_seeds, tensor_host_known)
 
 SCALE = W1 + W2  # column: sqrt(s^2 + 1), the divisor of scale_model_input
 
@@ -49,6 +50,8 @@ def sigma_to_t(sigmas, alphas_cumprod):
 
 class _SigmaMixin(AcceleratedMixin):
     PREDICTIONS = ("epsilon", "v_prediction", "sample")
+    _da_started = False
+    _da_fold = None
 
     def _da_check_config(self):
         if self.config.prediction_type not in self.PREDICTIONS:
@@ -88,7 +91,24 @@ class _SigmaMixin(AcceleratedMixin):
         self._da_ts = self.timesteps.to(device=device, dtype=torch.float32)
         self._da_ts_host = frozenset(float(t) for t in self.timesteps.tolist())
         self._da_i = torch.full((1,), -1, dtype=torch.int64, device=device)
+        # the host knows the counter is >= 0 once a step advanced it (eager mode only: see _da_index)
+        self._da_started = False
+        self._da_fold = self._da_fold_tables(self._da_tab)
         self._da_on_build(device)
+
+    def _da_fold_tables(self, tab):
+        """Folded rows (fold_table), one per step: a step reads one row."""
+        return fold_table(tab[:, :W1], tab[:, W1:W1 + W2])
+
+    def _da_advance(self, i):
+        """Move the device step counter past step i (i: this step's index, or the counter itself
+        when _da_index returned it)."""
+        if i is self._da_i:  # eager, and the flag is already set
+            self._da_i.add_(1)
+            return
+        self._da_i.copy_(i + 1)
+        if _validate.eager():
+            self._da_started = True
 
     def _da_on_build(self, device):
         pass
@@ -127,6 +147,8 @@ class _SigmaMixin(AcceleratedMixin):
             self._da_tab = self._da_tab.to(device)
             self._da_ts = self._da_ts.to(device)
             self._da_i = self._da_i.to(device)
+            if self._da_fold is not None:
+                self._da_fold = tuple(t.to(device) for t in self._da_fold)
             self._da_on_build_move(device)
         return self._da_tab
 
@@ -141,10 +163,17 @@ class _SigmaMixin(AcceleratedMixin):
         if isinstance(timestep, torch.Tensor) and timestep.numel() != 1:
             raise ValueError(f"timestep: expected one timestep, got shape {tuple(timestep.shape)}")
         self._da_state(device)
-        if tensor_host_known(timestep) and float(host_value(timestep)) not in self._da_ts_host:
+        eager = _validate.eager()
+        if (tensor_host_known(timestep, eager)
+                and float(host_value(timestep)) not in self._da_ts_host):
             raise ValueError(f"timestep: {float(host_value(timestep))} is not one of the "
                              f"scheduler's timesteps ({self.timesteps[:4].tolist()}...)")
         ctr = self._da_i
+        if self._da_started and eager:
+            # a step of ours set the counter (>= 0): the first step's lookup (a dozen small ops)
+            # is not needed. Eager only: under torch.compile this host flag would be a guard
+            # that changes after the first step (a recompile); there the device select stays.
+            return ctr
         if self._begin_index is not None:
             first = torch.full_like(ctr, self._begin_index)
         else:
@@ -171,22 +200,23 @@ class _SigmaMixin(AcceleratedMixin):
         x = sample.to(torch.float32).contiguous()
         be = backend_for(x.dtype)
         z, kernel_draw = self._da_noise(model_output, generator, None, seed, draw, model_output.dtype)
-        r = tab.index_select(0, i)
         if prev_sample is not None:
             if not return_logprob:
                 raise ValueError("prev_sample: only used with return_logprob=True (re-scoring)")
             check_model_output(prev_sample, sample)
         if return_logprob:
+            r = tab.index_select(0, i)
             out = self._da_logprob(model_output, x, r, z, kernel_draw, prev_sample, seed, i)
-            self._da_i.copy_(i + 1)
+            self._da_advance(i)
             return out
         seeds = None
         if kernel_draw:
             seeds = step_seeds(seed if seed is not None else self._da_seed, B, dev, i)
         logp = self._da_logp_buffer(B, dev, x)
-        prev, x0 = one_pass(x, model_output, r[:, :W1].expand(B, W1), r[:, W1:W1 + W2].expand(B, W2),
-                            z=z, seeds=seeds, logp=logp, backend=be)
-        self._da_i.copy_(i + 1)
+        coef, ycoef = folded_rows(self._da_fold, i, B)
+        prev, x0 = one_pass_folded(x, model_output, coef, ycoef, z=z, seeds=seeds, logp=logp,
+                                   backend=be)
+        self._da_advance(i)
         return prev.to(model_output.dtype), x0
 
 
@@ -292,7 +322,7 @@ def _churn_step(self, model_output, timestep, sample, s_churn, s_tmin, s_tmax, s
     prev = fused_step(x, [model_output, zz], make_coef(B, ax=1 + k, am=(0.0, (1 + k) * c), device=dev),
                       ycoef=make_ycoef(B, bx=bx, ay=-k, bm=(bm, bx * c), device=dev), y_out=x0,
                       out=torch.empty_like(x), backend=backend_for(x.dtype))
-    self._da_i.copy_(i + 1)
+    self._da_advance(i)
     prev = prev.to(model_output.dtype)
     if not return_dict:
         return (prev, x0)

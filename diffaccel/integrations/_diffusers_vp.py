@@ -28,12 +28,13 @@ from diffusers import DDPMScheduler as _StockDDPM
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 
+from .. import _validate
 from . import _diffusers_logprob as _logprob
 from ._diffusers_base import step_output
 from ._diffusers_base import (AM0, AM1, AX, AZ, BM, C0, C1, C2, C3, SM0, SX, W1, W2,
-                              AcceleratedMixin, backend_for, check_model_output,
-                              host_value, one_pass, step_seeds, tensor_host_known,
-                              with_logp_dim)
+                              AcceleratedMixin, backend_for, check_model_output, fold_table,
+                              folded_rows, host_value, one_pass, one_pass_folded, step_seeds,
+                              tensor_host_known, with_logp_dim)
 
 PREDICTIONS = ("epsilon", "sample", "v_prediction")
 
@@ -96,11 +97,28 @@ class _VPMixin(AcceleratedMixin):
         tab = self._da_table(a, 1 - a, a_prev)
         self._da_tab = tab.to(device=device, dtype=torch.float32)
         self._da_tab_cpu = tab
+        self._da_folds = {}
 
     def _da_device_tab(self, device):
         if self._da_tab.device != device:
             self._da_tab = self._da_tab.to(device)
+            self._da_folds = {}
         return self._da_tab
+
+    _FOLDS_KEPT = 8
+
+    def _da_folded(self, key, cB_fn):
+        """Folded rows (fold_table of row A and ``cB_fn``'s row B, every row of the
+        device table, float32 as a step computes them, so the values are the same bits), cached
+        per ``key`` (the per-call arguments cB_fn depends on) until the next set_timesteps."""
+        folds = self._da_folds
+        f = folds.get(key)
+        if f is None:
+            if len(folds) >= self._FOLDS_KEPT:
+                folds.clear()
+            tab = self._da_tab
+            f = folds[key] = fold_table(tab[:, :W1], cB_fn(tab))
+        return f
 
     def _da_index(self, timestep, device):
         """(1,) int64 row index on ``device`` (the timestep itself); named error when a timestep
@@ -121,9 +139,10 @@ class _VPMixin(AcceleratedMixin):
         return torch.tensor([int(timestep)], dtype=torch.int64, device=device)
 
     def _da_run(self, model_output, timestep, sample, cB_fn, draw, generator, variance_noise, seed,
-                clip, return_logprob=False, prev_sample=None):
+                clip, return_logprob=False, prev_sample=None, fold_key=None):
         """One fused pass: returns (prev_sample, pred_original_sample) in stock's dtype, plus the
-        transition log-probability with ``return_logprob``."""
+        transition log-probability with ``return_logprob``. ``fold_key``: cB_fn's arguments when
+        its rows can be folded once for the whole table (:meth:`_da_folded`), None: per step."""
         check_model_output(model_output, sample)
         if prev_sample is not None:
             if not return_logprob:
@@ -138,21 +157,31 @@ class _VPMixin(AcceleratedMixin):
         be = backend_for(cd)
         z, kernel_draw = self._da_noise(model_output, generator, variance_noise, seed, draw,
                                         model_output.dtype)
-        r = tab.index_select(0, idx)
-        cB = cB_fn(r)
         if return_logprob:
+            r = tab.index_select(0, idx)
+            cB = cB_fn(r)
             return self._da_logprob(model_output, sample, r, cB, clip, z, kernel_draw, prev_sample,
                                     timestep, seed, generator)
         seeds = None
         if kernel_draw:
             seeds = step_seeds(seed if seed is not None else self._da_seed, B, dev, idx)
         logp = self._da_logp_buffer(B, dev, x)
+        clip = self.config.clip_sample_range if clip else None
+        # x0 (clamped with clip_sample) and x_prev from it, in one pass. The cache of folded tables
+        # is eager only: filled while torch.compile traces, it would change the guarded state
+        # after the first call (a recompile); a compiled graph folds its row itself.
+        if fold_key is None or not _validate.eager():
+            r = tab.index_select(0, idx)
+            cB = cB_fn(r)
+            if logp is not None:
+                cB = with_logp_dim(cB, x[0].numel())
+            return one_pass(x, model_output, r[:, :W1].expand(B, W1), cB.expand(B, W2),
+                            clip=clip, z=z, seeds=seeds, logp=logp, backend=be)
+        coef, ycoef = folded_rows(self._da_folded(fold_key, cB_fn), idx, B)
         if logp is not None:
-            cB = with_logp_dim(cB, x[0].numel())
-        # x0 (clamped with clip_sample) and x_prev from it, in one pass
-        return one_pass(x, model_output, r[:, :W1].expand(B, W1), cB.expand(B, W2),
-                        clip=self.config.clip_sample_range if clip else None, z=z, seeds=seeds,
-                        logp=logp, backend=be)
+            coef = with_logp_dim(coef, x[0].numel())
+        return one_pass_folded(x, model_output, coef, ycoef, clip=clip, z=z, seeds=seeds, logp=logp,
+                               backend=be)
 
     def _da_logprob(self, model_output, sample, r, cB, clip, z, kernel_draw, prev_sample,
                     timestep, seed, generator):
@@ -233,7 +262,8 @@ class DDPMScheduler(_VPMixin, _StockDDPM):
         integer tensor, noise drawn in the kernel (batch-invariant with per-sample seeds)."""
         draw = (host_value(timestep) > 0) if tensor_host_known(timestep) else None
         res = self._da_run(model_output, timestep, sample, lambda r: r[:, W1:], draw,
-                           generator, None, seed, self.config.clip_sample, return_logprob, prev_sample)
+                           generator, None, seed, self.config.clip_sample, return_logprob, prev_sample,
+                           fold_key="ddpm")
         return step_output(res, return_logprob, return_dict, DDPMSchedulerOutput)
 
 
@@ -359,7 +389,7 @@ class DDIMScheduler(_VPMixin, _StockDDIM):
         res = self._da_run(model_output, timestep, sample, coef_b, eta > 0,
                            generator, variance_noise if eta > 0 else None,
                            seed if eta > 0 else None, self.config.clip_sample, return_logprob,
-                           prev_sample)
+                           prev_sample, fold_key=None if track else (eta, q))
         if track and divergence is not None:
             lp = self.logp
             lp.add_(wd[0].reshape(1).to(lp.dtype) * divergence.to(lp.dtype))

@@ -272,3 +272,49 @@ def fused_step(x, models, coef, *, logp=None, logp_var=None, z=None, seed=None, 
 
 def is_number(v):
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+_NO_PROBES = DISTS.index("rademacher")
+
+
+def _as(t, dtype):
+    """t as a contiguous ``dtype`` tensor (t itself when it is one: no dispatch)."""
+    return t if t.dtype == dtype and t.is_contiguous() else t.to(dtype).contiguous()  # fused_step's default probe_dist (no probes drawn)
+
+
+def fused_step_prepared(x, models, coef, *, out, ycoef=None, y_out=None, z=None, seed=None,
+                        dist=None, logp=None, clip=None, backend=None):
+    """:func:`fused_step` for callers that built its arguments themselves (the accelerated
+    diffusers schedulers): same result, without re-checking what holds by construction.
+
+    The caller guarantees: x a contiguous float32/bfloat16/float16 (B, *S) tensor; models shaped
+    like x on x's device, floating-point; coef (B, coef_width(K)) and ycoef (B, y_width(K))
+    floating-point on x's device; out and y_out fresh contiguous tensors of x's dtype and shape
+    (not x); clip None or a float > 0; seed None or int64 seeds from ``_validate.seeds``. What a
+    user may hand in, z (a given increment) and logp (a (B,) accumulator), is checked here as
+    fused_step checks it (the same named errors); float64 and the reference backend take
+    fused_step's checked path."""
+    if x.dtype == torch.float64:
+        return fused_step(x, models, coef, ycoef=ycoef, y_out=y_out, clip=clip, z=z, seed=seed,
+                          dist=dist, out=out, logp=logp, backend=backend)
+    name = _validate.pick_backend(backend, x, "x", "sample_step")
+    if name == "reference":
+        return fused_step(x, models, coef, ycoef=ycoef, y_out=y_out, clip=clip, z=z, seed=seed,
+                          dist=dist, out=out, logp=logp, backend=backend)
+    dt = x.dtype
+    empty = x.new_empty(0, dtype=torch.float32)
+    if z is not None:
+        z = _like_x(z, x, "z").to(dt).contiguous()
+    logp = empty if logp is None else _accumulator(logp, x, "logp")
+    if dist is None or z is not None:
+        dist_code, seeds = -1, torch.zeros(1, dtype=torch.int64, device=x.device)
+    else:
+        if seed is None:
+            raise ValueError("seed: required to draw the increment or the next probes")
+        dist_code, seeds = _validate.dist(dist), seed
+    op("sample_step_out", name)(
+        x, out, logp, empty, [_as(m, dt) for m in models], _as(coef, torch.float32), z, seeds, 0,
+        dist_code, None, [], x.new_empty((0, *x.shape)), 0, _NO_PROBES,
+        None if ycoef is None else _as(ycoef, torch.float32),
+        x.new_empty(0) if y_out is None else y_out, 0.0 if clip is None else float(clip))
+    return out
