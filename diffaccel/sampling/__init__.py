@@ -1,6 +1,6 @@
 """Samplers with in-place log-density tracking (docs/math.md Section 3) on one fused step op.
 
-- :func:`fused_step` / :func:`make_coef`: the fused step (``torch.ops.diffaccel.sample_step``)
+- :func:`fused_step` / :func:`make_coef` / :func:`make_ycoef`: the fused step (``torch.ops.diffaccel.sample_step``)
   on the reference, cpu (C++), triton and cuda backends.
 - k-diffusion's samplers with its exact signatures (k_samplers.py): :func:`sample_euler`,
   :func:`sample_euler_ancestral`, :func:`sample_heun`, :func:`sample_dpm_2`,
@@ -22,9 +22,9 @@ from .k_samplers import (K_SAMPLERS, sample_dpm_2, sample_dpm_2_ancestral, sampl
 from .priors import EmpiricalPrior, MatchedPrior
 from .samplers import (PROBE_BASE, VPEpsDenoiser, ancestral_step, prior_logp, sample_ddim,
                        sample_euler_maruyama, sample_hd)
-from .step import coef_width, fused_step, make_coef
+from .step import coef_width, fused_step, make_coef, make_ycoef
 
-__all__ = ["fused_step", "make_coef", "coef_width", "sample_euler", "sample_heun",
+__all__ = ["fused_step", "make_coef", "make_ycoef", "coef_width", "sample_euler", "sample_heun",
            "sample_euler_ancestral", "sample_dpm_2", "sample_dpm_2_ancestral", "sample_lms",
            "sample_dpmpp_2s_ancestral", "sample_dpmpp_sde", "sample_dpmpp_2m",
            "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde", "K_SAMPLERS",
