@@ -186,6 +186,7 @@ def triton_configs():
     from diffaccel.kernels import step as S
     from diffaccel.kernels import stroke as K
     from diffaccel.kernels import vrg as V
+    from triton_cases_step import step_signature  # (tests/, beside this file)
 
     out = []
     seeds = {"seeds_ptr": "*i64"}
@@ -239,12 +240,7 @@ def triton_configs():
                                      ("fp32", 3, False, "max", True), ("fp16", 8, True, "max", True)):
         warps = S.num_warps(K_)
         block = S.max_block(K_) if blocks == "max" else S.min_program_elems(warps)
-        sig = {name: f"*{dt}" for name in ["x_ptr", "out_ptr", "z_ptr", "probes_ptr", "probes_out_ptr"]
-               + [f"m{i}" for i in range(8)] + [f"w{i}" for i in range(8)]}
-        sig.update({"coef_ptr": "*fp32", "seeds_ptr": "*i64", "partial_ptr": "*fp32", "B": "i32",
-                    "D": "i32", "CHUNK": "i32", "offset": "i64", "probe_offset": "i64", "P": "i32",
-                    "P_out": "i32", "W": "i32",
-                    "ycoef_ptr": "*fp32", "y_out_ptr": f"*{dt}", "clip": "fp32"})
+        sig = step_signature(dt)
         ykw = {"Y": True, "Y_OUT": True, "CLIP": True} if y else {}
         out.append(("sample_step", f"{dt},K={K_},hutch={hutch},BLOCK={block}" + (",y" if y else ""),
                     S._sample_step_kernel, sig, {"K": K_, "DIST": 0, "HAS_Z": False, "TRACK": True,
