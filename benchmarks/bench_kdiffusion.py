@@ -17,7 +17,7 @@ Columns (milliseconds per step, median over repeats of the whole loop):
 - ``model``: one call of the cheap model, for scale.
 
 k-diffusion is loaded from the installed wheel with its package stubbed (see
-tests/kdiffusion_real.py); install it with ``pip install --no-deps k-diffusion==0.1.1.post1
+tests/support/kdiffusion_real.py); install it with ``pip install --no-deps k-diffusion==0.1.1.post1
 torchsde torchdiffeq trampoline``.
 """
 import argparse
@@ -27,7 +27,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "support"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_step import time_call  # noqa: E402

@@ -7,10 +7,9 @@ import numbers
 import torch
 
 from .backends import requested, select
-from .library import DISTS, TARGETS
+from .layout import DISTS, MAX_SCALES, TARGETS
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-MAX_SCALES = 8
 
 
 def eager():

@@ -11,9 +11,8 @@ Integer codes: dist normal=0, laplace=1, uniform=2, rademacher=3; target eps=0, 
 import torch
 
 from . import _ext
+from .layout import DISTS, TARGETS  # noqa: F401  (re-exported)
 
-DISTS = ("normal", "laplace", "uniform", "rademacher")
-TARGETS = ("eps", "x0", "v")
 
 SCHEMAS = {
     # [*shape, 4] int64: the four uint32 Philox outputs per element

@@ -23,9 +23,10 @@ import torch
 import triton
 import triton.language as tl
 
+from diffaccel.layout import MAX_MODELS
+
 from .random import draw
 
-MAX_MODELS = 8
 HEAD = 7
 PROGRAMS_PER_SM = 4   # on CUDA, aim at this many programs per SM in all
 SPLIT_BLOCK = 128     # splits reduced per iteration of the finish kernel

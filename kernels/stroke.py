@@ -118,7 +118,7 @@ def _stroke_noise_tile_kernel(x0_ptr, alpha_ptr, sigma_ptr, wx_ptr, we_ptr, seed
 # The tile path takes power-of-two scales up to MAX_TILE_SCALE. At T = 32 or 64 the compiled
 # kernel either spills (4 warps: 255 registers and a stack; T = 64 spills KBs at any warp count)
 # or allows a single program per SM (8 warps: 192 registers; 16 warps: 94), so those scale sets
-# take the general path (tests/test_gpu_codegen.py checks every tile side the launcher picks).
+# take the general path (tests/build/test_gpu_codegen.py checks every tile side the launcher picks).
 MAX_TILE_SCALE = 16
 TILE_WARPS = {16: 4}
 

@@ -10,7 +10,7 @@ import torch
 import diffaccel
 import diffaccel.sampling as S
 import diffaccel.schedules as sch
-from conftest import assert_close
+from support import assert_close
 from diffaccel import _ext, _validate
 from diffaccel.models import CurieWeiss, GaussianMixture
 

@@ -19,7 +19,7 @@ from diffaccel.demo import data as D  # noqa: E402
 from diffaccel.demo import metrics as M  # noqa: E402
 from diffaccel.demo import train as T  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import ROOT  # noqa: E402
 
 
 # ------------------------------------------------------------------ the whole demo, --quick

@@ -11,7 +11,9 @@ import sys
 
 import pytest
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+from support import ROOT  # noqa: E402
+
+README = os.path.join(ROOT, "README.md")
 NO_RUN = re.compile(r"^\s*<!--\s*no-run:\s*(.*?)\s*-->\s*$")
 
 

@@ -11,7 +11,7 @@ _MASK32 = 0xFFFFFFFF
 _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
 _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
 _UNIFORM_SCALE = 4.6566127342e-10
-DISTS = ("normal", "laplace", "uniform", "rademacher")
+from ..layout import DISTS
 
 
 def _mul32(a, b):

@@ -32,17 +32,7 @@ import torch
 
 from .random import DISTS, noise
 
-COEF_HEAD = 7  # ax, az, sx, c0, c1, c2, c3
-COEF_PER_MODEL = 3  # am, sm, cw
-Y_HEAD = 5  # bx, ay, sy, cz, cn (then bm_k)
-
-
-def coef_width(K):
-    return COEF_HEAD + COEF_PER_MODEL * K
-
-
-def y_width(K):
-    return Y_HEAD + K
+from ..layout import COEF_HEAD, COEF_PER_MODEL, Y_HEAD, coef_width, y_width
 
 
 def draw_probes(seeds, n, shape, offset, dist):

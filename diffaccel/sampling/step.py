@@ -30,8 +30,7 @@ from .. import _validate
 from ..library import DISTS, op
 from ..reference import step as _ref
 
-MAX_MODELS = 8
-MAX_PROBES = 64
+from ..layout import MAX_MODELS, MAX_PROBES
 COEF_HEAD = _ref.COEF_HEAD
 coef_width = _ref.coef_width
 Y_HEAD = _ref.Y_HEAD

@@ -1,0 +1,355 @@
+"""The fused sampler step (MATH.md 3.1): every backend against the PyTorch reference on fresh
+random inputs with odd sizes, the op contracts (opcheck, torch.compile), and named errors."""
+import functools
+
+import pytest
+import torch
+
+from support import assert_close, backend_params
+from diffaccel.library import DISTS, op
+from diffaccel.reference import step as ref
+from diffaccel.sampling import fused_step, make_coef
+
+BACKENDS = backend_params("sample_step")
+
+
+def _inputs(rng, B, S, K, P, dtype, device="cpu"):
+    def r(*shape):
+        return torch.randn(*shape, generator=rng).to(dtype=dtype, device=device)
+
+    return dict(x=r(B, *S), models=[r(B, *S) for _ in range(K)],
+                coef=torch.randn(B, 7 + 3 * K, generator=rng).to(device),
+                probes=r(P, B, *S) if P else None, vjps=[r(P, B, *S) for _ in range(K)] if P else None)
+
+
+def _run(backend, inp, *, seed, dist, z=None, track=True, P_out=0, probe_dist="rademacher",
+         out=False, logp_dtype=torch.float64):
+    x = inp["x"].clone()
+    B = x.shape[0]
+    lp = torch.linspace(-3, 3, B, dtype=logp_dtype, device=x.device) if track else None
+    lv = torch.full((B,), 0.25, dtype=logp_dtype, device=x.device) if track else None
+    po = torch.full((P_out, *x.shape), 7.0, dtype=x.dtype, device=x.device) if P_out else None
+    if isinstance(seed, torch.Tensor):
+        seed = seed.to(x.device)
+    if z is not None:
+        z = z.to(x.device)
+    o = torch.full_like(x, 9.0) if out else None
+    res = fused_step(x, inp["models"], inp["coef"], logp=lp, logp_var=lv, z=z, seed=seed,
+                     offset=13, dist=dist, probes=inp["probes"], vjps=inp["vjps"], probes_out=po,
+                     probe_offset=101, probe_dist=probe_dist, out=o, backend=backend)
+    if out:
+        assert res is o
+        assert torch.equal(x, inp["x"]), "out=: x must be left unchanged"
+    else:
+        assert res is x
+    return res, lp, lv, po
+
+
+def _tol(dtype):
+    return {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
+
+
+def _compare(backend, inp, **kw):
+    got = _run(backend, inp, **kw)
+    want = _run("reference", inp, **kw)
+    dt = inp["x"].dtype
+    # the new x: float32 arithmetic, one rounding to the storage dtype (+ normals to 4e-6)
+    scale = 1 + sum(m.abs().max() for m in inp["models"]) if inp["models"] else 1
+    assert_close(got[0], want[0], atol=_tol(dt) * float(scale) * 4, rtol=_tol(dt), what="x_new")
+    if got[1] is not None:
+        # per-sample sums of D terms in float32: relative error ~ 1e-6 sqrt(D) of the magnitude
+        mag = want[1].abs() + 10
+        assert_close(got[1], want[1], atol=float(mag.max()) * 2e-5, rtol=1e-5, what="logp")
+        assert_close(got[2], want[2], atol=float(want[2].abs().max()) * 2e-5 + 1e-6, rtol=1e-4,
+                     what="logp_var")
+    if got[3] is not None:
+        assert_close(got[3], want[3], atol=4e-6 + _tol(dt) * 4, rtol=_tol(dt), what="probes_out")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_step_matches_reference(backend, device, dtype, per_sample, rng):
+    if backend == "triton" and dtype == torch.bfloat16:
+        pytest.skip("the Triton interpreter's bfloat16 is unreliable (ARCHITECTURE.md)")
+    B, S = 3, (2, 5, 7)  # D = 70: odd, several chunks/blocks only on larger shapes below
+    inp = _inputs(rng, B, S, K=2, P=3, dtype=dtype, device=device)
+    seed = torch.randint(0, 2 ** 62, (B,), generator=rng) if per_sample else int(torch.randint(0, 2 ** 62, (), generator=rng))
+    _compare(backend, inp, seed=seed, dist="normal", P_out=2, probe_dist="normal")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dist", DISTS)
+def test_step_every_increment_law(backend, device, dist, rng):
+    inp = _inputs(rng, 2, (3, 11, 13), K=1, P=0, dtype=torch.float32, device=device)
+    _compare(backend, inp, seed=int(torch.randint(0, 2 ** 40, (), generator=rng)), dist=dist,
+             P_out=1, probe_dist=dist)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("K,P", [(0, 0), (1, 1), (3, 2), (4, 1), (8, 2)])
+def test_step_models_and_probes(backend, device, K, P, rng):
+    inp = _inputs(rng, 4, (1, 3, 5), K=K, P=P, dtype=torch.float32, device=device)
+    _compare(backend, inp, seed=None, dist=None)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_step_large_sample_and_options(backend, device, rng):
+    # D = 3 * 37 * 41 = 4551: several CPU chunks and Triton blocks, a partial last one
+    inp = _inputs(rng, 2, (3, 37, 41), K=2, P=2, dtype=torch.float32, device=device)
+    z = torch.randn(inp["x"].shape, generator=rng)
+    _compare(backend, inp, seed=5, dist="normal", z=z, out=True, logp_dtype=torch.float32)
+    _compare(backend, inp, seed=5, dist="uniform", track=False, P_out=1)
+
+
+TRITON = [p for p in BACKENDS if p.values[0] == "triton"]
+
+
+def _force_triton_splits(monkeypatch, D, block, splits):
+    """Route the Triton op through sample_step with BLOCK and the splits per sample forced;
+    returns (num_splits, chunk) of that launch."""
+    from diffaccel.kernels import step as ks
+
+    monkeypatch.setattr(ks, "sample_step", functools.partial(ks.sample_step, _block_size=block,
+                                                             _num_splits=splits))
+    return ks._plan(D, block, splits)
+
+
+@pytest.mark.parametrize("backend,device", TRITON)
+@pytest.mark.parametrize("P", [0, 1, 3])
+def test_step_triton_split_samples(backend, device, P, rng, monkeypatch):
+    """Several programs per sample, the last split short and ending in a partial block: the
+    partial sums, their reduction and the probes_out draws match the reference."""
+    S = (3, 37, 41)  # D = 4551 = 4 * 1024 + 455: 18 blocks of 256 in 5 splits of <= 4 blocks
+    n, chunk = _force_triton_splits(monkeypatch, 4551, 256, 4)
+    assert (n, chunk) == (5, 1024)
+    inp = _inputs(rng, 3, S, K=2, P=P, dtype=torch.float32, device=device)
+    seed = torch.randint(0, 2 ** 62, (3,), generator=rng) if P % 2 else 7
+    _compare(backend, inp, seed=seed, dist="normal", P_out=2, probe_dist="normal")
+
+
+@pytest.mark.parametrize("backend,device", TRITON)
+def test_step_triton_split_single_sample(backend, device, rng, monkeypatch):
+    """B = 1 (one seed, one finish program) with 4 splits, the last of 1 partial block."""
+    n, chunk = _force_triton_splits(monkeypatch, 5 * 7 * 13, 64, 4)
+    assert (n, chunk) == (4, 128) and 5 * 7 * 13 - 3 * chunk == 71
+    inp = _inputs(rng, 1, (5, 7, 13), K=3, P=2, dtype=torch.float32, device=device)
+    _compare(backend, inp, seed=11, dist="laplace", P_out=1, probe_dist="rademacher")
+
+
+def test_step_triton_split_heuristic():
+    """On a 132-SM GPU the grid fills >= 4 programs per SM where D allows, else every program
+    takes the fewest elements it may (min_program_elems); the splits cover D exactly."""
+    pytest.importorskip("triton")
+    from diffaccel.kernels import step as ks
+
+    for B, D in ((64, 16384), (1, 16384), (8, 1 << 20), (256, 4096), (3, 100), (1, 65536)):
+        for K in (1, 8):
+            block, n, chunk, warps = ks.gpu_plan(B, D, K, 132)
+            assert chunk % block == 0 and (n - 1) * chunk < D <= n * chunk, (B, D, K, n, chunk)
+            assert ks.min_program_elems(warps) <= block <= ks.max_block(K)
+            assert B * n >= 4 * 132 or chunk == block == ks.min_program_elems(warps) or n == -(-D // block), \
+                (B, D, K, n, chunk)
+    assert ks.gpu_plan(64, 16384, 1, 132) == (1024, 16, 1024, 4)
+    assert ks.gpu_plan(1, 16384, 1, 132) == (512, 32, 512, 4)  # was 8 programs of 2048 elements
+    assert ks.gpu_plan(1, 16384, 8, 132) == (512, 32, 512, 4)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_step_no_tracking_leaves_nothing_else(backend, device, rng):
+    """Without logp the step is a pure update: x_new = ax x + az z + sum am M (checked by hand)."""
+    inp = _inputs(rng, 3, (5, 7), K=2, P=0, dtype=torch.float32, device=device)
+    c = inp["coef"]
+    z = torch.randn(inp["x"].shape, generator=rng).to(device)
+    x, *_ = _run(backend, inp, seed=None, dist=None, z=z, track=False)
+    want = c[:, 0, None, None] * inp["x"] + c[:, 1, None, None] * z
+    for k, m in enumerate(inp["models"]):
+        want = want + c[:, 7 + 3 * k, None, None] * m
+    assert_close(x, want, atol=1e-5, rtol=1e-5, what="x_new")
+
+
+def test_reference_terms_by_hand(rng):
+    """The reference against the formulas of MATH.md 3.1 written out separately."""
+    B, D, P = 3, 17, 4
+    x, m = torch.randn(B, D, generator=rng, dtype=torch.float64), torch.randn(B, D, generator=rng, dtype=torch.float64)
+    z = torch.randn(B, D, generator=rng, dtype=torch.float64)
+    v, w = torch.randn(P, B, D, generator=rng, dtype=torch.float64), torch.randn(P, B, D, generator=rng, dtype=torch.float64)
+    c = torch.randn(B, 10, generator=rng, dtype=torch.float64)
+    xn, lp, lv, _, _ = ref.sample_step(x, torch.zeros(B, dtype=torch.float64), torch.zeros(B, dtype=torch.float64),
+                                       [m], c, z, None, 0, None, v, [w], 0, 0, "normal")
+    s = c[:, 2:3] * x + c[:, 8:9] * m
+    t = c[None, :, 9] * (v * w).sum(-1)  # (P, B)
+    want = c[:, 3] + c[:, 4] * (s * s).sum(1) + c[:, 5] * (s * z).sum(1) + c[:, 6] * (x * s).sum(1) + t.mean(0)
+    assert_close(xn, c[:, 0:1] * x + c[:, 1:2] * z + c[:, 7:8] * m, atol=1e-12, what="x_new")
+    assert_close(lp, want, atol=1e-9, what="logp")
+    assert_close(lv, t.var(0) / P, atol=1e-9, what="logp_var")
+
+
+def test_probes_out_follow_the_noise_layout(rng):
+    """Per-sample seeds: probe p of sample b is the (B, P, *S) noise at probe_offset."""
+    import diffaccel
+
+    B, S, P = 3, (4, 5), 2
+    seeds = torch.randint(0, 2 ** 40, (B,), generator=rng)
+    x = torch.randn(B, *S, generator=rng)
+    po = torch.empty(P, B, *S)
+    fused_step(x, [], make_coef(B), seed=seeds, probes_out=po, probe_offset=77, probe_dist="normal",
+               backend="reference")
+    want = diffaccel.noise((B, P, *S), seed=seeds, offset=77, backend="reference").transpose(0, 1)
+    assert torch.equal(po, want)
+    # batch independence: sample 1 alone gets the same probes
+    po1 = torch.empty(P, 1, *S)
+    fused_step(x[1:2].clone(), [], make_coef(1), seed=seeds[1:2], probes_out=po1, probe_offset=77,
+               probe_dist="normal", backend="reference")
+    assert torch.equal(po1[:, 0], po[:, 1])
+
+
+# ---------------------------------------------------------------------- op contracts
+
+def _op_args(B=3, S=(2, 5), K=2, P=2, P_out=1, device="cpu"):
+    g = torch.Generator().manual_seed(0)
+    return [a.to(device) if isinstance(a, torch.Tensor) else [t.to(device) for t in a] if isinstance(a, list) else a
+            for a in _op_args_cpu(g, B, S, K, P, P_out)]
+
+
+def _op_args_cpu(g, B, S, K, P, P_out):
+    x = torch.randn(B, *S, generator=g)
+    return [x, torch.zeros(B, dtype=torch.float64), torch.zeros(B, dtype=torch.float64),
+            [torch.randn(B, *S, generator=g) for _ in range(K)], torch.randn(B, 7 + 3 * K, generator=g),
+            None, torch.tensor([3], dtype=torch.int64), 5, 0, torch.randn(P, B, *S, generator=g),
+            [torch.randn(P, B, *S, generator=g) for _ in range(K)], torch.empty(P_out, B, *S), 9, 3,
+            None, torch.empty(0), 0.0]
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_opcheck(backend, device):
+    args = _op_args(device=device)
+    torch.library.opcheck(op("sample_step", backend), args)
+    out_args = [args[0], torch.empty_like(args[0])] + args[1:]
+    torch.library.opcheck(op("sample_step_out", backend), out_args)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + [p.values[0] for p in BACKENDS if not p.marks])
+def test_compile_fullgraph(backend, rng):
+    """One step under torch.compile(fullgraph=True): no graph break, no host sync, same numbers."""
+    torch._dynamo.reset()
+    B, S = 4, (3, 6, 5)
+    x0 = torch.randn(B, *S, generator=rng)
+    den = torch.randn(B, *S, generator=rng)
+    seeds = torch.randint(0, 2 ** 40, (B,), generator=rng)
+
+    def step(x, den, sigma, sigma_next, logp):
+        q = sigma ** 2 - sigma_next ** 2
+        g = torch.sqrt(q)
+        coef = make_coef(B, ax=1 - q / sigma ** 2, am=(q / sigma ** 2,), az=g, sx=-1 / sigma ** 2,
+                         sm=(1 / sigma ** 2,), c1=q / 2, c2=g)
+        fused_step(x, [den], coef, logp=logp, seed=seeds, offset=3, dist="normal", backend=backend)
+        return x, logp
+
+    sig, nxt = torch.tensor(2.0), torch.tensor(1.5)
+    xe, le = step(x0.clone(), den, sig, nxt, torch.zeros(B))
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if backend == "triton" else "inductor")
+    xc, lc = compiled(x0.clone(), den, sig, nxt, torch.zeros(B))
+    assert_close(xc, xe, atol=1e-5, rtol=1e-5, what="x (compiled)")
+    assert_close(lc, le, atol=1e-3, rtol=1e-5, what="logp (compiled)")
+
+
+# ------------------------------------------------------------------------- named errors
+
+@pytest.mark.parametrize("backend", ["reference"] + [p.values[0] for p in BACKENDS if not p.marks])
+def test_bad_input_raises_named_errors(backend):
+    B, S = 2, (3, 4)
+    x = torch.randn(B, *S)
+    m = torch.randn(B, *S)
+    c = make_coef(B, am=(1.0,))
+    lp = torch.zeros(B)
+    cases = [
+        (dict(x=x.long()), TypeError, "x"),
+        (dict(models=[torch.randn(B, 4, 3)]), ValueError, "models"),
+        (dict(coef=torch.zeros(B, 9)), ValueError, "coef"),
+        (dict(logp=torch.zeros(B + 1)), ValueError, "logp"),
+        (dict(logp=torch.zeros(B, dtype=torch.int32)), TypeError, "logp"),
+        (dict(z=torch.randn(B, 12)), ValueError, "z"),
+        (dict(seed=1.5, dist="normal"), TypeError, "seed"),
+        (dict(seed=None, dist="normal"), ValueError, "seed"),
+        (dict(seed=1, dist="cauchy"), ValueError, "dist"),
+        (dict(seed=1, offset=-1, dist="normal"), ValueError, "offset"),
+        (dict(probes=torch.randn(2, B, *S), vjps=None), ValueError, "vjps"),
+        (dict(probes=torch.randn(2, B, *S), vjps=[torch.randn(3, B, *S)]), ValueError, "vjps"),
+        (dict(probes_out=torch.randn(2, B, 5)), ValueError, "probes_out"),
+        (dict(probe_dist="gamma", seed=1), ValueError, "probe_dist"),
+        (dict(x=torch.randn(S[0], B, S[1]).transpose(0, 1)), ValueError, "x"),
+    ]
+    for change, exc, name in cases:
+        kw = dict(x=x.clone(), models=[m], coef=c, logp=lp.clone(), seed=3, dist="normal")
+        kw.update(change)
+        xx, models, coef = kw.pop("x"), kw.pop("models"), kw.pop("coef")
+        with pytest.raises(exc, match=name):
+            fused_step(xx, models, coef, backend=backend, **kw)
+
+
+def test_cpp_kernel_checks_its_arguments():
+    """Called directly through torch.ops, the C++ kernel refuses bad shapes with a named error."""
+    from diffaccel.backends import availability
+
+    ok, why = availability("cpu", "cpu", "sample_step")
+    if not ok:
+        pytest.skip(why)
+    args = _op_args()
+    bad = list(args)
+    bad[4] = torch.randn(3, 5)
+    with pytest.raises(RuntimeError, match="coef"):
+        op("sample_step", "cpu")(*bad)
+    bad = list(args)
+    bad[10] = [torch.randn(2, 3, 2, 5)]
+    with pytest.raises(RuntimeError, match="vjps"):
+        op("sample_step", "cpu")(*bad)
+    bad = list(args)
+    bad[8] = 9
+    with pytest.raises(RuntimeError, match="dist"):
+        op("sample_step", "cpu")(*bad)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + [p.values[0] for p in BACKENDS if not p.marks])
+def test_compile_fullgraph_hutchinson_step(backend, rng):
+    """A PF-ODE step with probes, vjps, two accumulators and next-probe output compiles without
+    graph breaks and matches eager."""
+    torch._dynamo.reset()
+    B, S, P = 3, (2, 5, 7), 2
+    x0 = torch.randn(B, *S, generator=rng)
+    den = torch.randn(B, *S, generator=rng)
+    v = torch.randn(P, B, *S, generator=rng)
+    w = torch.randn(P, B, *S, generator=rng)
+
+    def step(x, sigma, sigma_next, logp, var, spare):
+        r = (sigma_next - sigma) / sigma
+        coef = make_coef(B, ax=1 + r, am=(-r,), c0=-70 * r, cw=(r,))
+        fused_step(x, [den], coef, logp=logp, logp_var=var, probes=v, vjps=[w], probes_out=spare,
+                   seed=11, probe_offset=5, backend=backend)
+        return x, logp, var, spare
+
+    args = lambda: (x0.clone(), torch.tensor(2.0), torch.tensor(1.5), torch.zeros(B, dtype=torch.float64),  # noqa: E731
+                    torch.zeros(B, dtype=torch.float64), torch.empty(1, B, *S))
+    want = step(*args())
+    # Inductor on the reference's int64 Philox (probe draws) builds a pathological fused
+    # expression; the reference and the Triton launcher are traced with aot_eager instead
+    compiled = torch.compile(step, fullgraph=True,
+                             backend="inductor" if backend in ("cpu", "cuda") else "aot_eager")
+    got = compiled(*args())
+    for g, e, what in zip(got, want, ("x", "logp", "logp_var", "probes_out")):
+        assert_close(g, e, atol=1e-4, rtol=1e-5, what=f"{what} (compiled)")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_step_with_no_elements_adds_c0(backend, device, rng):
+    """D = 0 (B > 0): nothing to update, and logp gets c0, the reference's sums over no elements."""
+    inp = _inputs(rng, 3, (0,), K=2, P=2, dtype=torch.float32, device=device)
+    got = _run(backend, inp, seed=5, dist="normal", P_out=1)
+    want = _run("reference", inp, seed=5, dist="normal", P_out=1)
+    c0 = inp["coef"][:, 3].double().cpu()
+    assert_close(got[1], want[1], atol=1e-6, what="logp")
+    assert_close(got[1] - torch.linspace(-3, 3, 3, dtype=torch.float64), c0, atol=1e-6, what="logp - start")
+    assert_close(got[2], want[2], atol=1e-12, what="logp_var")
+    # an empty batch changes nothing
+    assert _run(backend, _inputs(rng, 0, (4,), K=1, P=1, dtype=torch.float32, device=device),
+                seed=5, dist="normal")[1].numel() == 0
