@@ -1,19 +1,21 @@
 """Shared machinery of the accelerated diffusers schedulers.
 
 Every accelerated ``step()`` is one pass of the fused step op
-(``diffaccel.sampling.step.fused_step``, docs/math.md Section 3.1). The tables hold two rows of
-coefficients per step:
+(``diffaccel.sampling.step.fused_step``, docs/math.md Section 3.1), with per-step coefficients
+read from tables built at ``set_timesteps`` (float64 on the host, stored float32 on the device)
+through a device-resident index: a step never reads a tensor value on the host, so a denoising
+loop compiles once with ``torch.compile(fullgraph=True)`` and can be captured in a CUDA graph.
+
+The tables hold two rows of coefficients per step, in the op's column layout
+(``diffaccel.layout``):
 
     row A (where the step uses the predicted x0):  x0 = bx x + bm M   (clamped when the config clips)
     row B:  x_prev = ax x + az z + a0 x0 + am M      (+ the log-density terms, when tracked)
 
-and :func:`fold_x0` turns them into one call: x0 is the op's y line (computed, clamped, written
-to ``pred_original_sample`` and fed into x_prev in the same pass).
-
-with per-step coefficients read from tables built at ``set_timesteps`` (float64 on the host,
-stored float32 on the device) through a device-resident index: a step never reads a tensor value
-on the host, so a denoising loop compiles once with ``torch.compile(fullgraph=True)`` and can be
-captured in a CUDA graph.
+row A a coefficient row of one model (bx in ``COEF_AX``, bm in ``ROW_A_BM``), row B one of two
+models (model 0: x0, model 1: M) starting at column ``ROW_B`` (row A's width). :func:`fold_x0`
+turns them into one call: x0 is the op's y line (computed, clamped, written to
+``pred_original_sample`` and fed into x_prev in the same pass).
 
 Noise: with a ``generator`` (one, or a list of one per sample) or ``variance_noise`` the noise is
 drawn exactly as stock draws it (``diffusers.utils.torch_utils.randn_tensor``, same shape, dtype,
@@ -21,22 +23,28 @@ device and count) and passed to the kernel; with a ``seed`` (an int, or a (B,) t
 per-sample seeds) it is drawn inside the kernel from diffaccel's Philox stream (docs/math.md Section 1)
 with a per-step key, so that per-sample seeds give noise independent of the batch; with neither,
 from torch's global generator as stock does.
+
+Also here: :class:`Stroke` and :func:`stroke_weights_for` (stroke-size noising, public through
+``diffaccel.integrations.diffusers``), used by ``add_noise`` / ``scale_noise`` and
+``training_targets``.
 """
 import math
 import numbers
+from dataclasses import dataclass
 
 import torch
 
 from .. import _validate
-from ..reference.step import coef_width
+from ..layout import (COEF_AX, COEF_C0, COEF_HEAD, COEF_PER_MODEL, Y_AY, Y_BX, Y_SY, coef_am,
+                      coef_sm, coef_width, y_bm, y_width)
 from ..sampling.step import fused_step_prepared
+from ..stroke import stroke_blur, stroke_weights
 
-# Columns of the coefficient rows (diffaccel.reference.step layout).
-AX, AZ, SX, C0, C1, C2, C3 = range(7)
-W1 = coef_width(1)  # row A: models [M]
-W2 = coef_width(2)  # row B: models [x0, M]
-AM0, SM0, CW0, AM1, SM1, CW1 = range(7, 13)
-BM = 7  # row A's model column
+# The two rows of a step (see the module docstring): row A, one model [M]; row B, two [x0, M].
+ROW_A_WIDTH = coef_width(1)
+ROW_B_WIDTH = coef_width(2)
+ROW_B = ROW_A_WIDTH  # first column of row B in a table
+ROW_A_BM = coef_am(0)  # row A's column of bm (x0 = bx x + bm M, bx in COEF_AX)
 
 # Per-step noise keys: XORed into the high word of each seed's Philox key, so that every step
 # draws an independent stream (the offset stays 0 and the key stays on the device).
@@ -86,27 +94,44 @@ def row(table, idx, B, lo, hi):
     return table.index_select(0, idx)[:, lo:hi].expand(B, hi - lo)
 
 
+def columns(width, cols, zero):
+    """A (B, width) table whose column j is ``cols[j]`` (a (B,) tensor), ``zero`` where ``cols``
+    has no entry: a row of the op's layout written by column name."""
+    return torch.stack([cols.get(j, zero) for j in range(width)], 1)
+
+
+def with_columns(t, cols):
+    """``t`` (N, W) with the columns ``cols`` ({column: (N, 1) tensor}) replaced, in one cat."""
+    parts, j = [], 0
+    for k in sorted(cols):
+        parts += [t[:, j:k], cols[k]]
+        j = k + 1
+    return torch.cat(parts + [t[:, j:]], 1)
+
+
 def fold_x0(rA, cB, *, replace=False):
-    """(coef, ycoef) of the one-pass step from row A (B, W1: x0 = rA[AX] x + rA[BM] M) and row B
-    (B, coef_width(K): model 0 is x0). x0 becomes the op's y line (ay, sy: x0's columns of row B;
-    bx, bm_0: row A). Models of the one pass: [M, rest of row B's] (``replace=False``: row B's
+    """(coef, ycoef) of the one-pass step from row A (B, ROW_A_WIDTH: x0 = bx x + bm M) and row
+    B (B, coef_width(K): model 0 is x0). x0 becomes the op's y line (ay, sy: x0's columns of row
+    B; bx, bm_0: row A). Models of the one pass: [M, rest of row B's] (``replace=False``: row B's
     model 1 is M itself, so x0's columns are dropped: K - 1 models) or ``replace=True``: M takes
     x0's place with no direct term (K models; a multistep history [x0, m1, m2]).
-    Returns coef (B, coef_width) and ycoef (B, 5 + models)."""
+    Returns coef (B, coef_width(models)) and ycoef (B, y_width(models))."""
     B = cB.shape[0]
-    zero = torch.zeros(B, 1, dtype=cB.dtype, device=cB.device)
     if replace:
-        coef = torch.cat([cB[:, :AM0], zero, zero, zero, cB[:, AM1:]], 1)
+        zero = torch.zeros(B, COEF_PER_MODEL, dtype=cB.dtype, device=cB.device)
+        coef = torch.cat([cB[:, :coef_am(0)], zero, cB[:, coef_am(1):]], 1)
     else:
-        coef = torch.cat([cB[:, :AM0], cB[:, AM1:]], 1)
-    n = (coef.shape[1] - AM0) // 3  # models of the one pass
-    ycoef = torch.cat([rA[:, AX:AX + 1], cB[:, AM0:AM0 + 1], cB[:, SM0:SM0 + 1], zero, zero,
-                       rA[:, BM:BM + 1]] + [zero] * (n - 1), 1)
+        coef = torch.cat([cB[:, :coef_am(0)], cB[:, coef_am(1):]], 1)
+    n = (coef.shape[1] - COEF_HEAD) // COEF_PER_MODEL  # models of the one pass
+    ycoef = columns(y_width(n), {Y_BX: rA[:, COEF_AX], Y_AY: cB[:, coef_am(0)], Y_SY: cB[:, coef_sm(0)],
+                                 y_bm(0): rA[:, ROW_A_BM]},
+                    torch.zeros(B, dtype=cB.dtype, device=cB.device))
     return coef, ycoef
 
 
 def one_pass(x, model_output, rA, cB, *, clip=None, z=None, seeds=None, logp=None, backend=None):
-    """x_prev and x0 (both in x's dtype) in one fused pass from rows A and B (B, W1) and (B, W2)."""
+    """x_prev and x0 (both in x's dtype) in one fused pass from rows A and B (B, ROW_A_WIDTH)
+    and (B, ROW_B_WIDTH)."""
     coef, ycoef = fold_x0(rA, cB)
     return one_pass_folded(x, model_output, coef, ycoef, clip=clip, z=z, seeds=seeds, logp=logp,
                            backend=backend)
@@ -140,8 +165,8 @@ def fold_table(rA, cB, *, replace=False):
 
 
 def with_logp_dim(cB, D):
-    """The per-dimension constant of a log-density update (column C0) times D."""
-    return torch.cat([cB[:, :C0], cB[:, C0:C0 + 1] * D, cB[:, C0 + 1:]], 1)
+    """The per-dimension constant of a log-density update (column COEF_C0) times D."""
+    return with_columns(cB, {COEF_C0: cB[:, COEF_C0:COEF_C0 + 1] * D})
 
 
 def backend_for(dtype):
@@ -158,6 +183,42 @@ def step_output(res, return_logprob, return_dict, output_cls):
     if not return_dict:
         return (prev, x0)
     return output_cls(prev_sample=prev, pred_original_sample=x0)
+
+
+@dataclass(frozen=True)
+class Stroke:
+    """Stroke-size noising for :func:`training_targets` (the multi-scale block blur of docs/math.md Section 2).
+
+    scales: block sizes (each >= 2); weights: None (``diffaccel.stroke_weights`` of each
+    sample's log-SNR with ``w_max``), a (J,) or (B, J) tensor, or a callable
+    ``logsnr (B,) -> (B, J)``. The same weights blur the data and the noise."""
+    scales: tuple = (2, 4, 8)
+    weights: object = None
+    w_max: float = 0.5
+
+
+Stroke.__module__ = "diffaccel.integrations.diffusers"  # its public home (repr, pickle, docs)
+
+
+def stroke_weights_for(stroke, alpha, sigma):
+    """(scales, (B, J) weights) of ``stroke`` (a :class:`Stroke` or a tuple of scales) at each
+    sample's log-SNR 2 log(alpha / sigma)."""
+    if not isinstance(stroke, Stroke):
+        if isinstance(stroke, (list, tuple, int)):
+            stroke = Stroke(scales=tuple(stroke) if not isinstance(stroke, int) else (stroke,))
+        else:
+            raise TypeError(f"stroke: expected a Stroke or a tuple of scales, got {type(stroke).__name__}")
+    scales = _validate.scales(stroke.scales)
+    # pure noise (alpha = 0) or clean data (sigma = 0) have an infinite log-SNR: the weights'
+    # limits are reached well within +-60
+    logsnr = (2 * (alpha.double().log() - sigma.double().log())).clamp(-60, 60).to(torch.float32)
+    if stroke.weights is None:
+        w = stroke_weights(logsnr, scales, w_max=stroke.w_max)
+    elif callable(stroke.weights):
+        w = stroke.weights(logsnr)
+    else:
+        w = stroke.weights
+    return scales, w
 
 
 class AcceleratedMixin:
@@ -249,9 +310,6 @@ class AcceleratedMixin:
         the stroke's weights at each sample's log-SNR (``diffaccel.stroke_blur``)."""
         if stroke is None:
             return super().add_noise(original_samples, noise, timesteps)
-        from ..stroke import stroke_blur
-        from .diffusers import stroke_weights_for
-
         x0 = _validate.image(original_samples, "original_samples")
         if not isinstance(noise, torch.Tensor) or noise.shape != x0.shape:
             raise ValueError(f"noise: expected a tensor of shape {tuple(x0.shape)}")

@@ -22,7 +22,10 @@ import math
 
 import torch
 
+from ..layout import (COEF_AX, COEF_AZ, COEF_C0, Y_AY, Y_BX, Y_CN, Y_CZ, coef_am, coef_width, y_bm,
+                      y_width)
 from ..sampling.step import fused_step
+from ._diffusers_base import columns
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -36,17 +39,19 @@ def _col(v, B):
 
 
 def _coefs(B, ax, am, std, bx, bm, ay, rescore, D):
-    """(coef (B, 10), ycoef (B, 6)) of the op for sampling (rescore=False) or re-scoring."""
+    """(coef (B, coef_width(1)), ycoef (B, y_width(1))) of the op for sampling (rescore=False)
+    or re-scoring."""
     zero = torch.zeros_like(ax)
     c0 = -torch.log(std) - _HALF_LOG_2PI
-    if rescore:
+    half = torch.full_like(ax, -0.5 / D)
+    if rescore:  # u = (x_prev - mean) / std in the op's x_new, |u|^2 from its cn term
         inv = 1 / std
-        coef = torch.stack([-ax * inv, inv, zero, c0, zero, zero, zero, -am * inv, zero, zero], 1)
-        ycoef = torch.stack([bx, -ay * inv, zero, zero, torch.full_like(ax, -0.5 / D), bm], 1)
-    else:
-        coef = torch.stack([ax, std, zero, c0, zero, zero, zero, am, zero, zero], 1)
-        ycoef = torch.stack([bx, ay, zero, torch.full_like(ax, -0.5 / D), zero, bm], 1)
-    return coef, ycoef
+        coef = {COEF_AX: -ax * inv, COEF_AZ: inv, COEF_C0: c0, coef_am(0): -am * inv}
+        ycoef = {Y_BX: bx, Y_AY: -ay * inv, Y_CN: half, y_bm(0): bm}
+    else:  # x_prev = mean + std z, |z|^2 from the op's cz term
+        coef = {COEF_AX: ax, COEF_AZ: std, COEF_C0: c0, coef_am(0): am}
+        ycoef = {Y_BX: bx, Y_AY: ay, Y_CZ: half, y_bm(0): bm}
+    return columns(coef_width(1), coef, zero), columns(y_width(1), ycoef, zero)
 
 
 def _rows(x, ax, am, std, bx, bm, ay):

@@ -1,5 +1,5 @@
 """Accelerated ``DPMSolverMultistepScheduler`` (``dpmsolver++`` / ``sde-dpmsolver++``, orders
-1-3, midpoint / heun) and ``FlowMatchEulerDiscreteScheduler``.
+1-3, midpoint / heun).
 
 DPM-Solver++ in stock's notation (alpha_t, sigma_t from stock's ``_sigma_to_alpha_sigma_t``,
 lambda = log alpha - log sigma, h = lambda_t - lambda_s0, r0 = h_0/h, r1 = h_1/h, m0..m2 the
@@ -17,26 +17,18 @@ az = sigma_t sqrt(1 - e^-2h). Expanded into coefficients of m0, m1, m2, one tabl
 (step, order); the order of each step (stock's rule: first order at the first step and, per
 ``lower_order_final`` / ``euler_at_final`` / ``final_sigmas_type``, at the end) is chosen on the
 device from the step index and the number of steps taken.
-
-FlowMatch (sigma s = sigmas[i], s' = sigmas[i + 1]): deterministic x' = x + (s' - s) v;
-stochastic_sampling x' = (1 - s') (x - s v) + s' z: one fused pass each.
 """
 import numpy as np
 import torch
 from diffusers import DPMSolverMultistepScheduler as _StockDPM
-from diffusers import FlowMatchEulerDiscreteScheduler as _StockFlow
-from diffusers.schedulers.scheduling_flow_match_euler_discrete import \
-    FlowMatchEulerDiscreteSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
-from ..reference.step import coef_width
-from ..sampling.step import fused_step, fused_step_prepared
-from . import _diffusers_logprob as _logprob
-from ._diffusers_base import (AX, AZ, BM, C0, C1, C2, SX, W1, backend_for, check_model_output,
-                              fold_table, folded_rows, step_seeds, with_logp_dim)
+from ..layout import (COEF_AX, COEF_AZ, COEF_C0, COEF_C1, COEF_C2, COEF_SX, coef_am, coef_sm,
+                      coef_width)
+from ..sampling.step import fused_step_prepared
+from ._diffusers_base import (ROW_A_BM, ROW_A_WIDTH, ROW_B, backend_for, fold_table, folded_rows,
+                              step_seeds, with_logp_dim)
 from ._diffusers_sigma import _SigmaMixin, sigma_to_t
-
-AM = 7  # first model column; model k at AM + 3k
 
 
 class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
@@ -106,23 +98,24 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
         self._da_build(self.timesteps.device)
 
     def _da_make_table(self):
-        """(n, W1 + 3 W) rows: row A (x0 of the model output), then row B for orders 1, 2, 3."""
+        """(n, ROW_B + 3 W) rows, W = coef_width(solver_order): row A (x0 of the model output),
+        then row B for orders 1, 2, 3 (models: the history [x0, m1, m2])."""
         s = self.sigmas.to(torch.float64).cpu()
         n = s.shape[0] - 1
         K = self.config.solver_order
         W = coef_width(K)
         alpha, sig = self._sigma_to_alpha_sigma_t(s)
-        tab = torch.zeros(n, W1 + 3 * W, dtype=torch.float64)
+        tab = torch.zeros(n, ROW_B + 3 * W, dtype=torch.float64)
         pred = self.config.prediction_type
         a0, s0 = alpha[:-1], sig[:-1]
         if pred == "epsilon":
-            tab[:, AX], tab[:, BM] = 1 / a0, -s0 / a0
+            tab[:, COEF_AX], tab[:, ROW_A_BM] = 1 / a0, -s0 / a0
         elif pred == "v_prediction":
-            tab[:, AX], tab[:, BM] = a0, -s0
+            tab[:, COEF_AX], tab[:, ROW_A_BM] = a0, -s0
         elif pred == "flow_prediction":
-            tab[:, AX], tab[:, BM] = 1.0, -s[:-1]
+            tab[:, COEF_AX], tab[:, ROW_A_BM] = 1.0, -s[:-1]
         else:
-            tab[:, BM] = 1.0
+            tab[:, ROW_A_BM] = 1.0
         with np.errstate(all="ignore"):
             lam = alpha.log() - sig.log()
             sde = self.config.algorithm_type == "sde-dpmsolver++"
@@ -149,16 +142,16 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
                 v = -kB3 * r0 / (r0 + r1) - kC / (r0 + r1)
                 rows.append((kA + u / r0, -u / r0 + v / r1, -v / r1))
                 for o, cm in enumerate(rows):
-                    base = W1 + o * W
-                    tab[i, base + AX] = ax
-                    tab[i, base + AZ] = az
+                    base = ROW_B + o * W
+                    tab[i, base + COEF_AX] = ax
+                    tab[i, base + COEF_AZ] = az
                     if sde:  # log-density (track_logp), see the note above set_timesteps
                         a_s = alpha[i]
-                        tab[i, base + SX], tab[i, base + AM + 1] = -1 / ss0 ** 2, a_s / ss0 ** 2
-                        tab[i, base + C0] = -torch.log(ax + kA / a_s)
-                        tab[i, base + C1], tab[i, base + C2] = az ** 2 / 2, az
+                        tab[i, base + COEF_SX], tab[i, base + coef_sm(0)] = -1 / ss0 ** 2, a_s / ss0 ** 2
+                        tab[i, base + COEF_C0] = -torch.log(ax + kA / a_s)
+                        tab[i, base + COEF_C1], tab[i, base + COEF_C2] = az ** 2 / 2, az
                     for k in range(min(K, 3)):
-                        tab[i, base + AM + 3 * k] = cm[k]
+                        tab[i, base + coef_am(k)] = cm[k]
         return tab
 
     def _da_on_build(self, device):
@@ -220,9 +213,9 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
         W = coef_width(K)
         i = torch.arange(n).repeat(K + 1)
         taken = torch.arange(K + 1).repeat_interleave(n)
-        cols = W1 + (self._da_order(i, taken) - 1)[:, None] * W + torch.arange(W)[None]
+        cols = ROW_B + (self._da_order(i, taken) - 1)[:, None] * W + torch.arange(W)[None]
         i, cols = i.to(tab.device), cols.to(tab.device)
-        return fold_table(tab.index_select(0, i)[:, :W1], tab[i[:, None], cols], replace=True)
+        return fold_table(tab.index_select(0, i)[:, :ROW_A_WIDTH], tab[i[:, None], cols], replace=True)
 
     def step(self, model_output, timestep, sample, generator=None, variance_noise=None,
              return_dict=True, *, seed=None):
@@ -275,94 +268,3 @@ class DPMSolverMultistepScheduler(_SigmaMixin, _StockDPM):
         if not return_dict:
             return (prev,)
         return SchedulerOutput(prev_sample=prev)
-
-
-class FlowMatchEulerDiscreteScheduler(_SigmaMixin, _StockFlow):
-    """``diffusers.FlowMatchEulerDiscreteScheduler`` (SD3 / Flux) with the fused step,
-    deterministic and ``stochastic_sampling``."""
-
-    _da_logp_ready = False
-
-    def _da_check_config(self):
-        pass  # every config: the step reads only stock's sigmas
-
-    def _da_stochastic(self):
-        return bool(self.config.stochastic_sampling)
-
-    def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None, timesteps=None):
-        super().set_timesteps(num_inference_steps, device, sigmas, mu, timesteps)
-        self._da_build(self.timesteps.device)
-
-    def _da_fold_tables(self, tab):
-        return None  # no x0 line: the step reads the table's row as it is
-
-    def _da_make_table(self):
-        s = self.sigmas.to(torch.float64).cpu()
-        sc, sn = s[:-1], s[1:]
-        W = coef_width(1)
-        tab = torch.zeros(sc.shape[0], W, dtype=torch.float64)
-        if self.config.stochastic_sampling:
-            tab[:, AX], tab[:, AM], tab[:, AZ] = 1 - sn, -(1 - sn) * sc, sn
-        else:
-            tab[:, AX], tab[:, AM] = 1.0, sn - sc
-        return tab
-
-    def scale_noise(self, sample, timestep, noise=None, *, stroke=None):
-        """Stock's ``scale_noise`` (sigma noise + (1 - sigma) sample); with ``stroke``: the same
-        with both blurred by the stroke weights at each sample's log-SNR."""
-        if stroke is None:
-            return super().scale_noise(sample, timestep, noise)
-        from ..stroke import stroke_blur
-        from .diffusers import stroke_weights_for
-
-        B = sample.shape[0]
-        one = torch.ones(B, 1, dtype=torch.float32, device=sample.device)
-        sig = super().scale_noise(torch.zeros_like(one), timestep, one).reshape(B)
-        scales, w = stroke_weights_for(stroke, 1 - sig, sig)
-        s4 = sig.reshape(B, 1, 1, 1).to(sample.dtype)
-        return s4 * stroke_blur(noise.to(sample.dtype), w, scales) + (1 - s4) * stroke_blur(sample, w, scales)
-
-    def step(self, model_output, timestep, sample, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
-             s_noise=1.0, generator=None, per_token_timesteps=None, return_dict=True, *, seed=None,
-             return_logprob=False, prev_sample=None):
-        """Stock's step (same arguments and outputs; s_churn, s_tmin, s_tmax, s_noise are
-        ignored, as stock ignores them) as one fused pass. With ``stochastic_sampling``,
-        ``return_logprob`` returns ``(prev_sample, log_prob)``: log N(prev; (1 - s') x0, s'^2)
-        averaged over the non-batch dims (Flow-GRPO); with ``prev_sample`` it re-scores that
-        sample, differentiably in model_output."""
-        if return_logprob and not self.config.stochastic_sampling:
-            raise ValueError("return_logprob: the deterministic FlowMatch step has no transition "
-                             "density (use stochastic_sampling=True)")
-        if prev_sample is not None and not return_logprob:
-            raise ValueError("prev_sample: only used with return_logprob=True (re-scoring)")
-        if per_token_timesteps is not None:
-            raise ValueError("per_token_timesteps: not supported by the accelerated step")
-        tab, i = self._da_begin(model_output, timestep, sample)
-        B, dev = sample.shape[0], sample.device
-        x = sample.to(torch.float32).contiguous()
-        z, kernel_draw = None, False
-        if self.config.stochastic_sampling:
-            z, kernel_draw = self._da_noise(model_output, generator, None, seed, True, torch.float32)
-        seeds = step_seeds(seed if seed is not None else self._da_seed, B, dev, i) if kernel_draw else None
-        W = coef_width(1)
-        if return_logprob:  # one fused pass (no x0 line); re-scoring differentiable in model_output
-            r = tab.index_select(0, i)
-            zero = torch.zeros_like(r[:, AX])
-            rows = dict(ax=r[:, AX], am=r[:, AM], std=r[:, AZ], bx=zero, bm=zero, ay=zero,
-                        backend=backend_for(x.dtype))
-            if prev_sample is None:
-                prev_sample, _, lp = _logprob.sample_with_logprob(
-                    x, model_output, z=z, seeds=seeds, out_dtype=model_output.dtype, **rows)
-            else:
-                check_model_output(prev_sample, sample)
-                lp, _ = _logprob.rescore(x, model_output, prev_sample, **rows)
-            self._da_advance(i)
-            return prev_sample, lp
-        prev = fused_step(x, [model_output], tab.index_select(0, i).expand(B, W), z=z, seed=seeds,
-                          dist="normal" if kernel_draw else None, out=torch.empty_like(x),
-                          backend=backend_for(x.dtype))
-        self._da_advance(i)
-        prev = prev.to(model_output.dtype)
-        if not return_dict:
-            return (prev,)
-        return FlowMatchEulerDiscreteSchedulerOutput(prev_sample=prev)

@@ -25,14 +25,14 @@ from diffusers.schedulers.scheduling_euler_ancestral_discrete import \
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
 
 from .. import _validate
+from ..layout import COEF_AX, COEF_AZ, COEF_C1, COEF_C2, COEF_SX, coef_am, coef_sm
 from ..sampling.step import fused_step
 from . import _diffusers_logprob as _logprob
-from ._diffusers_base import step_output
-from ._diffusers_base import (AM0, AM1, AX, AZ, BM, C1, C2, SM0, SX, W1, W2, AcceleratedMixin,
+from ._diffusers_base import (ROW_A_BM, ROW_A_WIDTH, ROW_B, ROW_B_WIDTH, AcceleratedMixin,
                               backend_for, check_model_output, fold_table, folded_rows, host_value,
-                              one_pass_folded, step_seeds, tensor_host_known)
+                              one_pass_folded, step_output, step_seeds, tensor_host_known)
 
-SCALE = W1 + W2  # column: sqrt(s^2 + 1), the divisor of scale_model_input
+SCALE = ROW_B + ROW_B_WIDTH  # the column after row B: sqrt(s^2 + 1), the divisor of scale_model_input
 
 
 def sigma_to_t(sigmas, alphas_cumprod):
@@ -63,25 +63,25 @@ class _SigmaMixin(AcceleratedMixin):
         n = s.shape[0] - 1
         sc, sn = s[:-1], s[1:]
         pred = self.config.prediction_type
-        tab = torch.zeros(n, W1 + W2 + 1, dtype=torch.float64)
+        tab = torch.zeros(n, SCALE + 1, dtype=torch.float64)
         if pred == "epsilon":
-            tab[:, AX], tab[:, BM] = 1.0, -sc
+            tab[:, COEF_AX], tab[:, ROW_A_BM] = 1.0, -sc
         elif pred == "v_prediction":
-            tab[:, AX], tab[:, BM] = 1 / (sc ** 2 + 1), -sc / (sc ** 2 + 1).sqrt()
+            tab[:, COEF_AX], tab[:, ROW_A_BM] = 1 / (sc ** 2 + 1), -sc / (sc ** 2 + 1).sqrt()
         else:
-            tab[:, BM] = 1.0
+            tab[:, ROW_A_BM] = 1.0
         ratio, up = self._da_down_up(sc, sn)
-        tab[:, W1 + AX] = ratio
-        tab[:, W1 + AM0] = 1 - ratio
-        tab[:, W1 + AZ] = up
+        tab[:, ROW_B + COEF_AX] = ratio
+        tab[:, ROW_B + coef_am(0)] = 1 - ratio
+        tab[:, ROW_B + COEF_AZ] = up
         # log-density (docs/math.md 3.1 with f = 0, g^2 h = q = s^2 - s'^2): with the score
         # s = (x0 - x)/s^2 the step is x' = x + A s + s_up z, A = s^2 (1 - ratio); Ito's formula
         # gives logp += (A - q/2) |s|^2 + s_up (s . z) + (s_up^2 - q)/2 div s. The last term
         # (second order in the step, except where the step is not small against s) needs the
         # model's divergence and is left out.
         q = sc ** 2 - sn ** 2
-        tab[:, W1 + SX], tab[:, W1 + SM0] = -1 / sc ** 2, 1 / sc ** 2
-        tab[:, W1 + C1], tab[:, W1 + C2] = sc ** 2 * (1 - ratio) - q / 2, up
+        tab[:, ROW_B + COEF_SX], tab[:, ROW_B + coef_sm(0)] = -1 / sc ** 2, 1 / sc ** 2
+        tab[:, ROW_B + COEF_C1], tab[:, ROW_B + COEF_C2] = sc ** 2 * (1 - ratio) - q / 2, up
         tab[:, SCALE] = (sc ** 2 + 1).sqrt()
         return tab
 
@@ -98,7 +98,7 @@ class _SigmaMixin(AcceleratedMixin):
 
     def _da_fold_tables(self, tab):
         """Folded rows (fold_table), one per step: a step reads one row."""
-        return fold_table(tab[:, :W1], tab[:, W1:W1 + W2])
+        return fold_table(tab[:, :ROW_A_WIDTH], tab[:, ROW_B:ROW_B + ROW_B_WIDTH])
 
     def _da_advance(self, i):
         """Move the device step counter past step i (i: this step's index, or the counter itself
@@ -116,8 +116,10 @@ class _SigmaMixin(AcceleratedMixin):
     def _da_logprob(self, model_output, x, r, z, kernel_draw, prev_sample, seed, i):
         """(prev_sample, pred_original_sample, log N(prev; mean, s_up^2 I) averaged over the
         non-batch dims) in one fused pass; re-scoring is differentiable in model_output."""
-        rows = dict(ax=r[:, W1 + AX], am=r[:, W1 + AM1], std=r[:, W1 + AZ], bx=r[:, AX], bm=r[:, BM],
-                    ay=r[:, W1 + AM0], backend=backend_for(x.dtype))
+        b = ROW_B
+        rows = dict(ax=r[:, b + COEF_AX], am=r[:, b + coef_am(1)], std=r[:, b + COEF_AZ],
+                    bx=r[:, COEF_AX], bm=r[:, ROW_A_BM], ay=r[:, b + coef_am(0)],
+                    backend=backend_for(x.dtype))
         if prev_sample is not None:
             lp, x0 = _logprob.rescore(x, model_output, prev_sample, **rows)
             return prev_sample, x0, lp

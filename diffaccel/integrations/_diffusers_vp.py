@@ -29,12 +29,12 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 
 from .. import _validate
+from ..layout import COEF_AX, COEF_AZ, COEF_C0, COEF_C1, COEF_C2, COEF_SX, coef_am, coef_sm
 from . import _diffusers_logprob as _logprob
-from ._diffusers_base import step_output
-from ._diffusers_base import (AM0, AM1, AX, AZ, BM, C0, C1, C2, C3, SM0, SX, W1, W2,
-                              AcceleratedMixin, backend_for, check_model_output, fold_table,
-                              folded_rows, host_value, one_pass, one_pass_folded, step_seeds,
-                              tensor_host_known, with_logp_dim)
+from ._diffusers_base import (ROW_A_BM, ROW_A_WIDTH, ROW_B, ROW_B_WIDTH, AcceleratedMixin,
+                              backend_for, check_model_output, fold_table, folded_rows, host_value,
+                              one_pass, one_pass_folded, step_output, step_seeds, tensor_host_known,
+                              with_columns, with_logp_dim)
 
 PREDICTIONS = ("epsilon", "sample", "v_prediction")
 
@@ -117,7 +117,7 @@ class _VPMixin(AcceleratedMixin):
             if len(folds) >= self._FOLDS_KEPT:
                 folds.clear()
             tab = self._da_tab
-            f = folds[key] = fold_table(tab[:, :W1], cB_fn(tab))
+            f = folds[key] = fold_table(tab[:, :ROW_A_WIDTH], cB_fn(tab))
         return f
 
     def _da_index(self, timestep, device):
@@ -175,7 +175,8 @@ class _VPMixin(AcceleratedMixin):
             cB = cB_fn(r)
             if logp is not None:
                 cB = with_logp_dim(cB, x[0].numel())
-            return one_pass(x, model_output, r[:, :W1].expand(B, W1), cB.expand(B, W2),
+            return one_pass(x, model_output, r[:, :ROW_A_WIDTH].expand(B, ROW_A_WIDTH),
+                            cB.expand(B, ROW_B_WIDTH),
                             clip=clip, z=z, seeds=seeds, logp=logp, backend=be)
         coef, ycoef = folded_rows(self._da_folded(fold_key, cB_fn), idx, B)
         if logp is not None:
@@ -188,14 +189,15 @@ class _VPMixin(AcceleratedMixin):
         """(prev_sample, pred_original_sample, log N(prev; mean, std^2 I) averaged over the
         non-batch dims) in one fused pass; re-scoring a given prev_sample is differentiable in
         model_output (DDPO; see _diffusers_logprob)."""
-        std = cB[:, AZ]
+        std = cB[:, COEF_AZ]
         if tensor_host_known(timestep) and float(std[0]) == 0:
             raise ValueError(f"return_logprob: the step at timestep {host_value(timestep)} adds no "
                              "noise (std = 0), so it has no transition density")
         cd = torch.promote_types(sample.dtype, model_output.dtype)
         ct = torch.promote_types(cd, torch.float32)
         x = sample.to(ct).contiguous()
-        rows = dict(ax=cB[:, AX], am=cB[:, AM1], std=std, bx=r[:, AX], bm=r[:, BM], ay=cB[:, AM0],
+        rows = dict(ax=cB[:, COEF_AX], am=cB[:, coef_am(1)], std=std, bx=r[:, COEF_AX],
+                    bm=r[:, ROW_A_BM], ay=cB[:, coef_am(0)],
                     clip=self.config.clip_sample_range if clip else None, backend=backend_for(ct))
         if prev_sample is not None:
             lp, x0 = _logprob.rescore(x, model_output, prev_sample, **rows)
@@ -241,19 +243,19 @@ class DDPMScheduler(_VPMixin, _StockDDPM):
         else:
             var = ((1 - a_prev) / b * beta_t).clamp(min=1e-20)
         std = torch.where(t > 0, var.sqrt(), torch.zeros_like(var))
-        tab = torch.zeros(T, W1 + W2, dtype=torch.float64)
-        tab[:, AX], tab[:, BM] = bx, bm
-        o = W1
-        tab[:, o + AX] = alpha_t.sqrt() * (1 - a_prev) / b
-        tab[:, o + AM0] = a_prev.sqrt() * beta_t / b
-        tab[:, o + AZ] = std
+        tab = torch.zeros(T, ROW_B + ROW_B_WIDTH, dtype=torch.float64)
+        tab[:, COEF_AX], tab[:, ROW_A_BM] = bx, bm
+        o = ROW_B
+        tab[:, o + COEF_AX] = alpha_t.sqrt() * (1 - a_prev) / b
+        tab[:, o + coef_am(0)] = a_prev.sqrt() * beta_t / b
+        tab[:, o + COEF_AZ] = std
         # log-density (docs/math.md 3.1, reverse SDE in the step's own terms): with the score
         # s = (sqrt(a) x0 - x)/b the step is x' = ax_eff x + (...) s + std z, so
         # logp += -D log(ax_eff) + std^2/2 |s|^2 + std (s . z)
-        tab[:, o + SX], tab[:, o + SM0] = -1 / b, a.sqrt() / b
-        ax_eff = tab[:, o + AX] + tab[:, o + AM0] / a.sqrt()
-        tab[:, o + C0] = -ax_eff.log()
-        tab[:, o + C1], tab[:, o + C2] = std ** 2 / 2, std
+        tab[:, o + COEF_SX], tab[:, o + coef_sm(0)] = -1 / b, a.sqrt() / b
+        ax_eff = tab[:, o + COEF_AX] + tab[:, o + coef_am(0)] / a.sqrt()
+        tab[:, o + COEF_C0] = -ax_eff.log()
+        tab[:, o + COEF_C1], tab[:, o + COEF_C2] = std ** 2 / 2, std
         return tab
 
     def step(self, model_output, timestep, sample, generator=None, return_dict=True, *,
@@ -261,10 +263,18 @@ class DDPMScheduler(_VPMixin, _StockDDPM):
         """Stock's step (same arguments and outputs) as one fused pass; ``seed``: int or (B,)
         integer tensor, noise drawn in the kernel (batch-invariant with per-sample seeds)."""
         draw = (host_value(timestep) > 0) if tensor_host_known(timestep) else None
-        res = self._da_run(model_output, timestep, sample, lambda r: r[:, W1:], draw,
+        res = self._da_run(model_output, timestep, sample, lambda r: r[:, ROW_B:], draw,
                            generator, None, seed, self.config.clip_sample, return_logprob, prev_sample,
                            fold_key="ddpm")
         return step_output(res, return_logprob, return_dict, DDPMSchedulerOutput)
+
+
+# DDIMScheduler's table: row A | P | Q | Qc (row B's parts, ROW_B_WIDTH each) | six per-step values:
+# sqrt(1 - a'), sqrt(var), rho, b, kD, kd (see DDIMScheduler._da_table)
+DDIM_P, DDIM_Q, DDIM_QC = (ROW_B + k * ROW_B_WIDTH for k in range(3))
+_S = DDIM_QC + ROW_B_WIDTH
+DDIM_DIR, DDIM_STD, DDIM_RHO, DDIM_B, DDIM_KD, DDIM_KM = range(_S, _S + 6)
+DDIM_WIDTH = _S + 6
 
 
 class DDIMScheduler(_VPMixin, _StockDDIM):
@@ -316,26 +326,24 @@ class DDIMScheduler(_VPMixin, _StockDDIM):
         pred = self.config.prediction_type
         bx, bm = _x0_coefs(pred, a, b)
         var = (1 - a_prev) / b * (1 - a / a_prev)
-        tab = torch.zeros(T, W1 + 3 * W2 + 6, dtype=torch.float64)
-        tab[:, AX], tab[:, BM] = bx, bm
-        o = W1
-        tab[:, o + AM0] = a_prev.sqrt()
+        tab = torch.zeros(T, DDIM_WIDTH, dtype=torch.float64)
+        tab[:, COEF_AX], tab[:, ROW_A_BM] = bx, bm
+        o = DDIM_P
+        tab[:, o + coef_am(0)] = a_prev.sqrt()
         # log-density (see _logp_coefs): the score s = (sqrt(a) x0 - x)/b and the change of
         # variables of x = sqrt(abar) y, -D/2 log(a'/a); the rest is set per step
-        tab[:, o + SX], tab[:, o + SM0] = -1 / b, a.sqrt() / b
-        tab[:, o + C0] = -0.5 * (a_prev / a).log()
-        for k, clipped in ((1, False), (2, True)):
+        tab[:, o + COEF_SX], tab[:, o + coef_sm(0)] = -1 / b, a.sqrt() / b
+        tab[:, o + COEF_C0] = -0.5 * (a_prev / a).log()
+        for q, clipped in ((DDIM_Q, False), (DDIM_QC, True)):
             ex, e0, em = _eps_coefs(pred, a, b, clipped)
-            q = o + k * W2
-            tab[:, q + AX], tab[:, q + AM0], tab[:, q + AM1] = ex, e0, em
-        e = W1 + 3 * W2
-        tab[:, e] = (1 - a_prev).sqrt()
-        tab[:, e + 1] = var.sqrt()
-        tab[:, e + 2] = (a / a_prev).sqrt()  # rho
-        tab[:, e + 3] = b
+            tab[:, q + COEF_AX], tab[:, q + coef_am(0)], tab[:, q + coef_am(1)] = ex, e0, em
+        tab[:, DDIM_DIR] = (1 - a_prev).sqrt()
+        tab[:, DDIM_STD] = var.sqrt()
+        tab[:, DDIM_RHO] = (a / a_prev).sqrt()
+        tab[:, DDIM_B] = b
         # div_x s = kD D + kd div_x M (s linear in x and M through the unclamped x0)
-        tab[:, e + 4] = (a.sqrt() * bx - 1) / b
-        tab[:, e + 5] = a.sqrt() * bm / b
+        tab[:, DDIM_KD] = (a.sqrt() * bx - 1) / b
+        tab[:, DDIM_KM] = a.sqrt() * bm / b
         return tab
 
     def step(self, model_output, timestep, sample, eta=0.0, use_clipped_model_output=False,
@@ -363,27 +371,28 @@ class DDIMScheduler(_VPMixin, _StockDDIM):
         self._da_check_divergence(divergence, model_output, sample, eta, track, return_logprob)
         if return_logprob and eta == 0:
             raise ValueError("return_logprob: DDIM with eta = 0 is deterministic (no transition density)")
-        q = W1 + (2 if use_clipped_model_output else 1) * W2
-        e = W1 + 3 * W2
+        q = DDIM_QC if use_clipped_model_output else DDIM_Q
         wd = []  # the divergence's weight, read from this step's row
 
         def coef_b(r):
-            P, Q = r[:, W1:W1 + W2], r[:, q:q + W2]
+            P, Q = r[:, DDIM_P:DDIM_P + ROW_B_WIDTH], r[:, q:q + ROW_B_WIDTH]
+            col = lambda j: r[:, j:j + 1]  # noqa: E731  (a (1, 1) column of the row)
             if eta == 0:
-                d = r[:, e:e + 1]
+                d = col(DDIM_DIR)
                 c = P + d * Q
                 if not track:
                     return c
                 std = torch.zeros_like(d)
             else:
-                std = eta * r[:, e + 1:e + 2]
-                d = (r[:, e:e + 1] ** 2 - std * std).sqrt()
+                std = eta * col(DDIM_STD)
+                d = (col(DDIM_DIR) ** 2 - std * std).sqrt()
                 c = P + d * Q
-                c = torch.cat([c[:, :AZ], std, c[:, AZ + 1:C1], std * std / 2, std, c[:, C3:]], 1)
+                c = with_columns(c, {COEF_AZ: std, COEF_C1: std * std / 2, COEF_C2: std})
             if track:
-                c1, c2, cdiv = _logp_coefs(r[:, e + 2:e + 3], r[:, e + 3:e + 4], d, std)
-                c = torch.cat([c[:, :C0], c[:, C0:C0 + 1] + cdiv * r[:, e + 4:e + 5], c1, c2, c[:, C3:]], 1)
-                wd.append(cdiv * r[:, e + 5:e + 6])
+                c1, c2, cdiv = _logp_coefs(col(DDIM_RHO), col(DDIM_B), d, std)
+                c0 = c[:, COEF_C0:COEF_C0 + 1] + cdiv * col(DDIM_KD)
+                c = with_columns(c, {COEF_C0: c0, COEF_C1: c1, COEF_C2: c2})
+                wd.append(cdiv * col(DDIM_KM))
             return c
 
         res = self._da_run(model_output, timestep, sample, coef_b, eta > 0,

@@ -10,7 +10,6 @@ the kernel; per-sample seeds give batch-invariant images), custom ``timesteps=``
 optional stroke-size noising).
 """
 import warnings
-from dataclasses import dataclass
 
 import torch
 
@@ -21,8 +20,10 @@ except ImportError as e:  # pragma: no cover (the test environment has it)
                       "pip install 'diffaccel[diffusers]'") from e
 
 from .. import _validate
-from ..stroke import stroke_noise, stroke_weights
-from ._diffusers_multistep import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
+from ..stroke import stroke_noise
+from ._diffusers_base import Stroke, stroke_weights_for
+from ._diffusers_flow import FlowMatchEulerDiscreteScheduler
+from ._diffusers_multistep import DPMSolverMultistepScheduler
 from ._diffusers_sigma import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from ._diffusers_vp import DDIMScheduler, DDPMScheduler
 
@@ -86,39 +87,6 @@ def _copy_schedule(old, new):
     begin = getattr(old, "_begin_index", None)
     if begin is not None:
         new.set_begin_index(begin)
-
-
-@dataclass(frozen=True)
-class Stroke:
-    """Stroke-size noising for :func:`training_targets` (the multi-scale block blur of docs/math.md Section 2).
-
-    scales: block sizes (each >= 2); weights: None (``diffaccel.stroke_weights`` of each
-    sample's log-SNR with ``w_max``), a (J,) or (B, J) tensor, or a callable
-    ``logsnr (B,) -> (B, J)``. The same weights blur the data and the noise."""
-    scales: tuple = (2, 4, 8)
-    weights: object = None
-    w_max: float = 0.5
-
-
-def stroke_weights_for(stroke, alpha, sigma):
-    """(scales, (B, J) weights) of ``stroke`` (a :class:`Stroke` or a tuple of scales) at each
-    sample's log-SNR 2 log(alpha / sigma)."""
-    if not isinstance(stroke, Stroke):
-        if isinstance(stroke, (list, tuple, int)):
-            stroke = Stroke(scales=tuple(stroke) if not isinstance(stroke, int) else (stroke,))
-        else:
-            raise TypeError(f"stroke: expected a Stroke or a tuple of scales, got {type(stroke).__name__}")
-    scales = _validate.scales(stroke.scales)
-    # pure noise (alpha = 0) or clean data (sigma = 0) have an infinite log-SNR: the weights'
-    # limits are reached well within +-60
-    logsnr = (2 * (alpha.double().log() - sigma.double().log())).clamp(-60, 60).to(torch.float32)
-    if stroke.weights is None:
-        w = stroke_weights(logsnr, scales, w_max=stroke.w_max)
-    elif callable(stroke.weights):
-        w = stroke.weights(logsnr)
-    else:
-        w = stroke.weights
-    return scales, w
 
 
 def _alpha_sigma(scheduler, timesteps, B, device):
