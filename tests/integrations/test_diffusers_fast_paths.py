@@ -1,14 +1,15 @@
 """The accelerated diffusers steps' fast paths against stock diffusers: the folded coefficient
 tables cached per DDIM call variant (eta, use_clipped_model_output), and the eager step counter
 that skips the first step's timestep lookup once a step has set it (reset by set_timesteps, left
-alone by a failed step). The general step-by-step comparison is tests/integrations/test_diffusers.py."""
+alone by a failed step). The general step-by-step comparison is FamilyChecks.test_step_matches_stock
+(tests/support/diffusers_cases.py)."""
 import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")
 
 from diffaccel.integrations import diffusers as dd  # noqa: E402
-from test_diffusers import _c_m, _close, _scaled  # noqa: E402
+from support.diffusers_cases import c_m, close_to_stock, scaled_input  # noqa: E402
 
 EPS = 2.0 ** -24
 
@@ -34,7 +35,7 @@ def test_ddim_call_variants_mixed_in_one_run(rng):
             out_s = stock.step(m, t, x, variance_noise=vn, **kw)
             out_a = acc.step(m, t, x, variance_noise=vn, **kw)
             for key in out_s.keys():
-                _close(out_a[key], out_s[key], x, m, _c_m(stock, t, i), EPS, f"n={n} {kw} {key} step {i}")
+                close_to_stock(out_a[key], out_s[key], x, m, c_m(stock, t, i), EPS, f"n={n} {kw} {key} step {i}")
             x = out_s.prev_sample
 
 
@@ -60,12 +61,12 @@ def test_step_counter_restarts(name, rng):
             if name == "euler-a":  # the same draws from two generators seeded alike
                 seed = int(torch.randint(0, 2**31, (1,), generator=rng))
                 kw_s, kw_a = (dict(generator=torch.Generator().manual_seed(seed)) for _ in range(2))
-            ins, ina = _scaled(stock, x, t), _scaled(acc, x, t)
-            _close(ina, ins, x, x, 0.0, 2 * EPS, f"{name} n={n} scale_model_input step {start + i}")
+            ins, ina = scaled_input(stock, x, t), scaled_input(acc, x, t)
+            close_to_stock(ina, ins, x, x, 0.0, 2 * EPS, f"{name} n={n} scale_model_input step {start + i}")
             out_s = stock.step(m, t, x, **kw_s)
             out_a = acc.step(m, t, x, **kw_a)
             assert acc.step_index == stock.step_index == start + i + 1, f"{name} n={n} step index"
             for key in out_s.keys():
-                _close(out_a[key], out_s[key], x, m, _c_m(stock, t, start + i), EPS,
+                close_to_stock(out_a[key], out_s[key], x, m, c_m(stock, t, start + i), EPS,
                        f"{name} n={n} {key} step {start + i}")
             x = out_s.prev_sample

@@ -1,7 +1,10 @@
 """The fused transition log-probability of the diffusers steps (return_logprob=True, DDPO /
 Flow-GRPO): values against the plain float64 formula, re-scoring gradients by gradcheck in
 float64 (reference backend) and against autograd of the plain formula in float32 (every
-backend), and one fused-step launch per step() in both modes."""
+backend), one fused-step launch per step() in both modes, the accelerated schedulers' steps
+against stock's in float64 (with finite-difference gradients of the re-scoring), and the
+steps that have no transition density. (FlowMatch's: test_diffusers_flow.py.)"""
+import copy
 import math
 
 import pytest
@@ -12,7 +15,7 @@ diffusers = pytest.importorskip("diffusers")
 from support import assert_close, backend_params  # noqa: E402
 from diffaccel.integrations import _diffusers_logprob as L  # noqa: E402
 from diffaccel.integrations import diffusers as dd  # noqa: E402
-from test_diffusers_one_pass import STEP_OPS, _CountSteps  # noqa: E402
+from support.diffusers_cases import STEP_OPS, STOCK, CountSteps  # noqa: E402
 
 BACKENDS = ["reference"] + [p.values[0] for p in backend_params("sample_step")
                             if p.values[1] == "cpu" and not p.marks]
@@ -121,7 +124,7 @@ def test_return_logprob_is_one_fused_launch(name, cls, cfg, kw, rng):
     if hasattr(acc, "_da_i"):
         acc.set_begin_index(1)
     with use_backend(STEP_OPS[0]):
-        count = _CountSteps()
+        count = CountSteps()
         with count:
             out = acc.step(m, t, x, generator=torch.Generator().manual_seed(2), return_logprob=True, **kw)
         assert len(count.names) == 1, count.names
@@ -129,7 +132,7 @@ def test_return_logprob_is_one_fused_launch(name, cls, cfg, kw, rng):
         if hasattr(acc, "_da_i"):
             acc._da_i.sub_(1)  # re-score the same step
         mg = m.clone().requires_grad_(True)
-        count = _CountSteps()
+        count = CountSteps()
         with count:
             lp2 = acc.step(mg, t, x, return_logprob=True, prev_sample=prev, **kw)[-1]
         assert len(count.names) == 1, count.names
@@ -158,3 +161,126 @@ def test_bf16_logprob_is_that_of_the_returned_sample(name, cls, cfg, kw, rng):
             acc._da_i.sub_(1)
         lp2 = acc.step(m, t, x, return_logprob=True, prev_sample=prev, **kw)[-1]
         assert_close(lp, lp2, atol=1e-5, rtol=1e-5, what=f"lp at step {j}: sampled vs re-scored")
+
+
+@pytest.mark.parametrize("name,kw", [("ddpm", {}), ("ddim-v-linspace", dict(eta=0.7)), ("euler-a", {})])
+def test_return_logprob_against_float64(name, kw, rng):
+    """step(..., return_logprob=True): log N(prev; mean, std^2) averaged over the non-batch dims,
+    against the stock step in float64 for the mean (model output with and without noise) and
+    the same formula in float64; re-scoring a stored prev_sample gives gradients to the model
+    output that equal the analytic ones."""
+    cls, cfg = STOCK[name]
+    acc = dd.accelerate(cls(**cfg))
+    stock = cls(**cfg)
+    acc.set_timesteps(6)
+    stock.set_timesteps(6)
+    B, S = 3, (2, 4, 5)
+    total_grad = 0.0
+    for i, t in enumerate(acc.timesteps[:-1]):
+        x = torch.randn(B, *S, generator=rng)
+        m = torch.randn(B, *S, generator=rng)
+        seed = int(torch.randint(0, 2**31, (1,), generator=rng))
+        g = torch.Generator().manual_seed(seed)
+        if hasattr(acc, "is_scale_input_called"):
+            acc.scale_model_input(x, t)
+            stock.scale_model_input(x, t)
+        prev, x0, lp = acc.step(m, t, x, generator=g, return_logprob=True, **kw)
+        # the mean: stock's step with zero noise (float64 where stock keeps the dtype)
+        dt = torch.float32 if name == "euler-a" else torch.float64
+        st_kw = dict(kw, variance_noise=torch.zeros(B, *S, dtype=dt)) if name.startswith("ddim") else kw
+        st = stock if name == "euler-a" else copy.deepcopy(stock)  # (its step index advances)
+        if name == "ddpm":
+            mean = _ddpm_mean64(st, m.double(), t, x.double())
+        elif name == "euler-a":
+            mean = (st.step(m, t, x, generator=torch.Generator().manual_seed(seed)).prev_sample.double()
+                    - _ea_noise(st, i, B, S, seed))
+        else:
+            mean = st.step(m.double(), t, x.double(), **st_kw).prev_sample
+        std = _std64(stock, t, i, kw.get("eta"))
+        ref = (-(prev.double() - mean) ** 2 / (2 * std ** 2) - math.log(std)
+               - 0.5 * math.log(2 * math.pi)).flatten(1).mean(1)
+        # |log p| terms are ~ z^2/2 with z = (prev - mean)/std: float32 error ~ 1e-6 |z|^2
+        torch.testing.assert_close(lp.double(), ref, rtol=1e-4, atol=1e-4)
+        # re-score: gradient flows to the model output
+        mg = m.clone().requires_grad_(True)
+        _, _, lp2 = acc.step(mg, t, x, return_logprob=True, prev_sample=prev, **kw) if not hasattr(
+            acc, "_da_i") else _rescore(acc, mg, t, x, prev, kw)
+        torch.testing.assert_close(lp2.detach().double(), lp.double(), rtol=1e-5, atol=1e-5)
+        lp2.sum().backward()
+        assert mg.grad is not None and bool(torch.isfinite(mg.grad).all())
+        total_grad += mg.grad.abs().sum().item()  # (zero where x0 is clipped)
+        # the checked element: the one of sample 0 whose x0 is farthest from the clamp's edges
+        # (a central difference across an edge measures neither side's slope)
+        e = (0, 0, 0, 0)
+        if getattr(acc.config, "clip_sample", False):
+            r_ = acc.config.clip_sample_range
+            x00 = x0[0].double()
+            e = (0,) + tuple(torch.unravel_index(
+                torch.minimum((x00 - r_).abs(), (x00 + r_).abs()).argmax(), S))
+        eps_, lps = 1e-3, []
+        for sgn in (1, -1):  # central difference (the log-density is quadratic in m)
+            mp = m.clone()
+            mp[e] += sgn * eps_
+            lps.append((_rescore(acc, mp, t, x, prev, kw) if hasattr(acc, "_da_i") else
+                        acc.step(mp, t, x, return_logprob=True, prev_sample=prev, **kw))[2][0].item())
+        fd = (lps[0] - lps[1]) / (2 * eps_)
+        assert abs(fd - mg.grad[e].item()) < 2e-2 * (1 + abs(fd)), (e, fd, mg.grad[e].item())
+    assert total_grad > 0
+
+
+def _rescore(acc, m, t, x, prev, kw):
+    """Re-score at the same step index (the counter advanced with the first call)."""
+    acc._da_i.sub_(1)
+    return acc.step(m, t, x, return_logprob=True, prev_sample=prev, **kw)
+
+
+def _ddpm_mean64(st, m, t, x):
+    a = st.alphas_cumprod.double()
+    ts = st.timesteps.tolist()
+    k = ts.index(int(t))
+    ap = a[ts[k + 1]] if k + 1 < len(ts) else torch.tensor(1.0, dtype=torch.float64)
+    at = a[int(t)]
+    x0 = ((x - (1 - at).sqrt() * m) / at.sqrt()).clamp(-1, 1)
+    beta = 1 - at / ap
+    return ap.sqrt() * beta / (1 - at) * x0 + (at / ap).sqrt() * (1 - ap) / (1 - at) * x
+
+
+def _std64(stock, t, i, eta):
+    a = stock.alphas_cumprod.double()
+    if isinstance(stock, diffusers.EulerAncestralDiscreteScheduler):
+        s, s2 = stock.sigmas.double()[i], stock.sigmas.double()[i + 1]
+        return math.sqrt(s2 ** 2 * (s ** 2 - s2 ** 2) / s ** 2)
+    ts = stock.timesteps.tolist()
+    if isinstance(stock, diffusers.DDIMScheduler):
+        prev_t = int(t) - stock.config.num_train_timesteps // stock.num_inference_steps
+        ap = a[prev_t] if prev_t >= 0 else stock.final_alpha_cumprod.double()
+    else:
+        k = ts.index(int(t))
+        ap = a[ts[k + 1]] if k + 1 < len(ts) else torch.tensor(1.0, dtype=torch.float64)
+    at = a[int(t)]
+    var = (1 - ap) / (1 - at) * (1 - at / ap)
+    return float((eta if eta is not None else 1.0) * var.sqrt())
+
+
+def _ea_noise(st, i, B, S, seed):
+    s, s2 = st.sigmas.double()[i], st.sigmas.double()[i + 1]
+    up = (s2 ** 2 * (s ** 2 - s2 ** 2) / s ** 2).sqrt()
+    return up * torch.randn(B, *S, generator=torch.Generator().manual_seed(seed)).double()
+
+
+def test_return_logprob_without_density():
+    ddim = dd.accelerate(diffusers.DDIMScheduler())
+    ddim.set_timesteps(3)
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="return_logprob: DDIM with eta = 0"):
+        ddim.step(x, ddim.timesteps[0], x, return_logprob=True)
+    ddpm = dd.accelerate(diffusers.DDPMScheduler())
+    ddpm.set_timesteps(3)
+    with pytest.raises(ValueError, match="return_logprob: the step at timestep 0 adds no noise"):
+        ddpm.step(x, ddpm.timesteps[-1], x, return_logprob=True)
+    with pytest.raises(ValueError, match="prev_sample: only used with return_logprob"):
+        ddpm.step(x, ddpm.timesteps[0], x, prev_sample=x)
+    with pytest.raises(TypeError):  # the deterministic Euler step has no density: no such argument
+        e = dd.accelerate(diffusers.EulerDiscreteScheduler())
+        e.set_timesteps(3)
+        e.step(x, e.timesteps[0], x, return_logprob=True)

@@ -1,32 +1,14 @@
 """Every accelerated diffusers step() is one fused step launch (issue: "each step() is one fused
 kernel launch over the latents"): the ops dispatched during a step() are counted with a
-TorchDispatchMode, for every scheduler configuration of tests/integrations/test_diffusers.py."""
+TorchDispatchMode, for every scheduler configuration of tests/support/diffusers_cases.py."""
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 diffusers = pytest.importorskip("diffusers")
 
-from support import backend_params  # noqa: E402
 from diffaccel.backends import use_backend  # noqa: E402
 from diffaccel.integrations import diffusers as dd  # noqa: E402
-from test_diffusers import STEP_KW, STOCK  # noqa: E402
-
-STEP_OPS = [p.values[0] for p in backend_params("sample_step") if p.values[1] == "cpu" and not p.marks]
-
-
-class _CountSteps(TorchDispatchMode):
-    """Records the names of the fused-step ops dispatched (any backend's)."""
-
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.name()
-        if "sample_step" in name:
-            self.names.append(name)
-        return func(*args, **(kwargs or {}))
+from support.diffusers_cases import STEP_KW, STEP_OPS, STOCK, CountSteps  # noqa: E402
 
 
 def _cases():
@@ -54,7 +36,7 @@ def test_each_step_is_one_fused_launch(name, kw, rng):
     with use_backend(STEP_OPS[0]):
         for t in sched.timesteps:
             m = torch.randn(B, *S, generator=rng)
-            counter = _CountSteps()
+            counter = CountSteps()
             with counter:
                 out = sched.step(m, t, x, generator=torch.Generator().manual_seed(1), return_dict=False, **kw)
             assert len(counter.names) == 1, f"{name} at t={float(t)}: fused step ops {counter.names}"
