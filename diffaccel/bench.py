@@ -64,10 +64,10 @@ def statistic(repeat=REPEAT, warmup=WARMUP, min_time=0.0, device="cpu"):
     if torch.device(device).type == "cuda":
         return (f"median of triton.testing.do_bench (CUDA events, {DO_BENCH['warmup']} ms warm-up, "
                 f"{DO_BENCH['rep']} ms of runs)")
-    if repeat == 1:
-        s = "one run"
-    elif min_time:
+    if min_time:
         s = f"median of {repeat} to {10 * repeat} runs (at least {min_time:g} s)"
+    elif repeat == 1:
+        s = "one run"
     else:
         s = f"median of {repeat} runs"
     return s + (f" after {warmup} warm-up" if warmup else ", no warm-up")
@@ -225,8 +225,7 @@ def error_moments_rows(args, size):
 
     dev, B, C, nb = args.device, args.batch, args.channels, 1000
     g = torch.Generator().manual_seed(0)
-    pred = torch.randn(B, C, size, size, generator=g).to(dev)
-    target = torch.randn(B, C, size, size, generator=g).to(dev)
+    pred, target = randn_inputs(g, (B, C, size, size), 2, dev)
     bins = torch.randint(0, nb, (B,), generator=g).to(dev)
     nbytes = 2 * pred.numel() * pred.element_size()  # read pred and target once
     rows = [(f"diffaccel[{b}]", (lambda b=b: error_moments(pred, target, bins, nb, backend=b)), nbytes)
