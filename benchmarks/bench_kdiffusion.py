@@ -24,7 +24,6 @@ torchsde torchdiffeq trampoline``.
 """
 import argparse
 import os
-import platform
 import sys
 
 import torch
@@ -35,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_step import MIN_TIME, WARMUP  # noqa: E402
 
 import diffaccel.schedules as sch  # noqa: E402
-from diffaccel.bench import Col, format_table, statistic, timeit  # noqa: E402
+from diffaccel.bench import Col, cpu_name, format_table, statistic, timeit  # noqa: E402
 from diffaccel.sampling import K_SAMPLERS  # noqa: E402
 
 SHAPE = (4, 64, 64)
@@ -116,14 +115,6 @@ def format_row(r):
     return format_table(TABLE, [_cells(r)], header=False)
 
 
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "cpu"
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--samplers", nargs="+", default=[n[7:] for n in K_SAMPLERS])
@@ -136,7 +127,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dev = torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name()
+    dev = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
     print(f"# ms per step, {args.steps} steps, x of shape (B, {', '.join(map(str, SHAPE))}), "
           f"device {args.device} ({dev}), torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"# each loop: {statistic(args.repeat, WARMUP, MIN_TIME, args.device)}")

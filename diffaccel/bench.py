@@ -262,6 +262,20 @@ def _baselines(args, ref, plain, ref_fn_args, plain_fn_args, like, nbytes):
     return rows
 
 
+def cpu_name():
+    """The CPU's model name (from /proc/cpuinfo; else what ``platform`` says)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _device_name(device):
     if device == "cuda":
         return torch.cuda.get_device_name(0)
