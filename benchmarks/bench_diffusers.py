@@ -11,29 +11,22 @@ Schedulers: DDIM (eta = 0, stock's default clip_sample=True), DDIM eta = 1, Eule
 accelerated rows draw it either the same way ("accel") or in the fused kernel from per-sample
 seeds ("accel+seed"). Steps at a fixed step index: the step counters are reset before each
 timed call (for both).
+
+Times are the package timer's (``diffaccel.bench.timeit``): the median of 15 runs after 2 warm-up
+per step, of 3 runs after 1 warm-up per loop. (Until issue 17 this script reported the minimum
+of those runs; tables measured before then are minima.)
 """
 import argparse
 
 import torch
 
-import time  # noqa: E402
-
 import diffusers  # noqa: E402
 
+from diffaccel.bench import Col, format_table, statistic, timeit  # noqa: E402
 from diffaccel.integrations.diffusers import accelerate  # noqa: E402
 
-def time_call(fn, repeats=15, warmup=2, min_time=None):
-    """Minimum wall time (seconds) of ``fn()`` over ``repeats`` calls after ``warmup``: on a
-    shared, loaded machine the minimum is the stable statistic (the median there measures the
-    other jobs)."""
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+STEP_TIMER = dict(repeat=15, warmup=2)
+LOOP_TIMER = dict(repeat=3, warmup=1)
 
 
 SCHEDULERS = {
@@ -80,7 +73,7 @@ def step_rows(batches=(1, 16), dtypes=(torch.float32, torch.bfloat16), names=tup
                         _reset(sched, k)
                         return sched.step(m, t, x, return_dict=False, **kw)[0]
 
-                    res[label] = time_call(call)
+                    res[label] = timeit(call, "cpu", **STEP_TIMER)
                 for label, sec in res.items():
                     rows.append((name, str(dt).replace("torch.", ""), B, label, sec, res["stock"] / sec))
     return rows
@@ -118,21 +111,24 @@ def loop_rows(B=16, steps=20, names=("ddim", "euler-a", "dpm++2m"), compiled=Tru
                             x = fn(x, t)
                     return x
 
-                rows.append((name, label, mode, time_call(loop, repeats=3, warmup=1)))
+                rows.append((name, label, mode, timeit(loop, "cpu", **LOOP_TIMER)))
     return rows
 
 
-def format_rows(step, loop):
-    out = ["one step() on 4x64x64 latents (minimum wall time)",
-           f"{'scheduler':<10} {'dtype':<9} {'B':>3} {'impl':<11} {'ms':>8} {'vs stock':>9}"]
-    for name, dt, B, label, sec, sp in step:
-        out.append(f"{name:<10} {dt:<9} {B:>3} {label:<11} {sec * 1e3:8.3f} {sp:8.2f}x")
+STEP_COLS = [Col("scheduler", 10, align="<"), Col("dtype", 9, align="<"), Col("B", 3, "d"),
+             Col("impl", 11, align="<"), Col("ms", 8, ".3f"), Col("vs stock", 9, ".2f", suffix="x")]
+LOOP_COLS = [Col("scheduler", 10, align="<"), Col("impl", 11, align="<"), Col("mode", 9, align="<"),
+             Col("ms", 9, ".1f")]
+
+
+def format_rows(step, loop, B=16, steps=20):
+    out = format_table(STEP_COLS, [(name, dt, B_, label, sec * 1e3, sp) for name, dt, B_, label, sec, sp in step],
+                       title=f"one step() on 4x64x64 latents ({statistic(**STEP_TIMER)}, wall clock)")
     if loop:
-        out += ["", "20-step loop, B=16, 1x1-conv model (total wall time, minimum of 3)",
-                f"{'scheduler':<10} {'impl':<11} {'mode':<9} {'ms':>9}"]
-        for name, label, mode, sec in loop:
-            out.append(f"{name:<10} {label:<11} {mode:<9} {sec * 1e3:9.1f}")
-    return "\n".join(out)
+        out += "\n\n" + format_table(
+            LOOP_COLS, [(name, label, mode, sec * 1e3) for name, label, mode, sec in loop],
+            title=f"{steps}-step loop, B={B}, 1x1-conv model (total wall time, {statistic(**LOOP_TIMER)})")
+    return out
 
 
 def run(quick=False, loop=True):
@@ -140,9 +136,9 @@ def run(quick=False, loop=True):
     if quick:
         step = step_rows(batches=(1, 4), names=("ddim", "euler-a"))
         lp = loop_rows(B=4, steps=10, names=("ddim",), compiled=False) if loop else []
-    else:
-        step = step_rows()
-        lp = loop_rows() if loop else []
+        return format_rows(step, lp, B=4, steps=10)
+    step = step_rows()
+    lp = loop_rows() if loop else []
     return format_rows(step, lp)
 
 

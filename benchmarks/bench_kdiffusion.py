@@ -6,7 +6,9 @@ the sampler's own overhead), at B = 1 and 16, 4x64x64, in eager mode and under t
     python benchmarks/bench_kdiffusion.py --compile           # + torch.compile (slow to compile)
     python benchmarks/bench_kdiffusion.py --samplers euler_ancestral dpmpp_2m --steps 10
 
-Columns (milliseconds per step, median over repeats of the whole loop):
+Columns (milliseconds per step: the median over ``--repeat`` runs of the whole loop after 3
+warm-up, more runs while under 0.3 s, divided by the steps; on CUDA ``triton.testing.do_bench``'s
+median):
 
 - ``kd``: k-diffusion 0.1.1.post1's own ``sample_*`` (its default noise: ``torch.randn_like``,
   or a ``BrownianTreeNoiseSampler`` for the SDE samplers);
@@ -22,7 +24,6 @@ torchsde torchdiffeq trampoline``.
 """
 import argparse
 import os
-import platform
 import sys
 
 import torch
@@ -30,9 +31,10 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "support"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_step import time_call  # noqa: E402
+from bench_step import MIN_TIME, WARMUP  # noqa: E402
 
 import diffaccel.schedules as sch  # noqa: E402
+from diffaccel.bench import Col, cpu_name, format_table, statistic, timeit  # noqa: E402
 from diffaccel.sampling import K_SAMPLERS  # noqa: E402
 
 SHAPE = (4, 64, 64)
@@ -70,8 +72,7 @@ def rows(args):
             x = torch.randn(B, *SHAPE, device=args.device) * 14.6
             seed = torch.arange(B, device=args.device) + 1
             res = {"sampler": short, "B": B}
-            res["model"] = time_call(lambda: cheap_model(x, sig_t[0] * x.new_ones(B)), args.device,
-                                     args.repeat)
+            res["model"] = _time(lambda: cheap_model(x, sig_t[0] * x.new_ones(B)), args)
             calls = {
                 "kd": lambda: theirs(cheap_model, x, sig_t, disable=True),
                 "ours": lambda: ours(cheap_model, x, sig_l, disable=True, seed=seed),
@@ -86,31 +87,32 @@ def rows(args):
                 calls["ours compiled"] = lambda: co(x)
             with torch.no_grad():
                 for label, fn in calls.items():
-                    res[label] = time_call(fn, args.device, args.repeat) / args.steps
+                    res[label] = _time(fn, args) / args.steps
             out.append(res)
             print(format_row(res), flush=True)
     return out
 
 
+def _time(fn, args):
+    return timeit(fn, args.device, args.repeat, WARMUP, MIN_TIME)
+
+
 COLS = ["kd", "ours", "ours/kd-noise", "kd compiled", "ours compiled"]
+TABLE = [Col("sampler", 18, align="<"), Col("B", 3, "d"), *[Col(c, 14, ".3f") for c in COLS],
+         Col("model", 8, ".3f"), Col("kd/ours", 8, ".2f")]
+
+
+def _cells(r):
+    return [r["sampler"], r["B"], *[r[c] * 1e3 if c in r else None for c in COLS],
+            r["model"] * 1e3, r["kd"] / r["ours"]]
 
 
 def format_header():
-    return (f"{'sampler':18s} {'B':>3s} " + " ".join(f"{c:>14s}" for c in COLS)
-            + f" {'model':>8s} {'kd/ours':>8s}")
+    return format_table(TABLE, [])
 
 
 def format_row(r):
-    cells = " ".join(f"{r[c] * 1e3:14.3f}" if c in r else f"{'-':>14s}" for c in COLS)
-    return f"{r['sampler']:18s} {r['B']:3d} {cells} {r['model'] * 1e3:8.3f} {r['kd'] / r['ours']:8.2f}"
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "cpu"
+    return format_table(TABLE, [_cells(r)], header=False)
 
 
 def main(argv=None):
@@ -125,9 +127,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dev = torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name()
+    dev = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
     print(f"# ms per step, {args.steps} steps, x of shape (B, {', '.join(map(str, SHAPE))}), "
           f"device {args.device} ({dev}), torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"# each loop: {statistic(args.repeat, WARMUP, MIN_TIME, args.device)}")
     print(format_header())
     return rows(args)
 

@@ -1,7 +1,7 @@
 """Likelihood solvers side by side: model evaluations x error x wall time on the 4-component
 Gaussian mixture (D = 3072, B = 64, sigma 0.01 -> 80, exact log p from diffaccel.models).
 
-    python benchmarks/bench_likelihood.py              # the full table (3 runs per row, min wall)
+    python benchmarks/bench_likelihood.py              # the full table (3 runs per row, median wall)
     python benchmarks/bench_likelihood.py --mean-scale 0.5   # the same on closer components
     python benchmarks/bench_likelihood.py --prior-only # each prior's own error, per mean scale
     python benchmarks/bench_likelihood.py --quick      # small sizes
@@ -15,7 +15,8 @@ latent ``x_T``, so four errors come from one run: with the standard prior ``N(0,
 I)`` (as used by k-diffusion), with the matched prior (mean and variance from 4096 fresh draws
 of the mixture), with the empirical prior (those 4096 draws themselves) and with the exact
 prior (the solver's own error). Errors are the mean over the batch of ``|log p - exact log p|``
-in nats.
+in nats. Wall times are the package timer's (``diffaccel.bench.timed``): the median of
+``--repeats`` identical runs, no warm-up (until issue 17: the minimum of those runs).
 
 The mixture's means are ``mean_scale`` (default 2) times standard normal vectors, so the
 components are ``mean_scale * sqrt(2 D)`` apart (157 at scale 2): at sigma_max = 80 they are
@@ -28,13 +29,14 @@ Functions: :func:`gmm_problem`, :func:`kdiffusion_log_likelihood`, :func:`prior_
 """
 import argparse
 import importlib.util
-import math
 import os
 import sys
-import time
 import types
 
 import torch
+
+from diffaccel.bench import Col, statistic, timed
+from diffaccel.bench import format_table as _table
 
 
 def gmm_problem(B=64, d=3072, K=4, seed=0, mean_scale=2.0):
@@ -116,9 +118,8 @@ def _errors(lp, x_T, exact, priors):
 def likelihood_table(B=64, d=3072, nfes=(25, 50, 100, 200), tols=(1e-2, 1e-3, 1e-4, 1e-5),
                      backend="cpu", kdiffusion=True, repeats=3, out=None, mean_scale=2.0):
     """Rows {method, nfe, vjps_per_eval, seconds, err_standard, err_matched, err_empirical,
-    err_exact}; the
-    wall time is the fastest of ``repeats`` identical runs (same seeds: the same result), so a
-    shared machine's load spikes do not land in the table."""
+    err_exact}; the wall time is the median of ``repeats`` identical runs (same seeds: the same
+    result), so a shared machine's load spikes do not land in the table."""
     import diffaccel.sampling as S
     gm, x, exact = gmm_problem(B, d, mean_scale=mean_scale)
     priors = _priors(gm)
@@ -132,16 +133,9 @@ def likelihood_table(B=64, d=3072, nfes=(25, 50, 100, 200), tols=(1e-2, 1e-3, 1e
         if out is not None:
             print(format_table(rows[-1:], header=len(rows) == 1), file=out, flush=True)
 
-    def timed(fn):
-        best = math.inf
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            res = fn()
-            best = min(best, time.perf_counter() - t0)
-        return res, best
-
     def ours(method, **kw):
-        (lp, info), sec = timed(lambda: S.log_likelihood(gm, x, 0.01, 80.0, seed=1, backend=backend, **kw))
+        (lp, info), sec = timed(lambda: S.log_likelihood(gm, x, 0.01, 80.0, seed=1, backend=backend, **kw),
+                                repeat=repeats, warmup=0)
         add(method, info["nfe"], info.get("vjps", info["nfe"] * kw.get("probes", 1)), sec, lp, info["x_T"])
 
     kd = kdiffusion_log_likelihood() if kdiffusion else None
@@ -158,7 +152,7 @@ def likelihood_table(B=64, d=3072, nfes=(25, 50, 100, 200), tols=(1e-2, 1e-3, 1e
             def call():
                 torch.manual_seed(1)  # its probe: torch.randint_like
                 return kd(recorded, x.float(), 0.01, 80.0, atol=tol, rtol=tol)
-            (lp, info), sec = timed(call)
+            (lp, info), sec = timed(call, repeat=repeats, warmup=0)
             add(f"k-diffusion dopri5 {tol:g}", info["fevals"], info["fevals"], sec, lp, last["x"])
     for tol in tols:
         ours(f"dopri5 {tol:g}", solver="dopri5", atol=tol, rtol=tol)
@@ -172,16 +166,15 @@ def likelihood_table(B=64, d=3072, nfes=(25, 50, 100, 200), tols=(1e-2, 1e-3, 1e
     return rows
 
 
+COLS = [Col("method", 38, align="<"), Col("NFE", 5, "d"), Col("vjp/eval", 8, ".2f"),
+        Col("wall", 8, ".2f", suffix="s"), Col("err N(0,s2)", 11, ".4f"), Col("err matched", 11, ".4f"),
+        Col("err empirical", 13, ".4f"), Col("err exact prior", 15, ".4f")]
+
+
 def format_table(rows, header=True):
-    out = []
-    if header:
-        out.append(f"{'method':38s} {'NFE':>5s} {'vjp/eval':>8s} {'wall':>8s} {'err N(0,s2)':>11s} "
-                   f"{'err matched':>11s} {'err empirical':>13s} {'err exact prior':>15s}")
-    for r in rows:
-        out.append(f"{r['method']:38s} {r['nfe']:5d} {r['vjps_per_eval']:8.2f} {r['seconds']:7.2f}s "
-                   f"{r['err_standard']:11.4f} {r['err_matched']:11.4f} {r['err_empirical']:13.4f} "
-                   f"{r['err_exact']:15.4f}")
-    return "\n".join(out)
+    return _table(COLS, [(r["method"], r["nfe"], r["vjps_per_eval"], r["seconds"], r["err_standard"],
+                          r["err_matched"], r["err_empirical"], r["err_exact"]) for r in rows],
+                  header=header)
 
 
 def main():
@@ -191,7 +184,7 @@ def main():
     p.add_argument("--backend", default="cpu")
     p.add_argument("--nfes", default=None, help="e.g. 25,50,100,200")
     p.add_argument("--tols", default=None, help="dopri5 tolerances, e.g. 1e-2,1e-3,1e-4,1e-5")
-    p.add_argument("--repeats", type=int, default=3, help="wall time: the fastest of this many runs")
+    p.add_argument("--repeats", type=int, default=3, help="wall time: the median of this many runs")
     p.add_argument("--mean-scale", type=float, default=2.0, help="the mixture's means: this x randn")
     p.add_argument("--prior-only", action="store_true", help="only each prior's own error, per mean scale")
     a = p.parse_args()
@@ -206,7 +199,7 @@ def main():
         prior_errors(d=64 if a.quick else 3072, n=512 if a.quick else 8192)
         return
     print(f"log_likelihood, 4-component GM (means {a.mean_scale:g} randn), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, backend {a.backend}")
+          f"{torch.get_num_threads()} threads, backend {a.backend}; wall: {statistic(a.repeats, 0)}")
     likelihood_table(backend=a.backend, repeats=a.repeats, out=sys.stdout, mean_scale=a.mean_scale, **kw)
 
 

@@ -23,9 +23,14 @@ import hashlib
 import math
 import os
 import sys
-import time
 
 import torch
+
+from diffaccel.bench import Col, format_table, statistic, timed
+
+COLS = [Col("method", 40, align="<"), Col("NFE", 5, "d"), Col("vjp/eval", 8, ".2f"),
+        Col("wall", 8, ".2f", suffix="s"), Col("mean |err|", 10, ".4f"), Col("mean err", 9, ".4f")]
+ONE_RUN = dict(repeat=1, warmup=0)  # each solve is timed once, as a whole
 
 
 def problem(B, kind="plain"):
@@ -59,11 +64,10 @@ def reference(model, x, smin, smax, steps, probes, cache, key, out=sys.stdout):
         ref = torch.load(path)
         print(f"reference: read from {path}", file=out)
         return ref
-    t0 = time.perf_counter()
-    lp, info = S.log_likelihood(model, x, smin, smax, solver="expint", steps=steps, probes=probes,
-                                seed=12345, backend="cpu")
+    (lp, info), sec = timed(lambda: S.log_likelihood(model, x, smin, smax, solver="expint", steps=steps,
+                                                     probes=probes, seed=12345, backend="cpu"), **ONE_RUN)
     ref = {"logp": lp, "x_T": info["x_T"], "delta": info["delta"], "stderr": info["stderr"],
-           "nfe": info["nfe"], "seconds": time.perf_counter() - t0}
+           "nfe": info["nfe"], "seconds": sec}
     if path:
         torch.save(ref, path)
     return ref
@@ -87,8 +91,7 @@ def table(model, x, xtr, smin, smax, ref, nfes=(25, 50, 100, 200), backend="cpu"
         bpd = discrete_bits_per_dim(p(ref["x_T"]) - ref["delta"], D)
         print(f"held-out bits/dim (17-level pixels, {B} digits), prior {name}: "
               f"{float(bpd.mean()):.4f} +- {float(bpd.std() / math.sqrt(B)):.4f}", file=out)
-    print(f"{'method':40s} {'NFE':>5s} {'vjp/eval':>8s} {'wall':>8s} {'mean |err|':>10s} {'mean err':>9s}",
-          file=out, flush=True)
+    print(format_table(COLS, [], title=f"wall: each solve, {statistic(**ONE_RUN)}"), file=out, flush=True)
     rows = []
 
     def add(method, nfe, vjps, dt, lp):
@@ -96,13 +99,13 @@ def table(model, x, xtr, smin, smax, ref, nfes=(25, 50, 100, 200), backend="cpu"
         rows.append({"method": method, "nfe": nfe, "vjps_per_eval": vjps / max(nfe, 1),
                      "seconds": dt, "mae": float(e.abs().mean()), "bias": float(e.mean())})
         r = rows[-1]
-        print(f"{method:40s} {nfe:5d} {r['vjps_per_eval']:8.2f} {dt:7.2f}s {r['mae']:10.4f} "
-              f"{r['bias']:9.4f}", file=out, flush=True)
+        print(format_table(COLS, [(method, nfe, r["vjps_per_eval"], dt, r["mae"], r["bias"])], header=False),
+              file=out, flush=True)
 
     def run(method, **kw):
-        t0 = time.perf_counter()
-        lp, info = S.log_likelihood(model, x, smin, smax, seed=7, backend=backend, **kw)
-        add(method, info["nfe"], info["vjps"], time.perf_counter() - t0, lp)
+        (lp, info), sec = timed(lambda: S.log_likelihood(model, x, smin, smax, seed=7, backend=backend, **kw),
+                                **ONE_RUN)
+        add(method, info["nfe"], info["vjps"], sec, lp)
 
     kd = None
     if kdiffusion:
@@ -111,9 +114,8 @@ def table(model, x, xtr, smin, smax, ref, nfes=(25, 50, 100, 200), backend="cpu"
     if kd is not None:
         for tol in (1e-2, 1e-3, 1e-4):
             torch.manual_seed(7)
-            t0 = time.perf_counter()
-            lp, info = kd(model, x, smin, smax, atol=tol, rtol=tol)
-            add(f"k-diffusion dopri5 {tol:g}", info["fevals"], info["fevals"], time.perf_counter() - t0, lp)
+            (lp, info), sec = timed(lambda: kd(model, x, smin, smax, atol=tol, rtol=tol), **ONE_RUN)
+            add(f"k-diffusion dopri5 {tol:g}", info["fevals"], info["fevals"], sec, lp)
     for tol in (1e-2, 1e-3, 1e-4):
         run(f"dopri5 {tol:g}", solver="dopri5", atol=tol, rtol=tol)
     for nfe in nfes:

@@ -22,36 +22,15 @@ Functions: :func:`step_rows`, :func:`likelihood_rows`, :func:`format_rows`, :fun
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 
+from diffaccel.bench import Col, format_table, randn_inputs, statistic, timed, timeit
 
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_call(fn, device="cpu", repeats=20, warmup=3, min_time=0.3):
-    """Median wall time (seconds) of ``fn()`` after ``warmup`` calls (on a GPU: Triton's
-    ``do_bench``, which times on the device with CUDA events, like every op in the bench)."""
-    if str(device).startswith("cuda"):
-        import triton.testing
-
-        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    start = time.perf_counter()
-    while len(times) < repeats or (time.perf_counter() - start < min_time and len(times) < 10 * repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+WARMUP = 3  # calls before the timed ones (CPU)
+MIN_TIME = 0.3  # seconds: more timed runs (up to 10x) while faster than this (CPU)
+REF_REPEATS = 3  # timed runs of the slow reference rows (CPU)
 
 
 # ------------------------------------------------------------------------ plain PyTorch steps
@@ -84,8 +63,7 @@ def step_rows(B=64, shape=(4, 64, 64), dtype=torch.float32, device=None, repeats
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     g = torch.Generator().manual_seed(0)
-    x0 = torch.randn((B,) + tuple(shape), generator=g).to(device, dtype)
-    den = torch.randn((B,) + tuple(shape), generator=g).to(device, dtype)
+    x0, den = (t.to(dtype) for t in randn_inputs(g, (B,) + tuple(shape), 2, device))
     v = (torch.randint(0, 2, (1, B) + tuple(shape), generator=g) * 2 - 1).to(device, dtype)
     w = torch.randn((1, B) + tuple(shape), generator=g).to(device, dtype)
     seeds = torch.randint(0, 2 ** 40, (B,), generator=g).to(device)
@@ -101,7 +79,7 @@ def step_rows(B=64, shape=(4, 64, 64), dtype=torch.float32, device=None, repeats
         buf = torch.empty_like(x0)
 
         def add(name, fn, repeats=repeats):
-            t = time_call(fn, device, repeats, min_time=0.3 if repeats > 3 else 0.0)
+            t = timeit(fn, device, repeats, WARMUP, _min_time(repeats))
             rows.append({"kind": kind, "name": name, "seconds": t, "gbps": nbytes / t / 1e9})
 
         if kind == "em":
@@ -138,8 +116,8 @@ def step_rows(B=64, shape=(4, 64, 64), dtype=torch.float32, device=None, repeats
         add("plain PyTorch compiled", comp)
         # the contract (diffaccel.reference.step, Philox in int64 tensor ops), eager and compiled
         ref_comp = torch.compile(lambda: fast("reference"))
-        add("reference eager", lambda: fast("reference"), repeats=3)
-        add("reference compiled", ref_comp, repeats=3)
+        add("reference eager", lambda: fast("reference"), repeats=REF_REPEATS)
+        add("reference compiled", ref_comp, repeats=REF_REPEATS)
         for name in backends or ("cpu", "triton", "cuda"):
             ok, why = availability(name, device.type, "sample_step")
             if not ok or (name == "triton" and device.type == "cpu"):
@@ -157,18 +135,34 @@ def step_rows(B=64, shape=(4, 64, 64), dtype=torch.float32, device=None, repeats
     return rows
 
 
-def format_rows(rows, title):
+def _min_time(repeats):
+    return MIN_TIME if repeats > REF_REPEATS else 0.0
+
+
+def step_statistic(device, repeats):
+    """How step_rows(device=device, repeats=repeats) took its times (one sentence)."""
+    if torch.device(device).type == "cuda":
+        return statistic(device=device)
+    return (f"{statistic(repeats, WARMUP, _min_time(repeats))}; reference rows: "
+            f"{statistic(REF_REPEATS, WARMUP, _min_time(REF_REPEATS))}")
+
+
+STEP_COLS = [Col("name", 46, align="<"), Col("time", 10, ".3f", suffix="ms"),
+             Col("x plain comp.", 13, ".2f"), Col("x ref comp.", 11, ".2f"), Col("GB/s", 7, ".2f"),
+             Col("", align="<")]
+
+
+def format_rows(rows, title, note=None):
+    """step_rows' table, one block per step kind; a backend that cannot run here gets "-" and
+    the reason. ``note``: the timer's statistic (:func:`step_statistic`)."""
     out = [title]
     for kind in dict.fromkeys(r["kind"] for r in rows):
-        out.append(f"[{kind}] {'name':46s} {'time':>10s} {'x plain comp.':>13s} {'x ref comp.':>11s} {'GB/s':>7s}")
-        for r in rows:
-            if r["kind"] != kind:
-                continue
-            if r["seconds"] is None:
-                out.append(f"      {r['name']:46s} {'-':>10s}   ({r.get('note', '')})")
-                continue
-            out.append(f"      {r['name']:46s} {r['seconds'] * 1e3:8.3f}ms {r['x_compiled']:13.2f} "
-                       f"{r['x_ref_compiled']:11.2f} {r['gbps']:7.2f}")
+        body = [(r["name"], r["seconds"] and r["seconds"] * 1e3, r.get("x_compiled"), r.get("x_ref_compiled"), r["gbps"],
+                 f"({r['note']})" if r.get("note") else "")
+                for r in rows if r["kind"] == kind]
+        out.append(format_table([STEP_COLS[0]._replace(name=f"[{kind}] name"), *STEP_COLS[1:]], body))
+    if note:
+        out.append(note)
     return "\n".join(out)
 
 
@@ -194,14 +188,12 @@ def likelihood_rows(B=64, d=3072, K=4, solvers=(("heun", 49), ("rk4", 25), ("dop
         for backend in backends:
             if not availability(backend, device.type, "sample_step")[0]:
                 continue
-            t0 = time.perf_counter()
-            lp, info = S.log_likelihood(gm, x, 0.01, 80.0, steps=steps, solver=solver,
-                                        probes=probes, seed=1, backend=backend)
-            _sync(device)
+            (lp, info), sec = timed(lambda: S.log_likelihood(
+                gm, x, 0.01, 80.0, steps=steps, solver=solver, probes=probes, seed=1,
+                backend=backend), device, repeat=1, warmup=0)
             steps_done = info["steps"]  # dopri5: per sample; the batch runs the longest
             steps_done = steps_done if isinstance(steps_done, int) else int(steps_done.max())
-            rows.append(_likelihood_row(solver, steps_done, backend, time.perf_counter() - t0,
-                                        info["nfe"], lp, exact))
+            rows.append(_likelihood_row(solver, steps_done, backend, sec, info["nfe"], lp, exact))
     kd = kdiffusion_row(gm, x, exact, device)
     if kd:
         rows.append(kd)
@@ -223,21 +215,21 @@ def kdiffusion_row(gm, x, exact, device, atol=1e-4, rtol=1e-4):
     except Exception:  # noqa: BLE001 (absent, or a broken install of one of its many imports)
         return None
     torch.manual_seed(1)
-    t0 = time.perf_counter()
-    lp, info = kd_log_likelihood(gm, x.float(), 0.01, 80.0, atol=atol, rtol=rtol)
-    _sync(device)
-    return _likelihood_row("dopri5", 0, "k-diffusion", time.perf_counter() - t0,
-                           info["fevals"], lp, exact)
+    (lp, info), sec = timed(lambda: kd_log_likelihood(gm, x.float(), 0.01, 80.0, atol=atol, rtol=rtol),
+                            device, repeat=1, warmup=0)
+    return _likelihood_row("dopri5", 0, "k-diffusion", sec, info["fevals"], lp, exact)
+
+
+LIKELIHOOD_COLS = [Col("solver", 8, align="<"), Col("steps", 6), Col("backend", 12),
+                   Col("wall", 9, ".2f", suffix="s"), Col("nfe", 5, "d"), Col("mean err", 10, ".3f"),
+                   Col("mean |err|", 11, ".3f")]
 
 
 def format_likelihood(rows, title):
-    out = [title, f"{'solver':8s} {'steps':>6s} {'backend':>12s} {'wall':>9s} {'nfe':>5s} "
-                  f"{'mean err':>10s} {'mean |err|':>11s}"]
-    for r in rows:
-        steps = str(r['steps']) if r['steps'] else "-"
-        out.append(f"{r['solver']:8s} {steps:>6s} {r['backend']:>12s} {r['seconds']:8.2f}s "
-                   f"{r['nfe']:5d} {r['mean_err']:10.3f} {r['mean_abs_err']:11.3f}")
-    return "\n".join(out)
+    return format_table(LIKELIHOOD_COLS, [
+        (r["solver"], str(r["steps"]) if r["steps"] else "-", r["backend"], r["seconds"], r["nfe"],
+         r["mean_err"], r["mean_abs_err"]) for r in rows], title=title,
+        note="wall: the whole log_likelihood, " + statistic(1, 0))
 
 
 def run(quick=False, likelihood=True, step=True, threads=None, out=sys.stdout):
@@ -248,9 +240,10 @@ def run(quick=False, likelihood=True, step=True, threads=None, out=sys.stdout):
     info = f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {dev}"
     res = {}
     if step:
-        rows = step_rows(B=B, shape=shape, device=dev, repeats=10 if quick else 20)
-        print(format_rows(rows, f"fused sampler step with logp, B={B} x {shape} float32 ({info})"),
-              file=out, flush=True)
+        repeats = 10 if quick else 20
+        rows = step_rows(B=B, shape=shape, device=dev, repeats=repeats)
+        print(format_rows(rows, f"fused sampler step with logp, B={B} x {shape} float32 ({info})",
+                          "times: " + step_statistic(dev, repeats)), file=out, flush=True)
         res["step"] = rows
     if likelihood:
         lb, ld = (8, 256) if quick else (64, 3072)

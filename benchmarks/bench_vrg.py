@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from diffaccel.bench import Col, format_table
+
 VRG_FILES = ("MSE_vs_alpha_bar_cifar10.txt", "dpm_alphaBar_1-010-time_quadratic.txt")
 
 
@@ -58,15 +60,17 @@ def optimizer_rows(data, paper_epochs=3000, steps=1500, candidates=64, seed=0, p
     return rows
 
 
+OPTIMIZER_COLS = [Col("name", 58, align="<"), Col("wall", 9, ".2f", suffix="s"), Col("x paper", 8, ".1f"),
+                  Col("cpe", 10, ".6f"), Col("loss", 10, ".6f"), Col("abar_N", 10, ".3e")]
+
+
 def format_optimizer(rows):
     base = rows[0]["seconds"]
-    out = [f"trajectory optimization, CIFAR-10 table, 10-step time-quadratic start "
-           f"(cpe {rows[0]['init_cpe']:.7f})",
-           f"{'name':58s} {'wall':>9s} {'x paper':>8s} {'cpe':>10s} {'loss':>10s} {'abar_N':>10s}"]
-    for r in rows:
-        out.append(f"{r['name']:58s} {r['seconds']:8.2f}s {base / r['seconds']:8.1f} "
-                   f"{r['cpe']:10.6f} {r['loss']:10.6f} {r['abar_last']:10.3e}")
-    return "\n".join(out)
+    return format_table(OPTIMIZER_COLS, [
+        (r["name"], r["seconds"], base / r["seconds"], r["cpe"], r["loss"], r["abar_last"]) for r in rows],
+        title=f"trajectory optimization, CIFAR-10 table, 10-step time-quadratic start "
+              f"(cpe {rows[0]['init_cpe']:.7f})",
+        note="wall: one run, no warm-up (each optimizer's own clock)")
 
 
 def run(quick=False, paper=True, threads=None, data=None, out=sys.stdout):

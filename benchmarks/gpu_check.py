@@ -6,8 +6,8 @@
                                                 # replayed, compared with eager (bit for bit)
     python benchmarks/gpu_check.py bench [--report gpu-report.md] [--device cpu --quick]
 
-The bench times every op with ``triton.testing.do_bench`` (on the CPU: the median of repeated
-runs) beside the reference in eager mode and under torch.compile and a device-to-device copy of
+The bench times every op with the package timer, ``diffaccel.bench.timeit``
+(``triton.testing.do_bench``'s median; on the CPU: the median of repeated runs), beside the reference in eager mode and under torch.compile and a device-to-device copy of
 the same bytes, and prints the achieved GB/s and the fraction of the copy's bandwidth.
 """
 import argparse
@@ -92,6 +92,11 @@ def capture_vs_eager(device, steps=10, shape=(4, 3, 32, 32), seed=1234):
 OPS = ("stroke_noise", "stroke_blur", "error_moments", "sample_step")
 
 
+def _repeats(quick):
+    """(timed runs per op row, per fused-step row) on the CPU."""
+    return (3, 3) if quick else (7, 20)
+
+
 def bench_rows(device, quick=False, compile_ref=True, ops=OPS):
     """[(case, label, seconds, bytes, copy seconds)] of every op at the benchmark shapes (B = 64
     and B = 1) on `device`. The fused step's rows come from benchmarks/bench_step.py (its floor
@@ -107,7 +112,7 @@ def bench_rows(device, quick=False, compile_ref=True, ops=OPS):
         for B in batches:
             for size in sizes:
                 args = p.parse_args([])
-                args.device, args.batch, args.repeat = device, B, 3 if quick else 7
+                args.device, args.batch, args.repeat = device, B, _repeats(quick)[0]
                 args.reference_eager = True
                 args.no_compile = not compile_ref
                 rows = DB.CASES[op](args, size)
@@ -121,7 +126,7 @@ def bench_rows(device, quick=False, compile_ref=True, ops=OPS):
 
     for B in batches:
         shape = (4, 16, 16) if quick else (4, 64, 64)
-        rows = bench_step.step_rows(B=B, shape=shape, device=device, repeats=3 if quick else 20)
+        rows = bench_step.step_rows(B=B, shape=shape, device=device, repeats=_repeats(quick)[1])
         for kind in sorted({r["kind"] for r in rows}):
             kr = [r for r in rows if r["kind"] == kind and r["seconds"]]
             floor = next(r for r in kr if r["name"].startswith("floor"))
@@ -131,20 +136,34 @@ def bench_rows(device, quick=False, compile_ref=True, ops=OPS):
     return out
 
 
-def format_report(rows, device):
+def timer_statistic(device, quick=False):
+    """How bench_rows' times were taken (one sentence for the report)."""
     from diffaccel import bench as DB
 
+    if torch.device(device).type == "cuda":
+        return DB.statistic(device=device)
+    import bench_step
+
+    ops, step = _repeats(quick)
+    return f"ops: {DB.statistic(ops)}; sample_step: {bench_step.step_statistic(device, step)}"
+
+
+def format_report(rows, device, quick=False):
+    from diffaccel import bench as DB
+
+    cols = [DB.Col("", align="<"), DB.Col("time ms", fmt=".3f"), DB.Col("GB/s", fmt=".1f"),
+            DB.Col("of copy", fmt=".2f")]
     lines = [f"# diffaccel gpu-check report", "",
              f"device: {DB._device_name(device)}; torch {torch.__version__}"
              + (f"; CUDA {torch.version.cuda}" if torch.version.cuda else ""), "",
              "GB/s counts the bytes each op must move; 'of copy' is the copy's time over the op's "
-             "(1.00 = as fast as a device-to-device copy of the same bytes).", ""]
-    case = None
+             "(1.00 = as fast as a device-to-device copy of the same bytes).", "",
+             f"Times: {timer_statistic(device, quick)}.", ""]
+    cases = {}
     for name, label, t, nbytes, t_copy in rows:
-        if name != case:
-            case = name
-            lines += ["", f"## {name}", "", "| | time ms | GB/s | of copy |", "|---|---:|---:|---:|"]
-        lines.append(f"| {label} | {t * 1e3:.3f} | {nbytes / t / 1e9:.1f} | {t_copy / t:.2f} |")
+        cases.setdefault(name, []).append((label, t * 1e3, nbytes / t / 1e9, t_copy / t))
+    for name, body in cases.items():
+        lines += ["", f"## {name}", "", DB.format_table(cols, body, markdown=True)]
     return "\n".join(lines) + "\n"
 
 
@@ -169,7 +188,7 @@ def main(argv=None):
               f"(max |dx| {float((xr - xe).abs().max()):.3g}, max |dlogp| {float((lr - le).abs().max()):.3g})")
         return 0 if ok else 1
     rows = bench_rows(a.device, quick=a.quick, compile_ref=not a.quick)
-    text = format_report(rows, a.device)
+    text = format_report(rows, a.device, quick=a.quick)
     print(text)
     if a.report:
         with open(a.report, "w") as f:

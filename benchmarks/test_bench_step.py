@@ -10,21 +10,18 @@ import torch
 
 import diffaccel.sampling as S
 from bench_step import plain_em_step
-from diffaccel.backends import availability
+from diffaccel.bench import randn_inputs, runnable
 from diffaccel.models import GaussianMixture
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-FAST = [b for b in ("cpu", "triton", "cuda")
-        if availability(b, DEVICE, "sample_step")[0] and not (b == "triton" and DEVICE == "cpu")]
+FAST = runnable("sample_step", DEVICE, ("cpu", "triton", "cuda"))
 GROUP = "sample_step em+logp B=64 4x64x64"
 
 
 @pytest.fixture(scope="module")
 def step_inputs():
     g = torch.Generator().manual_seed(0)
-    shape = (64, 4, 64, 64)
-    x = torch.randn(shape, generator=g).to(DEVICE)
-    den = torch.randn(shape, generator=g).to(DEVICE)
+    x, den = randn_inputs(g, (64, 4, 64, 64), 2, DEVICE)
     seeds = torch.randint(0, 2 ** 40, (64,), generator=g).to(DEVICE)
     return x, den, seeds, torch.tensor(2.0, device=DEVICE), torch.tensor(1.8, device=DEVICE)
 

@@ -37,4 +37,5 @@ def test_bench(benchmark, fn, nbytes):
     fn()  # compile / warm up outside the timing
     benchmark.extra_info["GB/s at median"] = None
     benchmark.pedantic(fn, rounds=5, iterations=1, warmup_rounds=1)
-    benchmark.extra_info["GB/s at median"] = nbytes / benchmark.stats.stats.median / 1e9
+    if benchmark.stats is not None:  # None under --benchmark-disable (each fn then runs once)
+        benchmark.extra_info["GB/s at median"] = nbytes / benchmark.stats.stats.median / 1e9

@@ -7,20 +7,17 @@ import pytest
 import torch
 
 import diffaccel.vrg as vrg
-from diffaccel.backends import availability
+from diffaccel.bench import randn_inputs, runnable
 from diffaccel.reference import vrg as R
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-FAST = [b for b in ("cpu", "triton", "cuda")
-        if availability(b, DEVICE, "vrg_error_moments")[0] and not (b == "triton" and DEVICE == "cpu")]
+FAST = runnable("vrg_error_moments", DEVICE, ("cpu", "triton", "cuda"))
 
 
 @pytest.fixture(scope="module")
 def moments_inputs():
     g = torch.Generator().manual_seed(0)
-    shape = (256, 4, 64, 64)
-    pred = torch.randn(shape, generator=g).to(DEVICE)
-    target = torch.randn(shape, generator=g).to(DEVICE)
+    pred, target = randn_inputs(g, (256, 4, 64, 64), 2, DEVICE)
     bins = torch.randint(0, 1000, (256,), generator=g).to(DEVICE)
     return pred, target, bins
 

@@ -3,12 +3,11 @@ every backend against the bit-exact reference (:func:`main`), and likelihood-tra
 ``log_likelihood`` on an exact Gaussian mixture against its exact log p (:func:`sampling`).
 Both print one line per backend and return their rows for the report.
 """
-import time
-
 import torch
 
 import diffaccel
 from diffaccel.backends import BACKENDS, availability
+from diffaccel.bench import timed
 
 
 def _runnable(device, op):
@@ -22,7 +21,8 @@ def _runnable(device, op):
 
 
 def stroke_check(device, size=64, batch=16, channels=4):
-    """Rows (backend, ms, max |difference from reference|) of one stroke_noise call."""
+    """Rows (backend, ms, max |difference from reference|) of one stroke_noise call (timed once
+    after one warm-up call)."""
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(batch, channels, size, size, generator=g).to(device)
     t = torch.rand(batch, generator=g).to(device)
@@ -37,12 +37,9 @@ def stroke_check(device, size=64, batch=16, channels=4):
     print(f"\nstroke_noise  B={batch} C={channels} {size}x{size} scales={scales} on {device}:")
     rows = []
     for name in _runnable(device, "stroke_noise"):
-        out = diffaccel.stroke_noise(x0, alpha, sigma, backend=name, **kw)
-        t0 = time.perf_counter()
-        out = diffaccel.stroke_noise(x0, alpha, sigma, backend=name, **kw)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        ms = (time.perf_counter() - t0) * 1e3
+        out, sec = timed(lambda: diffaccel.stroke_noise(x0, alpha, sigma, backend=name, **kw), device,
+                         repeat=1, warmup=1)
+        ms = sec * 1e3
         err = max((a - b).abs().max().item() for a, b in zip(out, ref))
         print(f"  {name:9s} {ms:9.2f} ms   max |difference from reference| = {err:.2e}")
         rows.append((name, ms, err))
@@ -70,16 +67,15 @@ def sampling(device, d=3072, d_sde=64, batch=16, steps=400):
     print(f"\n4-component Gaussian mixtures, B={batch}, exact log p as the check, on {device}:")
     rows = []
     for name in _runnable(device, "sample_step"):
-        t0 = time.perf_counter()
-        x, lp = S.sample_euler_maruyama(sde, x_T, sigmas, logp=sde.log_prob(x_T, 80.0), seed=1,
-                                        disable=True, backend=name)
-        t1 = time.perf_counter()
+        (x, lp), t_em = timed(lambda: S.sample_euler_maruyama(
+            sde, x_T, sigmas, logp=sde.log_prob(x_T, 80.0), seed=1, disable=True, backend=name),
+            device, repeat=1, warmup=0)
         em = (lp - sde.log_prob(x, 0.05)).abs().mean().item()
-        ll, info = S.log_likelihood(gm, data, 0.01, 80.0, solver="dopri5", seed=1, backend=name)
-        t2 = time.perf_counter()
+        (ll, info), t_ll = timed(lambda: S.log_likelihood(gm, data, 0.01, 80.0, solver="dopri5", seed=1,
+                                                          backend=name), device, repeat=1, warmup=0)
         err = (ll - gm.log_prob(data, 0.01)).abs().mean().item()
-        print(f"  {name:9s} Euler-Maruyama + logp, D={d_sde}, {steps} steps: {t1 - t0:5.2f} s, mean "
-              f"|logp - exact| {em:5.2f} nats;  log_likelihood dopri5, D={d}: {t2 - t1:5.2f} s, "
+        print(f"  {name:9s} Euler-Maruyama + logp, D={d_sde}, {steps} steps: {t_em:5.2f} s, mean "
+              f"|logp - exact| {em:5.2f} nats;  log_likelihood dopri5, D={d}: {t_ll:5.2f} s, "
               f"{info['nfe']} evaluations, mean |error| {err:4.2f} nats")
-        rows.append((name, t1 - t0, em, t2 - t1, info["nfe"], err))
+        rows.append((name, t_em, em, t_ll, info["nfe"], err))
     return rows

@@ -51,11 +51,11 @@ class Report:
         self.lines += [text, ""]
 
     def table(self, header, rows):
-        self.lines.append("| " + " | ".join(header) + " |")
-        self.lines.append("|" + "|".join("---" for _ in header) + "|")
-        for r in rows:
-            self.lines.append("| " + " | ".join(c if isinstance(c, str) else fmt(c) for c in r) + " |")
-        self.lines.append("")
+        """A markdown table (diffaccel.bench's formatter): strings as they are, numbers by fmt."""
+        from ..bench import Col, format_table
+
+        self.lines += format_table([Col(h, fmt=fmt, align="<") for h in header], rows,
+                                   markdown=True).split("\n") + [""]
 
     def image(self, name, caption):
         self.figures.append(name)

@@ -4,7 +4,6 @@ See docs/demo.md for what each step measures and how to read it.
 """
 import math
 import os
-import platform
 import time
 from types import SimpleNamespace
 
@@ -32,16 +31,9 @@ def machine():
     """One line naming the machine (CPU model and cores, or the GPU)."""
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} GPU"
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    from ..bench import cpu_name
+
+    return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 class Demo:
@@ -471,7 +463,7 @@ class Demo:
                 times.append(t * 1e3)
         r.h("8. Microbenchmark")
         r.p(f"B = {cfg.bench_batch}, C = 4, {cfg.bench_size}x{cfg.bench_size}, scales (2, 4, 8), "
-            f"median of {cfg.bench_repeat} runs on {machine()} (one run: the machine may be "
+            f"{bench.statistic(args.repeat, device=args.device)} on {machine()} (one run: the machine may be "
             "shared; `python -m diffaccel bench` adds the torch.compile rows). The Triton "
             "interpreter on the CPU is a correctness tool and is not timed.")
         r.table(["op", "implementation", "ms", "GB/s"], rows)
@@ -480,7 +472,7 @@ class Demo:
         checks = stroke_check(self.device.type, size=cfg.bench_size, batch=cfg.bench_batch)
         r.p("Each backend's `stroke_noise` (x_t and the target, same seeds) against the bit-exact "
             "reference (normals may differ in the last float32 bits: libm's log and cos):")
-        r.table(["backend", "ms (one call)", "max abs difference from the reference"],
+        r.table(["backend", f"ms ({bench.statistic(1, 1)})", "max abs difference from the reference"],
                 [[b, ms, err] for b, ms, err in checks])
         import matplotlib.pyplot as plt
 

@@ -307,13 +307,15 @@ def triton_kernels(caps=ARCHS, workers=2):
 
 
 def format_table(rows):
-    lines = [f"{'kernel':58s} {'sm':>3s} {'thr':>5s} {'regs':>5s} {'spill':>6s} {'stack':>6s} "
-             f"{'smem B':>8s} {'blk/SM':>7s}"]
-    for r in rows:
-        lines.append(f"{r['name'][:58]:58s} {r['cap']:>3d} {r['threads']:>5d} {r['regs']:>5d} "
-                     f"{r['local']:>6d} {r['stack']:>6d} {r['shared']:>8d} "
-                     f"{blocks_per_sm(r['regs'], r['threads'], r['shared'], r['cap']):>7d}")
-    return "\n".join(lines)
+    """The kernels table (diffaccel.bench's formatter): name, sm, threads, registers, spills,
+    stack, shared memory and resident blocks per SM of each row."""
+    from diffaccel.bench import Col, format_table as table
+
+    cols = [Col("kernel", 58, align="<"), Col("sm", 3, "d"), Col("thr", 5, "d"), Col("regs", 5, "d"),
+            Col("spill", 6, "d"), Col("stack", 6, "d"), Col("smem B", 8, "d"), Col("blk/SM", 7, "d")]
+    return table(cols, [(r["name"][:58], r["cap"], r["threads"], r["regs"], r["local"], r["stack"],
+                         r["shared"], blocks_per_sm(r["regs"], r["threads"], r["shared"], r["cap"]))
+                        for r in rows])
 
 
 def main():
