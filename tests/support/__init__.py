@@ -12,7 +12,9 @@ import pytest
 import torch
 
 import diffaccel
+from diffaccel import _ext
 from diffaccel.backends import availability
+from diffaccel.library import op
 
 from .tolerance import (LAW_ATOL, LAW_MAX, assert_close_to_truth, draw_atol,  # noqa: F401  (re-exported)
                         to_float64)
@@ -57,3 +59,19 @@ def assert_close(actual, expected, *, atol, rtol=0.0, what="values"):
             f"max abs error {err.max().item():.3g} at flat index {worst}; first bad indices {idx}; "
             f"e.g. actual {actual[tuple(idx[0])].item():.7g} vs expected {expected[tuple(idx[0])].item():.7g}")
 
+
+def skip_without_extension(backend):
+    """Skip the calling test when ``backend`` is a C++ one ("cpu", "cuda") and the extension does
+    not load here."""
+    if backend in ("cpu", "cuda") and _ext.load() is None:
+        pytest.skip(_ext.error())
+
+
+OPCHECKS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+
+
+def opcheck(name, backend, args, without=()):
+    """torch.library.opcheck of op ``name`` of ``backend`` (schema, fake, autograd registration,
+    AOT dispatch: OPCHECKS, less ``without``); skipped where the C++ extension is missing."""
+    skip_without_extension(backend)
+    torch.library.opcheck(op(name, backend), args, test_utils=[t for t in OPCHECKS if t not in without])

@@ -267,14 +267,18 @@ def test_opcheck(backend, device):
     torch.library.opcheck(op("sample_step_out", backend), out_args)
 
 
-@pytest.mark.parametrize("backend", ["reference"] + [p.values[0] for p in BACKENDS if not p.marks])
+def _compile_inputs(rng, B, S):
+    """For a step under torch.compile (dynamo reset first): x, one model output, per-sample seeds."""
+    torch._dynamo.reset()
+    return (torch.randn(B, *S, generator=rng), torch.randn(B, *S, generator=rng),
+            torch.randint(0, 2 ** 40, (B,), generator=rng))
+
+
+@pytest.mark.parametrize("backend", ["reference"] + RUNNABLE)
 def test_compile_fullgraph(backend, rng):
     """One step under torch.compile(fullgraph=True): no graph break, no host sync, same numbers."""
-    torch._dynamo.reset()
     B, S = 4, (3, 6, 5)
-    x0 = torch.randn(B, *S, generator=rng)
-    den = torch.randn(B, *S, generator=rng)
-    seeds = torch.randint(0, 2 ** 40, (B,), generator=rng)
+    x0, den, seeds = _compile_inputs(rng, B, S)
 
     def step(x, den, sigma, sigma_next, logp):
         q = sigma ** 2 - sigma_next ** 2
@@ -294,12 +298,15 @@ def test_compile_fullgraph(backend, rng):
 
 # ------------------------------------------------------------------------- named errors
 
-@pytest.mark.parametrize("backend", ["reference"] + [p.values[0] for p in BACKENDS if not p.marks])
+def _valid_step(B, S):
+    """A valid step (x, one model output, its coefficients) to spoil one argument at a time."""
+    return torch.randn(B, *S), torch.randn(B, *S), make_coef(B, am=(1.0,))
+
+
+@pytest.mark.parametrize("backend", ["reference"] + RUNNABLE)
 def test_bad_input_raises_named_errors(backend):
     B, S = 2, (3, 4)
-    x = torch.randn(B, *S)
-    m = torch.randn(B, *S)
-    c = make_coef(B, am=(1.0,))
+    x, m, c = _valid_step(B, S)
     lp = torch.zeros(B)
     cases = [
         (dict(x=x.long()), TypeError, "x"),
@@ -348,7 +355,7 @@ def test_cpp_kernel_checks_its_arguments():
         op("sample_step", "cpu")(*bad)
 
 
-@pytest.mark.parametrize("backend", ["reference"] + [p.values[0] for p in BACKENDS if not p.marks])
+@pytest.mark.parametrize("backend", ["reference"] + RUNNABLE)
 def test_compile_fullgraph_hutchinson_step(backend, rng):
     """A PF-ODE step with probes, vjps, two accumulators and next-probe output compiles without
     graph breaks and matches eager."""
@@ -566,11 +573,8 @@ def test_y_opcheck(backend):
 @pytest.mark.parametrize("backend", ["reference"] + RUNNABLE)
 def test_y_compile_fullgraph(backend, rng):
     """A DDIM-like step (x0 clamped, fed into x_new, returned) compiles without graph breaks."""
-    torch._dynamo.reset()
     B, S = 3, (2, 5, 7)
-    x_ = torch.randn(B, *S, generator=rng)
-    eps = torch.randn(B, *S, generator=rng)
-    seeds = torch.randint(0, 2 ** 40, (B,), generator=rng)
+    x_, eps, seeds = _compile_inputs(rng, B, S)
 
     def step(x, a, a_prev, logp):
         yc = make_ycoef(B, bx=1 / a.sqrt(), bm=(-(1 - a).sqrt() / a.sqrt(),), ay=a_prev.sqrt(),
@@ -595,9 +599,7 @@ def test_y_compile_fullgraph(backend, rng):
 @pytest.mark.parametrize("backend", ["reference"] + RUNNABLE)
 def test_y_bad_input_raises_named_errors(backend):
     B, S = 2, (3, 4)
-    x = torch.randn(B, *S)
-    m = torch.randn(B, *S)
-    c = make_coef(B, am=(1.0,))
+    x, m, c = _valid_step(B, S)
     yc = make_ycoef(B, bx=1.0, bm=(0.5,))
     cases = [
         (dict(ycoef=torch.zeros(B, y_width(1) - 1)), ValueError, "ycoef"),
