@@ -1,4 +1,4 @@
-"""Exact oracle models (MATH.md Section 4) against independent computations."""
+"""Exact oracle models (docs/math.md Section 4) against independent computations."""
 import itertools
 import math
 

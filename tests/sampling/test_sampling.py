@@ -1,4 +1,4 @@
-"""Samplers and log-likelihood (MATH.md Sections 3 and 4): every backend against a plain PyTorch
+"""Samplers and log-likelihood (docs/math.md Sections 3 and 4): every backend against a plain PyTorch
 loop of the same sampler, and statistical tests against the exact answers of oracle models."""
 import math
 
@@ -9,6 +9,7 @@ import diffaccel
 import diffaccel.sampling as S
 import diffaccel.schedules as sch
 from support import assert_close, backend_params
+from diffaccel.layout import DISTS
 from diffaccel.models import CurieWeiss, GaussianMixture
 
 BACKENDS = [pytest.param("reference", "cpu", id="reference-cpu")] + backend_params("sample_step")
@@ -188,7 +189,7 @@ def test_euler_maruyama_matches_plain_loop(backend, device, dist, rng):
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_ddim_matches_the_diffusers_step(backend, device, rng):
-    """sample_ddim through VPEpsDenoiser == MATH.md 3.6 written in VP space with the same z."""
+    """sample_ddim through VPEpsDenoiser == docs/math.md Section 3.6 written in VP space with the same z."""
     gm = _gm(rng, (2, 9))
     B, eta = 3, 0.7
     abar = sch.ddpm_abar()
@@ -473,9 +474,10 @@ def test_high_density_after_sde_matches_plain_loop(backend, rng):
 
 
 def test_gm_vp_reproduction_target(rng):
-    """MATH.md Section 4: d = 3000, p = 0.8, k = 5 on the paper's VP schedule: the fraction in
-    the + mode is about 0.8 with 200 Euler steps and each mode's spread about c = 0.1. With 15
-    steps the knee schedule stays near it and the constant-speed one does not.
+    """The mixture's reproduction target (knee schedules: docs/math.md Section 4): d = 3000,
+    p = 0.8, k = 5 on the paper's VP schedule: the fraction in the + mode is about 0.8 with 200
+    Euler steps and each mode's spread about c = 0.1. With 15 steps the knee schedule stays near
+    it and the constant-speed one does not.
 
     At 15 steps the knee's Euler bias is about +0.05 (measured 0.84-0.87 over seeds), so its bound
     is that plus 4 standard errors (0.142); the constant schedule gives 0.98-0.99 there, a miss of
@@ -503,7 +505,7 @@ def test_gm_vp_reproduction_target(rng):
 
 def test_curie_weiss_reproduction_target(rng):
     """CW-VP, beta = 2, p = 0.8, 50 Euler steps: the positive-magnetization fraction is about
-    W_+ = 0.790 with the knee schedule at MATH.md's d = 5*10^4 (float32 posterior), and the
+    W_+ = 0.790 with the knee schedule at d = 5*10^4 (float32 posterior), and the
     constant-speed schedule misses it (its miss grows with d)."""
     cw = CurieWeiss(50000, 2.0, 0.8, compute_dtype=torch.float32)
     assert abs(cw.w_plus - 0.790) < 1e-3
@@ -521,7 +523,7 @@ def test_curie_weiss_reproduction_target(rng):
 
 
 def test_non_normal_increments_give_the_same_mixture(rng):
-    """Invariance principle (MATH.md 3.4): with many steps every increment law samples the same
+    """Invariance principle (docs/math.md Section 3.4): with many steps every increment law samples the same
     mixture (mode weights within 4 standard errors, spreads within 10%)."""
     means = torch.tensor([[2.0, 2.0, 0.0], [-2.0, 0.0, 1.0]], dtype=torch.float64)
     gm = GaussianMixture(means, [0.7, 0.3], [0.3, 0.5])
@@ -529,7 +531,7 @@ def test_non_normal_increments_give_the_same_mixture(rng):
     x0 = torch.randn(n, 3, generator=rng) * 20
     sigmas = sch.karras_sigmas(150, 0.002, 20.0)
     se = math.sqrt(0.7 * 0.3 / n)
-    for dist in diffaccel.library.DISTS:
+    for dist in DISTS:
         x = S.sample_euler_maruyama(gm, x0, sigmas, seed=11, dist=dist, disable=True)
         r = gm.responsibilities(x)
         k = r.argmax(1)

@@ -1,4 +1,4 @@
-"""Schedules (MATH.md Sections 0 and 4): closed forms, conversions, and the sigmas tensors."""
+"""Schedules (docs/math.md Sections 0 and 4): closed forms, conversions, and the sigmas tensors."""
 import math
 
 import pytest

@@ -1,6 +1,8 @@
 """Helpers shared by the test modules: paths, the parametrization over backends, and
-``assert_close`` (which says how many elements mismatch and where). Import it as ``support``
-(``tests/`` is on ``sys.path``: pytest puts the folder of the top-level conftest.py there).
+``assert_close`` (which says how many elements mismatch and where), and
+``assert_close_to_truth`` (a backend against a float64 truth, within a multiple of the plain
+reference's own low-precision error: ``tolerance.py``). Import it as ``support`` (``tests/`` is
+on ``sys.path``: pytest puts the folder of the top-level conftest.py there).
 The modules beside this file serve the compile checks (``triton_compile.py``,
 ``triton_cases_*.py``, ``gpu_codegen.py``, run as scripts too) and the real k-diffusion
 (``kdiffusion_real.py``)."""
@@ -10,7 +12,12 @@ import pytest
 import torch
 
 import diffaccel
+from diffaccel import _ext
 from diffaccel.backends import availability
+from diffaccel.library import op
+
+from .tolerance import (LAW_ATOL, LAW_MAX, assert_close_to_truth, draw_atol,  # noqa: F401  (re-exported)
+                        to_float64)
 
 SUPPORT = os.path.dirname(os.path.abspath(__file__))
 TESTS = os.path.dirname(SUPPORT)
@@ -51,3 +58,20 @@ def assert_close(actual, expected, *, atol, rtol=0.0, what="values"):
             f"{what}: {n} of {err.numel()} elements mismatch (atol={atol:g}, rtol={rtol:g}); "
             f"max abs error {err.max().item():.3g} at flat index {worst}; first bad indices {idx}; "
             f"e.g. actual {actual[tuple(idx[0])].item():.7g} vs expected {expected[tuple(idx[0])].item():.7g}")
+
+
+def skip_without_extension(backend):
+    """Skip the calling test when ``backend`` is a C++ one ("cpu", "cuda") and the extension does
+    not load here."""
+    if backend in ("cpu", "cuda") and _ext.load() is None:
+        pytest.skip(_ext.error())
+
+
+OPCHECKS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+
+
+def opcheck(name, backend, args, without=()):
+    """torch.library.opcheck of op ``name`` of ``backend`` (schema, fake, autograd registration,
+    AOT dispatch: OPCHECKS, less ``without``); skipped where the C++ extension is missing."""
+    skip_without_extension(backend)
+    torch.library.opcheck(op(name, backend), args, test_utils=[t for t in OPCHECKS if t not in without])

@@ -1,4 +1,4 @@
-"""Counter-based noise (MATH.md Section 1): bit-identical integer streams in every backend and
+"""Counter-based noise (docs/math.md Section 1): bit-identical integer streams in every backend and
 equal to Triton's own tl.randint4x, the four laws' moments and tails, the layout rules."""
 import math
 
@@ -8,12 +8,8 @@ import torch
 import diffaccel
 from diffaccel import reference
 
-from support import assert_close, backend_params
-
-DISTS = ("normal", "laplace", "uniform", "rademacher")
-# libm / Sleef / Triton log and cos differ in the last bits: normals agree to 4e-6 (MATH.md 1);
-# uniform draws to 1-2 ulp of |z| <= 1.8 (the C++ build contracts (u - 1/2) * sqrt(12) into an FMA).
-LAW_ATOL = {"normal": 4e-6, "laplace": 4e-6, "uniform": 4e-7, "rademacher": 0.0}
+from diffaccel.layout import DISTS
+from support import LAW_ATOL, assert_close, backend_params  # LAW_ATOL: how far draws may differ
 
 
 def _random_seeds(rng, n):

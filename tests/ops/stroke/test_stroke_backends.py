@@ -6,14 +6,19 @@ import torch
 
 import diffaccel
 
-from support import assert_close, backend_params
+from support import LAW_MAX, assert_close, assert_close_to_truth, backend_params, draw_atol
 
 SHAPES = [(1, 1, 7, 5), (3, 4, 33, 17), (2, 3, 16, 16), (2, 1, 1, 9)]
 SCALE_SETS = [(2,), (2, 4, 8), (3, 5), (2, 7), (4, 16)]
-# float32 arithmetic everywhere: outputs of size O(1) agree to a few float32 ulps; normal noise
-# to 4e-6 (MATH.md 1). Low precision: one unit in the last place of the output dtype (the float32
-# results differ in their last bits, so they may round to neighbouring values), on |y| <~ 8.
-TOL = {torch.float32: (2e-5, 1e-5), torch.float16: (8 * 2**-10, 2**-10), torch.bfloat16: (8 * 2**-7, 2**-7)}
+
+
+def _floor(truth, dtype):
+    """The floor of assert_close_to_truth here: float32 arithmetic everywhere, so outputs agree to
+    2 float32 ulps of the largest |value| (the terms may be added in another order); in float16 /
+    bfloat16 one ulp of the output dtype more (the float32 results differ in their last bits, so
+    they may round to neighbouring values)."""
+    m = float(truth.abs().max()) if truth.numel() else 0.0
+    return (2 * torch.finfo(torch.float32).eps + (0 if dtype == torch.float32 else torch.finfo(dtype).eps)) * m
 
 
 def _weights(B, J, rng, device, total=0.9):
@@ -37,10 +42,11 @@ def test_blur_forward(backend, device, shape, scales, rng):
     x = torch.randn(shape, generator=rng).to(device)
     w = _weights(shape[0], len(scales), rng, device)
     ref = diffaccel.stroke_blur(x.cpu(), w.cpu(), scales, backend="reference")
+    truth = diffaccel.stroke_blur(x.cpu().double(), w.cpu().double(), scales, backend="reference")
     for name, xl in _layouts(x):
         got = diffaccel.stroke_blur(xl, w, scales, backend=backend)
         assert got.shape == x.shape and got.dtype == x.dtype
-        assert_close(got, ref, atol=2e-6, rtol=1e-5, what=f"{backend} blur {name}")
+        assert_close_to_truth(got, truth, ref, floor=_floor(truth, x.dtype), what=f"{backend} blur {name}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -51,9 +57,9 @@ def test_blur_low_precision(backend, device, dtype, rng):
     for scales in [(2, 4, 8), (3, 5, 6)]:
         got = diffaccel.stroke_blur(x, w, scales, backend=backend)
         ref = diffaccel.stroke_blur(x.cpu(), w.cpu(), scales, backend="reference")
+        truth = diffaccel.stroke_blur(x.cpu().double(), w.cpu().double(), scales, backend="reference")
         assert got.dtype == dtype
-        atol, rtol = TOL[dtype]
-        assert_close(got, ref, atol=atol, rtol=rtol, what=f"{backend} {dtype} blur")
+        assert_close_to_truth(got, truth, ref, floor=_floor(truth, dtype), what=f"{backend} {dtype} blur")
 
 
 @pytest.mark.parametrize("scales", [(2, 4), (3, 5, 2)], ids=str)
@@ -65,10 +71,13 @@ def test_blur_backward(backend, device, scales, rng):
     g = torch.randn(shape, generator=rng)
     xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
     diffaccel.stroke_blur(xr, wr, scales, backend="reference").backward(g)
+    xt, wt = x.double().requires_grad_(), w.double().requires_grad_()  # the float64 truth
+    diffaccel.stroke_blur(xt, wt, scales, backend="reference").backward(g.double())
     xb, wb = x.to(device).requires_grad_(), w.to(device).requires_grad_()
     diffaccel.stroke_blur(xb, wb, scales, backend=backend).backward(g.to(device))
-    assert_close(xb.grad, xr.grad, atol=2e-6, rtol=1e-5, what="grad x")
-    assert_close(wb.grad, wr.grad, atol=1e-4, rtol=1e-5, what="grad weights")  # sums of ~800 terms
+    assert_close_to_truth(xb.grad, xt.grad, xr.grad, floor=_floor(xt.grad, x.dtype), what="grad x")
+    assert_close_to_truth(wb.grad, wt.grad, wr.grad, floor=_floor(wt.grad, x.dtype),  # sums of ~800 terms
+                          what="grad weights")
 
 
 DIST_TOL = {"normal": 1e-5, "laplace": 1e-5, "uniform": 2e-6, "rademacher": 2e-6}
@@ -115,13 +124,20 @@ def test_noise_dtypes_and_layouts(backend, device, dtype, rng):
     wx, we = _weights(2, 2, rng, device), _weights(2, 2, rng, device)
     ref = diffaccel.stroke_noise(x0.cpu(), 0.8, 0.6, scales=(2, 4), data_weights=wx.cpu(),
                                  noise_weights=we.cpu(), seed=3, target="v", backend="reference")
-    atol, rtol = TOL[dtype]
+    # the float64 truth (the reference computes in float32 for every dtype): its formula in float64
+    # on the same draws
+    eps = diffaccel.noise(x0.shape, seed=3, dist="normal", backend="reference").double()
+    ax = diffaccel.stroke_blur(x0.cpu().double(), wx.cpu().double(), (2, 4), backend="reference")
+    ae = diffaccel.stroke_blur(eps, we.cpu().double(), (2, 4), backend="reference")
+    truth = (0.8 * ax + 0.6 * ae, 0.8 * ae - 0.6 * ax)
+    # + how far normal draws may differ between libraries, times sigma (and the weights' sum < 1)
+    draws = 0.6 * draw_atol("normal", LAW_MAX["normal"])
     for name, xl in _layouts(x0):
         xt, tgt = diffaccel.stroke_noise(xl, 0.8, 0.6, scales=(2, 4), data_weights=wx, noise_weights=we,
                                          seed=3, target="v", backend=backend)
         assert xt.dtype == dtype and tgt.dtype == dtype and xt.shape == x0.shape
-        assert_close(xt, ref[0], atol=atol, rtol=rtol, what=f"x_t {dtype} {name}")
-        assert_close(tgt, ref[1], atol=atol, rtol=rtol, what=f"target {dtype} {name}")
+        for what, g, r, t in (("x_t", xt, ref[0], truth[0]), ("target", tgt, ref[1], truth[1])):
+            assert_close_to_truth(g, t, r, floor=_floor(t, dtype) + draws, what=f"{what} {dtype} {name}")
 
 
 @pytest.mark.parametrize("target", ["eps", "x0", "v"])

@@ -1,4 +1,4 @@
-"""The stroke reference against MATH.md Section 2 directly: a naive loop for P_k / U_k, the
+"""The stroke reference against docs/math.md Section 2 directly: a naive loop for P_k / U_k, the
 projection and adjoint identities, gradcheck in float64."""
 import pytest
 import torch

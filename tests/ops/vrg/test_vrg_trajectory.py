@@ -48,7 +48,8 @@ def _random_trajectories(rng, K, N, lo=2e-4, hi=0.9995):
 @needs_data
 @pytest.mark.parametrize("backend,device", ALL)
 def test_published_value(backend, device, cifar, quadratic):
-    """MATH.md 5: the CIFAR-10 table and the 10-step time-quadratic trajectory give 0.5013875."""
+    """cpe (docs/math.md Section 5): the CIFAR-10 table and the 10-step time-quadratic trajectory
+    give 0.5013875."""
     assert quadratic.numel() == 10 and abs(quadratic[0].item() - 0.99580753) < 1e-12
     got = vrg.cumulative_error(quadratic.to(device), cifar, "ddim", backend=backend)
     assert got.dim() == 0 and got.dtype == torch.float64
@@ -140,7 +141,7 @@ def test_torch_gradcheck_reference_and_cpu(rng):
 
 def test_recursion_reproduces_ddim_closed_form(rng):
     """The generic error-propagation recursion over DDIM's x-space update coefficients gives
-    W_i^2 = (sqrt(1 - abar_i) - sqrt(alpha_i - abar_i))^2 / abar_i (MATH.md 5)."""
+    W_i^2 = (sqrt(1 - abar_i) - sqrt(alpha_i - abar_i))^2 / abar_i (docs/math.md Section 5)."""
     abar = _random_trajectories(rng, 6, 9)
     W = R.error_weights(*R.solver_coefficients(abar, "ddim"))
     prev = torch.cat([torch.ones(6, 1, dtype=torch.float64), abar[:, :-1]], 1)
