@@ -33,14 +33,19 @@ def check(cond, *msg):
 
 
 def same_memory(a, b):
-    """Whether a and b are one tensor or start at one address (False where the address is
-    unknown: fake tensors under tracing have none)."""
+    """Whether a and b are one tensor or start at one address (only the first where there is
+    no address: fake and meta tensors, while torch.compile traces)."""
     if a is b:
         return True
-    try:
-        return a.data_ptr() == b.data_ptr()
-    except (RuntimeError, NotImplementedError):  # FakeTensor / meta: no data pointer
+    if _no_storage(a) or _no_storage(b):
         return False
+    return a.data_ptr() == b.data_ptr()
+
+
+def _no_storage(t):
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor) or t.device.type == "meta"
 
 
 def check_float_input(t, name):
