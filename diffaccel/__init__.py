@@ -4,6 +4,7 @@ Every op has a plain PyTorch reference (``diffaccel.reference``, the numerics co
 docs/math.md) and fast backends tested against it; see ``diffaccel.backends`` for how one is chosen.
 Importing diffaccel compiles and loads nothing; the extension loads on first use.
 """
+from . import ops  # first: every op's schema, fake and Triton registration (diffaccel/ops/)
 from . import _source_tree
 from .backends import BACKENDS, BackendUnavailable, use_backend
 from .info import info

@@ -16,8 +16,10 @@ def load():
     if not _state["loaded"]:
         with _lock:
             if not _state["loaded"]:
-                from . import library  # noqa: F401  (schemas first: the .so only adds kernels)
-
+                # No import of diffaccel.library here (no import circle): the .so only adds
+                # kernels to the schemas, and those are defined by then. Importing the submodule
+                # diffaccel._C imports its package diffaccel first, whose __init__ imports
+                # diffaccel.ops (every schema) before anything that could call load().
                 try:
                     _state["module"] = importlib.import_module("diffaccel._C")
                 except Exception as exc:  # not built, or built against another torch

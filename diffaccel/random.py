@@ -9,7 +9,8 @@ import torch
 
 from . import _validate, reference
 from .backends import select
-from .library import DISTS, op
+from .layout import DISTS
+from .library import op
 
 
 def _shape(shape):

@@ -5,7 +5,13 @@ import torch
 import triton
 import triton.language as tl
 
-NORMAL, LAPLACE, UNIFORM, RADEMACHER = 0, 1, 2, 3
+from diffaccel import layout
+
+# the increment-law codes of diffaccel/layout.py (DISTS), as constexprs the kernels read
+NORMAL = tl.constexpr(layout.NORMAL)
+LAPLACE = tl.constexpr(layout.LAPLACE)
+UNIFORM = tl.constexpr(layout.UNIFORM)
+RADEMACHER = tl.constexpr(layout.RADEMACHER)
 BLOCK = 1024
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _SQRT12 = math.sqrt(12.0)
@@ -18,13 +24,13 @@ def draw(seed, pos, DIST: tl.constexpr):
     normal: Triton's randn; laplace: -sign(u-1/2) ln(max(1e-7, 1-2|u-1/2|))/sqrt(2);
     uniform: (u-1/2) sqrt(12); rademacher: +1 if i1 odd else -1, with i1 = randint, u = rand.
     """
-    if DIST == 0:
+    if DIST == NORMAL:
         z = tl.randn(seed, pos)
-    elif DIST == 1:
+    elif DIST == LAPLACE:
         d = tl.rand(seed, pos) - 0.5
         mag = -tl.log(tl.maximum(1.0 - 2.0 * tl.abs(d), 1.0e-7)) * 0.7071067811865476
         z = tl.where(d > 0.0, mag, tl.where(d < 0.0, -mag, 0.0))
-    elif DIST == 2:
+    elif DIST == UNIFORM:
         z = (tl.rand(seed, pos) - 0.5) * 3.4641016151377544
     else:
         i1 = tl.randint(seed, pos)

@@ -23,11 +23,29 @@ import torch
 import triton
 import triton.language as tl
 
+from diffaccel import layout
 from diffaccel.layout import MAX_MODELS
 
 from .random import draw
 
-HEAD = 7
+# The coefficient and y-line columns of diffaccel/layout.py, as constexprs the kernels read
+COEF_AX = tl.constexpr(layout.COEF_AX)
+COEF_AZ = tl.constexpr(layout.COEF_AZ)
+COEF_SX = tl.constexpr(layout.COEF_SX)
+COEF_C0 = tl.constexpr(layout.COEF_C0)
+COEF_C1 = tl.constexpr(layout.COEF_C1)
+COEF_C2 = tl.constexpr(layout.COEF_C2)
+COEF_C3 = tl.constexpr(layout.COEF_C3)
+COEF_PER_MODEL = tl.constexpr(layout.COEF_PER_MODEL)
+COEF_AM0 = tl.constexpr(layout.coef_am(0))  # model k's columns: these + COEF_PER_MODEL k
+COEF_SM0 = tl.constexpr(layout.coef_sm(0))
+COEF_CW0 = tl.constexpr(layout.coef_cw(0))
+Y_BX = tl.constexpr(layout.Y_BX)
+Y_AY = tl.constexpr(layout.Y_AY)
+Y_SY = tl.constexpr(layout.Y_SY)
+Y_CZ = tl.constexpr(layout.Y_CZ)
+Y_CN = tl.constexpr(layout.Y_CN)
+Y_HEAD = tl.constexpr(layout.Y_HEAD)  # bm_k: Y_HEAD + k
 PROGRAMS_PER_SM = 4   # on CUDA, aim at this many programs per SM in all
 SPLIT_BLOCK = 128     # splits reduced per iteration of the finish kernel
 
@@ -36,10 +54,10 @@ SPLIT_BLOCK = 128     # splits reduced per iteration of the finish kernel
 def _add_model(m_ptr, row, yrow, k: tl.constexpr, offs, mask, xn, s, y, Y: tl.constexpr):
     """xn += am_k M_k, s += sm_k M_k (and y += bm_k M_k with Y) for one block."""
     m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    am = tl.load(row + 7 + 3 * k)
-    sm = tl.load(row + 8 + 3 * k)
+    am = tl.load(row + COEF_AM0 + COEF_PER_MODEL * k)
+    sm = tl.load(row + COEF_SM0 + COEF_PER_MODEL * k)
     if Y:
-        y = y + tl.load(yrow + 5 + k) * m
+        y = y + tl.load(yrow + Y_HEAD + k) * m
     return xn + am * m, s + sm * m, y
 
 
@@ -47,7 +65,7 @@ def _add_model(m_ptr, row, yrow, k: tl.constexpr, offs, mask, xn, s, y, Y: tl.co
 def _add_vjp(w_ptr, row, k: tl.constexpr, offs, mask, acc):
     """acc += cw_k w_{k,p} for one block."""
     w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    return acc + tl.load(row + 9 + 3 * k) * w
+    return acc + tl.load(row + COEF_CW0 + COEF_PER_MODEL * k) * w
 
 
 @triton.jit
@@ -81,10 +99,10 @@ def _sample_step_kernel(x_ptr, out_ptr, coef_ptr, z_ptr, seeds_ptr, partial_ptr,
     if Y:
         RW = RW + 2
     part = partial_ptr + (b * tl.num_programs(1) + c) * RW
-    yrow = ycoef_ptr + b * (5 + K)
-    ax = tl.load(row)
-    az = tl.load(row + 1)
-    sx = tl.load(row + 2)
+    yrow = ycoef_ptr + b * (Y_HEAD + K)
+    ax = tl.load(row + COEF_AX)
+    az = tl.load(row + COEF_AZ)
+    sx = tl.load(row + COEF_SX)
     if PER_SAMPLE:
         seed = tl.load(seeds_ptr + b)
     else:
@@ -115,7 +133,7 @@ def _sample_step_kernel(x_ptr, out_ptr, coef_ptr, z_ptr, seeds_ptr, partial_ptr,
         s = sx * x
         y = x  # the y line (Y); unused otherwise
         if Y:
-            y = tl.load(yrow) * x
+            y = tl.load(yrow + Y_BX) * x
         if K > 0:
             xn, s, y = _add_model(m0, row, yrow, 0, offs, mask, xn, s, y, Y)
         if K > 1:
@@ -135,8 +153,8 @@ def _sample_step_kernel(x_ptr, out_ptr, coef_ptr, z_ptr, seeds_ptr, partial_ptr,
         if Y:
             if CLIP:  # torch.clamp: NaN fails both tests and stays NaN (tl.minimum might drop it)
                 y = tl.where(y > clip, clip, tl.where(y < -clip, -clip, y))
-            xn += tl.load(yrow + 1) * y
-            s += tl.load(yrow + 2) * y
+            xn += tl.load(yrow + Y_AY) * y
+            s += tl.load(yrow + Y_SY) * y
             if Y_OUT:
                 tl.store(y_out_ptr + offs, y.to(y_out_ptr.dtype.element_ty), mask=mask)
             if TRACK:
@@ -211,7 +229,7 @@ def _step_finish_kernel(partial_ptr, coef_ptr, logp_ptr, var_ptr, NS, P, W, ycoe
 
     logp[b]     += c0 + c1 |s|^2 + c2 s.z + c3 x.s + mean_p t_p
     logp_var[b] += sum_p (t_p - mean)^2 / (P (P - 1))          (P >= 2)
-    logp[b]     += cz |z|^2 + cn |x_new|^2                      (Y; ycoef[b] columns 3, 4)
+    logp[b]     += cz |z|^2 + cn |x_new|^2                      (Y; ycoef[b] columns Y_CZ, Y_CN)
     """
     b = tl.program_id(0).to(tl.int64)
     row = coef_ptr + b * W
@@ -219,10 +237,10 @@ def _step_finish_kernel(partial_ptr, coef_ptr, logp_ptr, var_ptr, NS, P, W, ycoe
     if Y:
         RW = RW + 2
     part = partial_ptr + b * NS * RW
-    inc = (tl.load(row + 3).to(tl.float64)
-           + tl.load(row + 4).to(tl.float64) * _split_sum(part, NS, RW, BLOCK_S)
-           + tl.load(row + 5).to(tl.float64) * _split_sum(part + 1, NS, RW, BLOCK_S)
-           + tl.load(row + 6).to(tl.float64) * _split_sum(part + 2, NS, RW, BLOCK_S))
+    inc = (tl.load(row + COEF_C0).to(tl.float64)
+           + tl.load(row + COEF_C1).to(tl.float64) * _split_sum(part, NS, RW, BLOCK_S)
+           + tl.load(row + COEF_C2).to(tl.float64) * _split_sum(part + 1, NS, RW, BLOCK_S)
+           + tl.load(row + COEF_C3).to(tl.float64) * _split_sum(part + 2, NS, RW, BLOCK_S))
     var = inc * 0.0
     if P > 0:
         # shifted sums of t_p (shift = t_0) keep the variance free of cancellation
@@ -240,8 +258,8 @@ def _step_finish_kernel(partial_ptr, coef_ptr, logp_ptr, var_ptr, NS, P, W, ycoe
             var = (s2 - s1 * s1 / P) / (P * (P - 1))
     if Y:
         yrow = ycoef_ptr + b * YW
-        inc += (tl.load(yrow + 3).to(tl.float64) * _split_sum(part + 3 + P, NS, RW, BLOCK_S)
-                + tl.load(yrow + 4).to(tl.float64) * _split_sum(part + 4 + P, NS, RW, BLOCK_S))
+        inc += (tl.load(yrow + Y_CZ).to(tl.float64) * _split_sum(part + 3 + P, NS, RW, BLOCK_S)
+                + tl.load(yrow + Y_CN).to(tl.float64) * _split_sum(part + 4 + P, NS, RW, BLOCK_S))
     lp = tl.load(logp_ptr + b).to(tl.float64)
     tl.store(logp_ptr + b, (lp + inc).to(logp_ptr.dtype.element_ty))
     if TRACK_VAR:
@@ -299,45 +317,25 @@ def _plan(D, block, splits):
 def sample_step(x, out, logp, logp_var, models, coef, z, seeds, offset, dist, probes, vjps,
                 probes_out, probe_offset, probe_dist, *, ycoef=None, y_out=None, clip=0.0,
                 _block_size=None, _num_splits=None):
-    """Launch the fused step (arguments as the diffaccel::sample_step(_out) schemas; ``out`` may
-    be ``x``). Mutates out, logp, logp_var, probes_out and y_out (None or empty: not written).
+    """Launch the fused step (arguments as the diffaccel::sample_step(_out) schemas, checked by
+    diffaccel/ops/step.py; x and out contiguous, ``out`` may be ``x``). Mutates out, logp, logp_var, probes_out and y_out (None or empty: not written).
     ``_block_size`` / ``_num_splits`` override BLOCK and the requested splits per sample (tests)."""
     B = x.shape[0]
     D = x.numel() // B if B else 0
     K = len(models)
-    if K > MAX_MODELS:
-        raise ValueError(f"models: expected at most {MAX_MODELS} model outputs, got {K}")
-    if not (x.is_contiguous() and out.is_contiguous()):
-        raise ValueError("x, out: expected contiguous tensors")
-    if tuple(coef.shape) != (B, HEAD + 3 * K) or coef.dtype != torch.float32:
-        raise ValueError(f"coef: expected a float32 tensor of shape ({B}, {HEAD + 3 * K})")
-    if dist not in (-1, 0, 1, 2, 3) or probe_dist not in (0, 1, 2, 3):
-        raise ValueError("dist, probe_dist: unknown law code")
     has_y = ycoef is not None
     y_out = y_out if y_out is not None and y_out.numel() else None
-    if has_y and (tuple(ycoef.shape) != (B, 5 + K) or ycoef.dtype != torch.float32):
-        raise ValueError(f"ycoef: expected a float32 tensor of shape ({B}, {5 + K})")
-    if y_out is not None and (not has_y or y_out.shape != x.shape or y_out.dtype != x.dtype
-                              or not y_out.is_contiguous()):
-        raise ValueError("y_out: expected a contiguous tensor with the shape and dtype of x, with ycoef")
-    if not (clip >= 0 and clip < float("inf")):
-        raise ValueError(f"clip: expected a finite value >= 0 (0: no clamp), got {clip}")
     if B == 0:
         return
     if D == 0:  # no element to update; logp still gets c0 (the reference's empty sums are 0)
         if logp.numel():
-            logp.add_(coef[:, 3].to(logp.dtype))
+            logp.add_(coef[:, layout.COEF_C0].to(logp.dtype))
         return
     models = [m.contiguous() for m in models]
-    for m in models:
-        if m.shape != x.shape or m.dtype != x.dtype:
-            raise ValueError("models: expected the shape and dtype of x")
     coef = coef.contiguous()
     track = logp.numel() > 0
     P = probes.shape[0] if probes is not None else 0
     hutch = track and P > 0 and K > 0
-    if probes is not None and len(vjps) != K:
-        raise ValueError(f"vjps: expected {K} tensors with probes, got {len(vjps)}")
     vjps = [w.contiguous() for w in vjps]
     probes = probes.contiguous() if probes is not None else x
     P_out = probes_out.shape[0] if probes_out.numel() else 0
@@ -355,7 +353,7 @@ def sample_step(x, out, logp, logp_var, models, coef, z, seeds, offset, dist, pr
     RW = 3 + Ph + (2 if has_y else 0)  # ... then |z|^2 and |x_new|^2 on the y line
     partial = torch.empty((B, num_splits, RW) if track else (1,), dtype=torch.float32,
                           device=x.device)
-    W = HEAD + 3 * K
+    W = layout.coef_width(K)
     ycoef = ycoef.contiguous() if has_y else x
     y_kw = dict(Y=True, Y_OUT=y_out is not None, CLIP=clip > 0) if has_y else {}
     _sample_step_kernel[(B, num_splits)](
@@ -367,5 +365,5 @@ def sample_step(x, out, logp, logp_var, models, coef, z, seeds, offset, dist, pr
     if track:
         track_var = logp_var.numel() > 0
         _step_finish_kernel[(B,)](partial, coef, logp, logp_var if track_var else logp, num_splits,
-                                  Ph, W, ycoef, 5 + K, TRACK_VAR=track_var, BLOCK_S=SPLIT_BLOCK,
+                                  Ph, W, ycoef, layout.y_width(K), TRACK_VAR=track_var, BLOCK_S=SPLIT_BLOCK,
                                   **({"Y": True} if has_y else {}))

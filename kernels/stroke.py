@@ -14,7 +14,13 @@ import torch
 import triton
 import triton.language as tl
 
+from diffaccel import layout
+
 from .random import _flat_index, draw, idx64, stream_position
+
+# the stroke-noise target codes of diffaccel/layout.py (TARGETS), as constexprs the kernels read
+TARGET_EPS = tl.constexpr(layout.TARGET_EPS)
+TARGET_X0 = tl.constexpr(layout.TARGET_X0)
 
 MAX_TILE_SCALES = 4
 BLOCK = 1024
@@ -23,12 +29,12 @@ MEANS_BLOCK = 256
 
 @triton.jit
 def _noise_outputs(ax, ae, alpha, sigma, TARGET: tl.constexpr):
-    """x_t = alpha ax + sigma ae and the target: ae ("eps", 0), ax ("x0", 1) or
-    alpha ae - sigma ax ("v", 2), from ax = A_{wx} x0 and ae = A_{we} eps."""
+    """x_t = alpha ax + sigma ae and the target: ae (TARGET_EPS), ax (TARGET_X0) or
+    alpha ae - sigma ax (TARGET_V), from ax = A_{wx} x0 and ae = A_{we} eps."""
     xt = alpha * ax + sigma * ae
-    if TARGET == 0:
+    if TARGET == TARGET_EPS:
         tgt = ae
-    elif TARGET == 1:
+    elif TARGET == TARGET_X0:
         tgt = ax
     else:
         tgt = alpha * ae - sigma * ax
@@ -257,7 +263,7 @@ def _grid_table(scales, H, W, device):
     return _TABLES[key]
 
 
-def _block_means(x, rows, total, seeds=None, offset=0, dist=0):
+def _block_means(x, rows, total, seeds=None, offset=0, dist=layout.NORMAL):
     """[B*C, total] float32 block means of x (or, with seeds, of the stroke noise)."""
     B, C, H, W = x.shape
     means = torch.empty((B * C, total), dtype=torch.float32, device=x.device)
@@ -316,3 +322,35 @@ def stroke_noise(x0, alpha, sigma, data_weights, noise_weights, scales, seeds, o
         x0, alpha, sigma, data_weights, noise_weights, seeds, mx, me, table, xt, tgt, N, C, H, W,
         J, total, offset, dist, per_sample, target, BLOCK, idx64(N))
     return xt, tgt
+
+
+def _block_sizes(n, k, device):
+    """Sizes of the ceil(n / k) blocks of side k along an axis of length n: min(k, n - k I)."""
+    return torch.clamp(n - k * torch.arange(-(-n // k), device=device), max=k)
+
+
+def _block_sums(v, k):
+    """(B, C, ceil(H/k), ceil(W/k)) sums of v over its k x k blocks (the last ones partial)."""
+    H, W = v.shape[-2:]
+    nh, nw = -(-H // k), -(-W // k)
+    vp = torch.nn.functional.pad(v, (0, nw * k - W, 0, nh * k - H))
+    return vp.reshape(*v.shape[:-2], nh, k, nw, k).sum(dim=(-3, -1))
+
+
+def stroke_blur_backward(grad, x, weights, scales):
+    """(A_w grad, grad_w): the gradients of <A_w x, grad> in x and in the weights (B, J).
+
+    A_w is self-adjoint, so the first is the blur kernel on grad. The second is
+    grad_w[b, j] = sum_{c, blocks of k_j} n_blk mean_x mean_g - <x, g>: a reduction over the
+    small block-mean tensors, left to PyTorch (in float64). All tensors contiguous."""
+    gx = stroke_blur(grad, weights, scales)
+    xd, gd = x.double(), grad.double()
+    xg = (xd * gd).flatten(1).sum(1)
+    H, W = x.shape[-2:]
+    cols = []
+    for k in scales:
+        n = (_block_sizes(H, k, x.device)[:, None] * _block_sizes(W, k, x.device)[None, :]).double()
+        mean_x, mean_g = _block_sums(xd, k) / n, _block_sums(gd, k) / n
+        cols.append((mean_x * mean_g * n).flatten(1).sum(1) - xg)
+    return gx, torch.stack(cols, 1).float()
+

@@ -8,11 +8,15 @@
   tiles of ``BLOCK_N``; cpe and its analytic gradient from a stencil over shifted loads of abar
   (every step weight ``W_p`` depends on ``s_{p-2} .. s_{p+1}``, ``s = sqrt((1 - abar) / abar)``).
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
-import functools
+from diffaccel import layout
+
+VRG_DPM2M = tl.constexpr(layout.VRG_DPM2M)  # solver code (layout.VRG_SOLVERS)
 
 MOMENT_BLOCK = 1024
 MOMENT_MIN_BLOCK = 512  # 4 elements per thread at 4 warps
@@ -130,6 +134,22 @@ def _s_at(abar_ptr, rows, rmask, q, N):
 
 
 @triton.jit
+def _dpm2m_ratio(valid, sa, sb, sc):
+    """c = log(sb / sa) / (2 log(sc / sb)) and its partials in sa, sb, sc where ``valid``, else
+    0 (the other lanes compute on the finite stand-ins 1, 2, 4)."""
+    a = tl.where(valid, sa, 1.0)
+    b = tl.where(valid, sb, 2.0)
+    e = tl.where(valid, sc, 4.0)
+    hp = tl.log(b / a)
+    hn = tl.log(e / b)
+    c = tl.where(valid, hp / (2.0 * hn), 0.0)
+    dc_a = tl.where(valid, -1.0 / (2.0 * hn * a), 0.0)
+    dc_b = tl.where(valid, (1.0 / (2.0 * hn) + hp / (2.0 * hn * hn)) / b, 0.0)
+    dc_c = tl.where(valid, -hp / (2.0 * hn * hn * e), 0.0)
+    return c, dc_a, dc_b, dc_c
+
+
+@triton.jit
 def _term(p, N, sm2, sm1, s0, sp1, SOLVER: tl.constexpr):
     """Step weight W_p and its partials w.r.t. s_{p-2}, s_{p-1}, s_p, s_{p+1}:
     ddim W_p = -(s_p - s_{p-1}); dpm2m W_p = -d_p (1 + c_p) + d_{p-1} c_{p-1} with
@@ -140,32 +160,16 @@ def _term(p, N, sm2, sm1, s0, sp1, SOLVER: tl.constexpr):
     dw1 = dw0 + 1.0
     dw2 = dw0 - 1.0
     dw3 = dw0
-    if SOLVER == 1:
+    if SOLVER == VRG_DPM2M:
         cur = (p >= 1) & (p <= N - 2)
-        xm1 = tl.where(cur, sm1, 1.0)
-        x0 = tl.where(cur, s0, 2.0)
-        xp1 = tl.where(cur, sp1, 4.0)
-        hp = tl.log(x0 / xm1)
-        hn = tl.log(xp1 / x0)
-        c = tl.where(cur, hp / (2.0 * hn), 0.0)
-        dc_m1 = tl.where(cur, -1.0 / (2.0 * hn * xm1), 0.0)
-        dc_0 = tl.where(cur, (1.0 / (2.0 * hn) + hp / (2.0 * hn * hn)) / x0, 0.0)
-        dc_p1 = tl.where(cur, -hp / (2.0 * hn * hn * xp1), 0.0)
+        c, dc_m1, dc_0, dc_p1 = _dpm2m_ratio(cur, sm1, s0, sp1)
         w = w - d * c
         dw1 = dw1 + c - d * dc_m1
         dw2 = dw2 - c - d * dc_0
         dw3 = dw3 - d * dc_p1
         prv = (p >= 2) & (p <= N - 1)
-        ym2 = tl.where(prv, sm2, 1.0)
-        ym1 = tl.where(prv, sm1, 2.0)
-        y0 = tl.where(prv, s0, 4.0)
-        dp = tl.where(prv, ym1 - ym2, 0.0)
-        hp2 = tl.log(ym1 / ym2)
-        hn2 = tl.log(y0 / ym1)
-        c2 = tl.where(prv, hp2 / (2.0 * hn2), 0.0)
-        dc2_m2 = tl.where(prv, -1.0 / (2.0 * hn2 * ym2), 0.0)
-        dc2_m1 = tl.where(prv, (1.0 / (2.0 * hn2) + hp2 / (2.0 * hn2 * hn2)) / ym1, 0.0)
-        dc2_0 = tl.where(prv, -hp2 / (2.0 * hn2 * hn2 * y0), 0.0)
+        dp = tl.where(prv, sm1 - sm2, 0.0)
+        c2, dc2_m2, dc2_m1, dc2_0 = _dpm2m_ratio(prv, sm2, sm1, s0)
         w = w + dp * c2
         dw0 = dw0 - c2 + dp * dc2_m2
         dw1 = dw1 + c2 + dp * dc2_m1

@@ -1,10 +1,10 @@
 """The fused sampler step, docs/math.md Section 3.1, in plain PyTorch (the contract of every backend).
 
 Per sample b (x, model outputs M_k, increment z, probes v_p and vector-Jacobian products
-w_{k,p} flattened to D elements), with the per-sample coefficients in ``coef[b]``:
+w_{k,p} flattened to D elements), with the per-sample coefficients in ``coef[b]`` (column names: ``diffaccel/layout.py``):
 
-    columns 0..6:        ax, az, sx, c0, c1, c2, c3
-    columns 7+3k..9+3k:  am_k, sm_k, cw_k          (k = 0..K-1)
+    columns COEF_AX .. COEF_C3 (0..6):           ax, az, sx, c0, c1, c2, c3
+    columns coef_am(k), coef_sm(k), coef_cw(k):  am_k, sm_k, cw_k    (7+3k..9+3k, k = 0..K-1)
 
     x_new = ax x + az z + sum_k am_k M_k
     s     = sx x + sum_k sm_k M_k                      (the score at the old x)
@@ -12,8 +12,9 @@ w_{k,p} flattened to D elements), with the per-sample coefficients in ``coef[b]`
     logp     += c0 + c1 |s|^2 + c2 (s . z) + c3 (x . s) + mean_p t_p
     logp_var += sum_p (t_p - mean_p t_p)^2 / (P (P - 1))      (P >= 2; the estimate's variance)
 
-The optional y line (``ycoef[b]``, 5 + K columns bx, ay, sy, cz, cn, bm_0 .. bm_{K-1}; e.g. a
-sampler's predicted x0, clamped, returned beside the step from the same pass)::
+The optional y line (``ycoef[b]``, y_width(K) = 5 + K columns: Y_BX .. Y_CN = bx, ay, sy, cz,
+cn, then y_bm(k) = bm_k; e.g. a sampler's predicted x0, clamped, returned beside the step from
+the same pass)::
 
     y      = bx x + sum_k bm_k M_k
     yc     = clamp(y, -clip, clip)  (clip > 0 given; NaN stays NaN)  else  y
@@ -22,9 +23,9 @@ sampler's predicted x0, clamped, returned beside the step from the same pass)::
     logp  += cz |z|^2 + cn |x_new|^2      (x_new before rounding to x's dtype)
 
 z: the given tensor, else draws of law ``dist`` from the Section 1 stream (``seeds``,
-``offset``; layout of a (B, *S) tensor), else (``dist = -1``) zero. The next step's probes
-(P' of them, law ``probe_dist``) are the (B, P', *S) noise at ``probe_offset``, stored as
-(P', B, *S). Arithmetic is float32 (float64 for float64 x); sums are taken in float64.
+``offset``; layout of a (B, *S) tensor), else (``dist = None``; the ops' NO_INCREMENT) zero.
+The next step's probes (P' of them, law ``probe_dist``) are the (B, P', *S) noise at
+``probe_offset``, stored as (P', B, *S). Arithmetic is float32 (float64 for float64 x); sums are taken in float64.
 """
 import math
 

@@ -12,7 +12,6 @@
 - :func:`log_likelihood` (euler, heun, rk4, dopri5, expint; priors: :class:`MatchedPrior`, :class:`EmpiricalPrior`) and
   :func:`bits_per_dim`.
 """
-from . import _ops  # noqa: F401  (fake and Triton registrations of the step ops)
 from .interpolant import sample_interpolant
 from .likelihood import SOLVERS, bits_per_dim, log_likelihood
 from .k_samplers import (K_SAMPLERS, sample_dpm_2, sample_dpm_2_ancestral, sample_dpmpp_2m,

@@ -2,8 +2,8 @@
 writes the new x, draws the increment in the kernel, adds every sample's log-density terms in
 place and can write the next step's Hutchinson probes.
 
-Per sample b, with per-sample coefficients ``coef[b]`` (a (B, 7 + 3K) tensor, see
-:func:`make_coef`)::
+Per sample b, with per-sample coefficients ``coef[b]`` (a (B, coef_width(K)) = (B, 7 + 3K)
+tensor, columns in the order of ``diffaccel/layout.py``, see :func:`make_coef`)::
 
     x_new     = ax x + az z + sum_k am_k M_k
     s         = sx x + sum_k sm_k M_k                    (score at the old x)
@@ -11,7 +11,7 @@ Per sample b, with per-sample coefficients ``coef[b]`` (a (B, 7 + 3K) tensor, se
     logp     += c0 + c1 |s|^2 + c2 (s . z) + c3 (x . s) + mean_p t_p
     logp_var += var_p(t_p) / P                           (P >= 2)
 
-With ``ycoef`` (a (B, 5 + K) tensor, :func:`make_ycoef`) the same pass also computes a second
+With ``ycoef`` (a (B, y_width(K)) = (B, 5 + K) tensor, :func:`make_ycoef`) the same pass also computes a second
 linear combination, e.g. a sampler's predicted x0, clamps it, writes it to ``y_out`` and feeds it
 into the step (one launch where a sampler would otherwise need two)::
 
@@ -27,14 +27,12 @@ import numbers
 import torch
 
 from .. import _validate
-from ..library import DISTS, op
+from ..layout import COEF_HEAD, Y_HEAD  # noqa: F401  (re-exported, with coef_width, y_width)
+from ..layout import (COEF_AX, COEF_AZ, COEF_C0, COEF_C1, COEF_C2, COEF_C3, COEF_SX, DISTS,
+                      MAX_MODELS, MAX_PROBES, NO_INCREMENT, RADEMACHER, Y_AY, Y_BX, Y_CN, Y_CZ,
+                      Y_SY, coef_am, coef_cw, coef_sm, coef_width, y_bm, y_width)
+from ..library import op
 from ..reference import step as _ref
-
-from ..layout import MAX_MODELS, MAX_PROBES
-COEF_HEAD = _ref.COEF_HEAD
-coef_width = _ref.coef_width
-Y_HEAD = _ref.Y_HEAD
-y_width = _ref.y_width
 
 
 def make_coef(B, *, ax=1.0, az=0.0, sx=0.0, c0=0.0, c1=0.0, c2=0.0, c3=0.0, am=(), sm=None,
@@ -48,25 +46,29 @@ def make_coef(B, *, ax=1.0, az=0.0, sx=0.0, c0=0.0, c1=0.0, c2=0.0, c3=0.0, am=(
     if len(sm) != K or len(cw) != K:
         raise ValueError(f"sm, cw: expected {K} values each (one per model output), got "
                          f"{len(sm)} and {len(cw)}")
-    cols = [ax, az, sx, c0, c1, c2, c3]
+    cols = [None] * coef_width(K)
+    for col, v in ((COEF_AX, ax), (COEF_AZ, az), (COEF_SX, sx), (COEF_C0, c0), (COEF_C1, c1),
+                   (COEF_C2, c2), (COEF_C3, c3)):
+        cols[col] = v
     for k in range(K):
-        cols += [am[k], sm[k], cw[k]]
-    if device is None:
-        device = next((c.device for c in cols if isinstance(c, torch.Tensor)), torch.device("cpu"))
-    out = []
-    for c in cols:
-        if isinstance(c, torch.Tensor):
-            out.append(c.to(device=device, dtype=dtype).reshape(-1).expand(B))
-        else:
-            out.append(torch.full((B,), float(c), dtype=dtype, device=device))
-    return torch.stack(out, 1)
+        cols[coef_am(k)], cols[coef_sm(k)], cols[coef_cw(k)] = am[k], sm[k], cw[k]
+    return _columns(B, cols, device, dtype)
 
 
 def make_ycoef(B, *, bx=0.0, ay=0.0, sy=0.0, cz=0.0, cn=0.0, bm=(), device=None,
                dtype=torch.float32):
     """The (B, 5 + K) coefficients of the y line from numbers, 0-d or (B,) tensors (no host
     sync); bm: K values, one per model output."""
-    cols = [bx, ay, sy, cz, cn, *bm]
+    cols = [None] * y_width(len(bm))
+    for col, v in ((Y_BX, bx), (Y_AY, ay), (Y_SY, sy), (Y_CZ, cz), (Y_CN, cn)):
+        cols[col] = v
+    for k, v in enumerate(bm):
+        cols[y_bm(k)] = v
+    return _columns(B, cols, device, dtype)
+
+
+def _columns(B, cols, device, dtype):
+    """(B, len(cols)) table: column j from cols[j], a number, a 0-d or a (B,) tensor."""
     if device is None:
         device = next((c.device for c in cols if isinstance(c, torch.Tensor)), torch.device("cpu"))
     return torch.stack([c.to(device=device, dtype=dtype).reshape(-1).expand(B)
@@ -96,11 +98,7 @@ def _like_x(t, x, name):
     _tensor(t, name)
     if t.shape != x.shape:
         raise ValueError(f"{name}: expected shape {tuple(x.shape)} (that of x), got {tuple(t.shape)}")
-    if t.device != x.device:
-        raise ValueError(f"{name}: expected a tensor on {x.device}, got {t.device}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
-    return t
+    return _float_on_x_device(t, x, name)
 
 
 def _stack_like(t, x, P, name):
@@ -108,6 +106,10 @@ def _stack_like(t, x, P, name):
     shape = (P, *x.shape) if P is not None else None
     if t.dim() != x.dim() + 1 or tuple(t.shape[1:]) != tuple(x.shape) or (shape and tuple(t.shape) != shape):
         raise ValueError(f"{name}: expected shape (P, {', '.join(map(str, x.shape))}), got {tuple(t.shape)}")
+    return _float_on_x_device(t, x, name)
+
+
+def _float_on_x_device(t, x, name):
     if t.device != x.device:
         raise ValueError(f"{name}: expected a tensor on {x.device}, got {t.device}")
     if not t.is_floating_point():
@@ -173,7 +175,7 @@ def fused_step(x, models, coef, *, logp=None, logp_var=None, z=None, seed=None, 
         raise ValueError("logp_var: needs logp (the variance of the log-density's estimate)")
     if z is not None:
         z = _like_x(z, x, "z")
-    dist_code = -1 if (dist is None or z is not None) else _validate.dist(dist)
+    dist_code = NO_INCREMENT if (dist is None or z is not None) else _validate.dist(dist)
     probe_code = _validate.choice(probe_dist, DISTS, "probe_dist")
     offset = _validate.offset(offset)
     probe_offset = _validate.offset(probe_offset)
@@ -235,7 +237,7 @@ def fused_step(x, models, coef, *, logp=None, logp_var=None, z=None, seed=None, 
         empty = x.new_zeros(0, dtype=torch.float32)
         xn, lp, lv, pout, yc = _ref.sample_step(
             x, empty if logp is None else logp, empty if logp_var is None else logp_var, models,
-            coef, z, seeds, offset, None if dist_code < 0 else DISTS[dist_code], probes, vjps,
+            coef, z, seeds, offset, None if dist_code == NO_INCREMENT else DISTS[dist_code], probes, vjps,
             n_out, probe_offset, probe_dist, ycoef=ycoef, clip=clip_value or None)
         target = x if out is None else out
         target.copy_(xn)
@@ -248,20 +250,12 @@ def fused_step(x, models, coef, *, logp=None, logp_var=None, z=None, seed=None, 
         if y_out is not None:
             y_out.copy_(yc)
         return target
-    dt = x.dtype
-    models = [m.to(dt).contiguous() for m in models]
-    empty = x.new_empty(0, dtype=torch.float32)
-    args = (empty if logp is None else logp, empty if logp_var is None else logp_var, models,
-            coef.to(torch.float32).contiguous(), None if z is None else z.to(dt).contiguous(),
-            seeds, offset, dist_code,
-            None if probes is None else probes.to(dt).contiguous(),
-            [w.to(dt).contiguous() for w in vjps],
-            x.new_empty((0, *x.shape)) if probes_out is None else probes_out,
-            probe_offset, probe_code,
-            None if ycoef is None else ycoef.to(torch.float32).contiguous(),
-            x.new_empty(0) if y_out is None else y_out, clip_value)
-    if probes_out is not None and probes_out.dtype != dt:
-        raise TypeError(f"probes_out: expected {dt} (that of x), got {probes_out.dtype}")
+    args = _op_args(x, models, coef, logp=logp, logp_var=logp_var, z=z, seeds=seeds,
+                    offset=offset, dist_code=dist_code, probes=probes, vjps=vjps,
+                    probes_out=probes_out, probe_offset=probe_offset, probe_code=probe_code,
+                    ycoef=ycoef, y_out=y_out, clip=clip_value)
+    if probes_out is not None and probes_out.dtype != x.dtype:
+        raise TypeError(f"probes_out: expected {x.dtype} (that of x), got {probes_out.dtype}")
     if out is None:
         op("sample_step", name)(x, *args)
         return x
@@ -273,12 +267,27 @@ def is_number(v):
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
-_NO_PROBES = DISTS.index("rademacher")
-
-
 def _as(t, dtype):
     """t as a contiguous ``dtype`` tensor (t itself when it is one: no dispatch)."""
-    return t if t.dtype == dtype and t.is_contiguous() else t.to(dtype).contiguous()  # fused_step's default probe_dist (no probes drawn)
+    return t if t.dtype == dtype and t.is_contiguous() else t.to(dtype).contiguous()
+
+
+def _op_args(x, models, coef, *, seeds, logp=None, logp_var=None, z=None, offset=0,
+             dist_code=NO_INCREMENT, probes=None, vjps=(), probes_out=None, probe_offset=0,
+             probe_code=RADEMACHER, ycoef=None, y_out=None, clip=0.0):
+    """The arguments of sample_step after x (and of sample_step_out after x, out), from checked
+    ones: x's dtype for the tensors like x, float32 tables, empty tensors for what is not
+    tracked or written (logp, logp_var, probes_out, y_out). ``probe_code``: fused_step's default
+    probe_dist (rademacher) when no probes are drawn."""
+    dt = x.dtype
+    empty = x.new_empty(0, dtype=torch.float32)
+    return (empty if logp is None else logp, empty if logp_var is None else logp_var,
+            [_as(m, dt) for m in models], _as(coef, torch.float32),
+            None if z is None else _as(z, dt), seeds, offset, dist_code,
+            None if probes is None else _as(probes, dt), [_as(w, dt) for w in vjps],
+            x.new_empty((0, *x.shape)) if probes_out is None else probes_out,
+            probe_offset, probe_code, None if ycoef is None else _as(ycoef, torch.float32),
+            x.new_empty(0) if y_out is None else y_out, clip)
 
 
 def fused_step_prepared(x, models, coef, *, out, ycoef=None, y_out=None, z=None, seed=None,
@@ -300,20 +309,17 @@ def fused_step_prepared(x, models, coef, *, out, ycoef=None, y_out=None, z=None,
     if name == "reference":
         return fused_step(x, models, coef, ycoef=ycoef, y_out=y_out, clip=clip, z=z, seed=seed,
                           dist=dist, out=out, logp=logp, backend=backend)
-    dt = x.dtype
-    empty = x.new_empty(0, dtype=torch.float32)
     if z is not None:
-        z = _like_x(z, x, "z").to(dt).contiguous()
-    logp = empty if logp is None else _accumulator(logp, x, "logp")
+        z = _like_x(z, x, "z")
+    if logp is not None:
+        logp = _accumulator(logp, x, "logp")
     if dist is None or z is not None:
-        dist_code, seeds = -1, torch.zeros(1, dtype=torch.int64, device=x.device)
+        dist_code, seeds = NO_INCREMENT, torch.zeros(1, dtype=torch.int64, device=x.device)
     else:
         if seed is None:
             raise ValueError("seed: required to draw the increment or the next probes")
         dist_code, seeds = _validate.dist(dist), seed
-    op("sample_step_out", name)(
-        x, out, logp, empty, [_as(m, dt) for m in models], _as(coef, torch.float32), z, seeds, 0,
-        dist_code, None, [], x.new_empty((0, *x.shape)), 0, _NO_PROBES,
-        None if ycoef is None else _as(ycoef, torch.float32),
-        x.new_empty(0) if y_out is None else y_out, 0.0 if clip is None else float(clip))
+    op("sample_step_out", name)(x, out, *_op_args(
+        x, models, coef, logp=logp, z=z, seeds=seeds, dist_code=dist_code, ycoef=ycoef,
+        y_out=y_out, clip=0.0 if clip is None else float(clip)))
     return out

@@ -10,7 +10,6 @@ level, then find the sampling trajectory that minimizes the accumulated error.
   :func:`paper_optimizer` is the paper's method (the baseline); :func:`to_timesteps` /
   :func:`to_sigmas` hand the result to diffusers / k-diffusion.
 """
-from . import _ops  # noqa: F401  (fake functions, autograd and Triton kernels of the VRG ops)
 from .moments import ErrorStats, error_moments, measure_mse
 from .table import MSETable, load_trajectory
 from .trajectory import (SOLVERS, TrajectoryError, TrajectoryResult, check_trajectory,
