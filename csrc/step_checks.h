@@ -1,5 +1,6 @@
-// Argument checks of the fused sampler step (diffaccel::sample_step / sample_step_out), shared
-// by the CPU and CUDA registrations, and the raw-pointer StepArgs built from checked tensors.
+// Argument checks of the fused sampler step (diffaccel::sample_step / sample_step_out), the
+// raw-pointer StepArgs built from checked tensors, and the two ops' entry points (StepOps), shared
+// by the CPU and CUDA registrations (csrc/step_ops.cpp, csrc/cuda/step_ops_cuda.cpp).
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
@@ -7,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "checks.h"
@@ -113,13 +115,14 @@ inline StepInputs check_sample_step(const at::Tensor& x, const at::Tensor& out,
     TORCH_CHECK(!in.probes.has_value() || !probes_out.is_same(*probes),
                 "probes_out: must not be the probes tensor being read");
   }
-  // the y line (all optional): ycoef [B, 5 + K] float32, y_out like x or empty, clip >= 0
+  // the y line (all optional): ycoef [B, step_y_width(K)] float32, y_out like x or empty,
+  // clip >= 0
   // finiteness from the bits: this file is compiled with -ffast-math, where std::isfinite folds
   uint64_t clip_bits;
   std::memcpy(&clip_bits, &clip, sizeof(clip_bits));
   const bool clip_finite = (clip_bits & 0x7ff0000000000000ull) != 0x7ff0000000000000ull;
-  TORCH_CHECK(clip_finite && clip >= 0.0, "clip: expected a finite value > 0 (0: no clamp), got ",
-              clip);
+  TORCH_CHECK(clip_finite && clip >= 0.0,
+              "clip: expected a finite value >= 0 (0: no clamp), got ", clip);
   if (ycoef.has_value()) {
     check_same_device(x, *ycoef, "ycoef");
     TORCH_CHECK(ycoef->scalar_type() == at::kFloat && ycoef->dim() == 2 &&
@@ -177,5 +180,65 @@ StepArgs<T> make_step_args(const at::Tensor& x, const at::Tensor& out, const at:
   a.clip = static_cast<float>(clip);
   return a;
 }
+
+// One checked step call: x contiguous, out (x itself for sample_step), the accumulators and
+// outputs, the checked inputs and the scalars.
+struct StepCall {
+  at::Tensor x, out, logp, logp_var, probes_out, y_out;
+  StepInputs in;
+  int64_t offset, dist, probe_offset, probe_dist;
+  double clip;
+
+  template <typename T>
+  StepArgs<T> args() const {
+    return make_step_args<T>(x, out, logp, logp_var, in, offset, dist, probes_out, probe_offset,
+                             probe_dist, y_out, clip);
+  }
+};
+
+// The entry points of the two schemas around one backend's runner: checks every argument, then
+// calls Run(call) unless the batch is empty (D = 0 still runs it: logp += c0, as the reference).
+template <void (*Run)(const StepCall&)>
+struct StepOps {
+  static void call(const at::Tensor& x, const at::Tensor& out, const at::Tensor& logp,
+                   const at::Tensor& logp_var, at::TensorList models, const at::Tensor& coef,
+                   const std::optional<at::Tensor>& z, const at::Tensor& seeds, int64_t offset,
+                   int64_t dist, const std::optional<at::Tensor>& probes, at::TensorList vjps,
+                   const at::Tensor& probes_out, int64_t probe_offset, int64_t probe_dist,
+                   const std::optional<at::Tensor>& ycoef, const at::Tensor& y_out, double clip) {
+    TORCH_CHECK(x.is_contiguous(), "x: expected a contiguous tensor");
+    StepInputs in = check_sample_step(x, out, logp, logp_var, models, coef, z, seeds, offset, dist,
+                                      probes, vjps, probes_out, probe_offset, probe_dist, ycoef,
+                                      y_out, clip);
+    if (x.size(0) == 0) return;
+    Run(StepCall{x, out, logp, logp_var, probes_out, y_out, std::move(in), offset, dist,
+                 probe_offset, probe_dist, clip});
+  }
+
+  // sample_step: x updated in place.
+  static void sample_step(const at::Tensor& x, const at::Tensor& logp, const at::Tensor& logp_var,
+                          at::TensorList models, const at::Tensor& coef,
+                          const std::optional<at::Tensor>& z, const at::Tensor& seeds,
+                          int64_t offset, int64_t dist, const std::optional<at::Tensor>& probes,
+                          at::TensorList vjps, const at::Tensor& probes_out, int64_t probe_offset,
+                          int64_t probe_dist, const std::optional<at::Tensor>& ycoef,
+                          const at::Tensor& y_out, double clip) {
+    call(x, x, logp, logp_var, models, coef, z, seeds, offset, dist, probes, vjps, probes_out,
+         probe_offset, probe_dist, ycoef, y_out, clip);
+  }
+
+  // sample_step_out: the new x written to out.
+  static void sample_step_out(const at::Tensor& x, const at::Tensor& out, const at::Tensor& logp,
+                              const at::Tensor& logp_var, at::TensorList models,
+                              const at::Tensor& coef, const std::optional<at::Tensor>& z,
+                              const at::Tensor& seeds, int64_t offset, int64_t dist,
+                              const std::optional<at::Tensor>& probes, at::TensorList vjps,
+                              const at::Tensor& probes_out, int64_t probe_offset,
+                              int64_t probe_dist, const std::optional<at::Tensor>& ycoef,
+                              const at::Tensor& y_out, double clip) {
+    call(x.contiguous(), out, logp, logp_var, models, coef, z, seeds, offset, dist, probes, vjps,
+         probes_out, probe_offset, probe_dist, ycoef, y_out, clip);
+  }
+};
 
 }  // namespace diffaccel

@@ -1,10 +1,9 @@
 // Counter-based noise on the CPU: the Philox stream of csrc/include/diffaccel/philox.h in
 // vectorizable loops (`#pragma omp simd` with glibc's vector logf/cosf).
 #include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
-#include "cpu_kernels.h"
+#include "../instantiate.h"
+#include "noise_kernels.h"
 #include "diffaccel/philox.h"
 #include "draw_loop.h"
 
@@ -58,9 +57,7 @@ void noise(const int64_t* seeds, bool per_sample, int64_t B, int64_t D, uint64_t
 
 #define DA_INSTANTIATE(T) \
   template void noise<T>(const int64_t*, bool, int64_t, int64_t, uint64_t, int32_t, T*);
-DA_INSTANTIATE(float)
-DA_INSTANTIATE(c10::Half)
-DA_INSTANTIATE(c10::BFloat16)
+DA_FOR_EACH_FLOAT(DA_INSTANTIATE)
 #undef DA_INSTANTIATE
 
 }  // namespace cpu

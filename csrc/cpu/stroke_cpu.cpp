@@ -2,13 +2,12 @@
 // (and, for noising, its freshly drawn noise) stays in cache while the block means of every
 // scale are taken and the outputs written, so x and x0 are read from memory once.
 #include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
 #include <algorithm>
 #include <vector>
 
-#include "cpu_kernels.h"
+#include "../instantiate.h"
+#include "stroke_kernels.h"
 #include "diffaccel/philox.h"
 #include "diffaccel/stroke.h"
 #include "draw_loop.h"
@@ -72,7 +71,8 @@ void sums_from_plane(const T* p, const Grid& g, int j, float* cols, float* sums)
   }
 }
 
-// Block sums of scale j from those of scale j - 1 (k_j a multiple of k_{j-1}).
+// Block sums of scale j from those of scale j - 1 (k_j a multiple of k_{j-1}): r x r blocks of
+// scale j - 1 each, fewer at the border (block_extent over the coarser grid).
 void sums_from_previous(const Grid& g, int j, float* sums) {
   const int64_t r = g.k[j] / g.k[j - 1], ph = g.hk[j - 1], pw = g.wk[j - 1];
   const float* prev = sums + g.off[j - 1];
@@ -80,8 +80,8 @@ void sums_from_previous(const Grid& g, int j, float* sums) {
   for (int64_t I = 0; I < g.hk[j]; ++I)
     for (int64_t Jb = 0; Jb < g.wk[j]; ++Jb) {
       float acc = 0.0f;
-      for (int64_t i = I * r; i < std::min(I * r + r, ph); ++i)
-        for (int64_t q = Jb * r; q < std::min(Jb * r + r, pw); ++q) acc += prev[i * pw + q];
+      for (int64_t i = I * r; i < I * r + block_extent(ph, r, I); ++i)
+        for (int64_t q = Jb * r; q < Jb * r + block_extent(pw, r, Jb); ++q) acc += prev[i * pw + q];
       s[I * g.wk[j] + Jb] = acc;
     }
 }
@@ -249,9 +249,7 @@ void stroke_noise(const T* x0, const float* alpha, const float* sigma, const flo
   template void stroke_noise<T>(const T*, const float*, const float*, const float*,             \
                                 const float*, const int64_t*, int, int64_t, int64_t, int64_t,    \
                                 int64_t, const int64_t*, bool, uint64_t, int32_t, int32_t, T*, T*);
-DA_INSTANTIATE(float)
-DA_INSTANTIATE(c10::Half)
-DA_INSTANTIATE(c10::BFloat16)
+DA_FOR_EACH_FLOAT(DA_INSTANTIATE)
 #undef DA_INSTANTIATE
 
 }  // namespace cpu

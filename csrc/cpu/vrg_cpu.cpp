@@ -1,12 +1,11 @@
 // VRG on the CPU: the fused error-moment reduction (one read of pred and target, float64
 // accumulation in vector lanes) and the batched cumulative prediction error with its gradient.
 #include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
 #include <algorithm>
 #include <vector>
 
+#include "../instantiate.h"
 #include "diffaccel/vrg.h"
 #include "vrg_kernels.h"
 
@@ -96,9 +95,7 @@ void vrg_cumulative_error(const double* abar, int64_t K, int64_t N, const double
 #define DA_INSTANTIATE(T)                                                                   \
   template int64_t vrg_error_moments<T>(const T*, const T*, const int64_t*, int64_t, int64_t, \
                                         int64_t, double*);
-DA_INSTANTIATE(float)
-DA_INSTANTIATE(c10::Half)
-DA_INSTANTIATE(c10::BFloat16)
+DA_FOR_EACH_FLOAT(DA_INSTANTIATE)
 #undef DA_INSTANTIATE
 
 }  // namespace cpu

@@ -1,11 +1,9 @@
 // VRG CUDA kernels. The formulas come from csrc/include/diffaccel/vrg.h (tested through the CPU
 // kernels); what is CUDA-only here is the indexing, 16-byte loads and a fixed-order reduction
-// (per-block sums, then one pass per bin), so the moment table is reproducible run to run.
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
-
-#include <algorithm>
-
+// (per-block sums, then one pass per bin), so the moment table is reproducible run to run. The
+// registration is csrc/cuda/vrg_ops_cuda.cpp.
+#include "../instantiate.h"
+#include "common.cuh"
 #include "diffaccel/launch_grid.h"
 #include "diffaccel/vrg.h"
 #include "vec.cuh"
@@ -15,8 +13,6 @@ namespace diffaccel {
 namespace cuda {
 
 namespace {
-
-constexpr int kThreads = grid::kThreads;
 
 __device__ __forceinline__ double warp_sum(double v) {
   for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
@@ -99,11 +95,6 @@ __global__ void cumulative_error_kernel(const double* abar, int64_t K, int64_t N
     cpe[k] = vrg_cpe_row(solver, abar + k * N, N, grid, mse, M, grad ? grad + k * N : nullptr);
 }
 
-inline unsigned blocks_for(int64_t n, int threads) {
-  const int64_t b = (n + threads - 1) / threads;
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(b, int64_t(1) << 30)));
-}
-
 }  // namespace
 
 template <typename T>
@@ -138,9 +129,7 @@ cudaError_t vrg_cumulative_error(const double* abar, int64_t K, int64_t N, const
   template cudaError_t vrg_error_moments<T>(const T*, const T*, const int64_t*, int64_t,    \
                                             int64_t, int64_t, double*, double*, int64_t,        \
                                             cudaStream_t);
-DA_INSTANTIATE(float)
-DA_INSTANTIATE(c10::Half)
-DA_INSTANTIATE(c10::BFloat16)
+DA_FOR_EACH_FLOAT(DA_INSTANTIATE)
 #undef DA_INSTANTIATE
 
 }  // namespace cuda

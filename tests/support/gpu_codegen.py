@@ -155,7 +155,7 @@ def short_name(demangled):
 
 # CUDA launch sizes (threads per block); the rest use 256 (launch_grid.h kThreads).
 CUDA_THREADS = {"step_finish_kernel": 128, "moments_finish_kernel": 128, "cumulative_error_kernel": 128}
-# dynamic shared memory a tile kernel may get (kernels.cu tile_launch refuses more)
+# dynamic shared memory a tile kernel may get (csrc/cuda/stroke.cu tile_launch refuses more)
 CUDA_TILE_DYN_SMEM = 48 * 1024
 
 

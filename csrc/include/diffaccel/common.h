@@ -1,4 +1,7 @@
-// Shared by the C++ CPU kernels and the CUDA kernels: one formula, one place.
+// Shared by the C++ CPU kernels and the CUDA kernels: one formula, one place. The codes and
+// limits here, in step.h and in vrg.h have their Python twins in diffaccel/layout.py; the
+// extension exports them (diffaccel._C.layout, csrc/module.cpp) and tests/build/test_layout.py
+// compares the two.
 #pragma once
 #include <cstdint>
 

@@ -1,6 +1,7 @@
 // Launch shapes of the CUDA kernels, as pure functions of the problem size and the device's SM
-// count (host only; also exposed to Python as diffaccel._C.launch_grid_* so tests can check them
-// for any GPU without one).
+// count (host only; also exposed to Python as diffaccel._C.launch_split_chunk, launch_splits,
+// launch_vec_width, launch_stroke_tile, launch_stroke_tile_blocks, launch_threads and
+// launch_blocks_per_sm, csrc/module.cpp, so tests can check them for any GPU without one).
 //
 // Rule: a launch gets at least kBlocksPerSm blocks per SM, unless the tensor is too small for
 // that, in which case every thread gets one unit of work (one 16-byte vector for the step and the

@@ -32,6 +32,7 @@ enum StepCoef : int { kAx = 0, kAz = 1, kSx = 2, kC0 = 3, kC1 = 4, kC2 = 5, kC3 
 constexpr int kYHead = 5;  // bx, ay, sy, cz, cn (then bm_k)
 enum StepYCoef : int { kYBx = 0, kYAy = 1, kYSy = 2, kYCz = 3, kYCn = 4 };
 DA_HOST_DEVICE int step_y_width(int K) { return kYHead + K; }
+DA_HOST_DEVICE int step_y_bm(int k) { return kYHead + k; }
 
 DA_HOST_DEVICE int step_coef_width(int K) { return kStepHead + kStepPerModel * K; }
 DA_HOST_DEVICE int step_am(int k) { return kStepHead + kStepPerModel * k; }
@@ -66,7 +67,7 @@ DA_HOST_DEVICE void step_add_model(const float* c, int k, float m, float& xn, fl
 DA_HOST_DEVICE float step_y_init(const float* yc, float x) { return yc[kYBx] * x; }
 
 DA_HOST_DEVICE void step_y_add_model(const float* yc, int k, float m, float& y) {
-  y += yc[kYHead + k] * m;
+  y += yc[step_y_bm(k)] * m;
 }
 
 // NaN test on the bits: the CPU build uses -ffast-math, under which y != y and std::isnan may

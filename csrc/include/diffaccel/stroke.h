@@ -6,7 +6,9 @@
 namespace diffaccel {
 
 // Number of rows (or columns) in block I of size k along an axis of length n: the border block
-// is partial and averages over its real size.
+// is partial, min(k, n - k I), and averages over its real size. The one C++ definition of the
+// rule, used by every CPU and CUDA stroke kernel (the CUDA weight gradient of stroke_blur writes
+// it with tensor ops on the device, csrc/cuda/stroke_ops_cuda.cpp).
 DA_HOST_DEVICE int64_t block_extent(int64_t n, int64_t k, int64_t I) {
   const int64_t rest = n - k * I;
   return rest < k ? rest : k;

@@ -1,6 +1,6 @@
-// CUDA launchers over raw pointers. The .cu files include no torch headers (nvcc time); the
-// registration in ops_cuda.cpp checks arguments and passes pointers, sizes and the stream.
-// Each launcher returns the launch's cudaError_t.
+// CUDA launchers of the stroke ops over raw pointers (csrc/cuda/stroke.cu; no torch headers
+// there, nvcc time). The registration in stroke_ops_cuda.cpp checks arguments and passes
+// pointers, sizes and the stream. Each launcher returns the launch's cudaError_t.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -18,13 +18,6 @@ struct ScaleGrid {
   int64_t k[kMaxScales], hk[kMaxScales], wk[kMaxScales], off[kMaxScales], total;
 };
 ScaleGrid make_grid(const int64_t* scales, int J, int64_t H, int64_t W);
-
-cudaError_t philox_uint32(const int64_t* seeds, bool per_sample, int64_t B, int64_t D,
-                          uint64_t offset, int64_t* out, cudaStream_t stream);
-
-template <typename T>
-cudaError_t noise(const int64_t* seeds, bool per_sample, int64_t B, int64_t D, uint64_t offset,
-                  int32_t dist, T* out, cudaStream_t stream);
 
 // means[B*C, grid.total] = block means of x[B, C, H, W] at every scale.
 template <typename T>

@@ -1,55 +1,23 @@
-// CUDA registrations of the diffaccel ops: argument checks (shared with the CPU side), the
-// stream, and the launchers of kernels.cu. The weight gradient of stroke_blur is a small
-// reduction over block means, written with ATen ops here.
+// CUDA registrations of the stroke ops: the argument checks shared with the CPU side
+// (csrc/stroke_checks.h), the device guard and stream, and the launchers of stroke.cu. The weight
+// gradient of stroke_blur is a small reduction over block means, written with ATen ops here.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <tuple>
 #include <vector>
 
-#include "../checks.h"
-#include "cuda_kernels.h"
-#include "launch.h"
+#include "../stroke_checks.h"
 #include "diffaccel/stroke.h"
+#include "launch.h"
+#include "stroke_kernels.h"
 
 namespace diffaccel {
 namespace {
 
 using at::Tensor;
-
-Tensor philox_uint32_cuda(const Tensor& seeds, at::IntArrayRef shape, int64_t offset) {
-  check_offset(offset);
-  auto [B, D] = batch_layout(shape);
-  const bool per_sample = check_seeds(seeds, B);
-  const c10::cuda::CUDAGuard guard(seeds.device());
-  std::vector<int64_t> out_shape(shape.begin(), shape.end());
-  out_shape.push_back(4);
-  Tensor out = at::empty(out_shape, seeds.options().dtype(at::kLong));
-  const Tensor s = seeds.contiguous();
-  DA_CHECK_LAUNCH(cuda::philox_uint32(s.data_ptr<int64_t>(), per_sample, B, D,
-                                      static_cast<uint64_t>(offset), out.data_ptr<int64_t>(),
-                                      stream_of(s)));
-  return out;
-}
-
-Tensor noise_cuda(const Tensor& seeds, at::IntArrayRef shape, int64_t offset, int64_t dist,
-                  at::ScalarType dtype) {
-  check_offset(offset);
-  check_dist(dist);
-  auto [B, D] = batch_layout(shape);
-  const bool per_sample = check_seeds(seeds, B);
-  const c10::cuda::CUDAGuard guard(seeds.device());
-  Tensor out = at::empty(shape, seeds.options().dtype(dtype));
-  check_float_input(out, "dtype");
-  const Tensor s = seeds.contiguous();
-  DA_DISPATCH_FLOATS(dtype, "diffaccel::noise", [&] {
-    DA_CHECK_LAUNCH(cuda::noise<scalar_t>(s.data_ptr<int64_t>(), per_sample, B, D,
-                                          static_cast<uint64_t>(offset), static_cast<int32_t>(dist),
-                                          out.data_ptr<scalar_t>(), stream_of(s)));
-  });
-  return out;
-}
 
 Tensor block_means(const Tensor& x, const cuda::ScaleGrid& grid) {
   Tensor means = at::empty({x.size(0) * x.size(1), grid.total}, x.options().dtype(at::kFloat));
@@ -74,9 +42,7 @@ Tensor blur_with_means(const Tensor& x, const Tensor& w, const Tensor& means,
 }
 
 Tensor stroke_blur_cuda(const Tensor& x_in, const Tensor& weights, at::IntArrayRef scales) {
-  check_image(x_in, "x");
-  check_scales(scales);
-  check_weights(weights, x_in, scales, "weights");
+  check_stroke_blur(x_in, weights, scales);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const Tensor x = x_in.contiguous(), w = weights.contiguous();
   const int J = static_cast<int>(scales.size());
@@ -126,12 +92,14 @@ std::tuple<Tensor, Tensor> stroke_noise_cuda(const Tensor& x0_in, const Tensor& 
                                              const Tensor& noise_weights, at::IntArrayRef scales,
                                              const Tensor& seeds, int64_t offset, int64_t dist,
                                              int64_t target) {
-  const bool per_sample = check_stroke_noise(x0_in, alpha, sigma, data_weights, noise_weights,
-                                             scales, seeds, offset, dist, target);
   const c10::cuda::CUDAGuard guard(x0_in.device());
-  const Tensor x0 = x0_in.contiguous(), sd = seeds.contiguous();
-  const Tensor a = alpha.contiguous(), s = sigma.contiguous();
-  const Tensor wx = data_weights.contiguous(), we = noise_weights.contiguous();
+  const StrokeNoiseInputs in = prepare_stroke_noise(x0_in, alpha, sigma, data_weights,
+                                                    noise_weights, scales, seeds, offset, dist,
+                                                    target);
+  const Tensor& x0 = in.x0;
+  const Tensor &a = in.alpha, &s = in.sigma, &sd = in.seeds;
+  const Tensor &wx = in.data_weights, &we = in.noise_weights;
+  const bool per_sample = in.per_sample;
   const int64_t B = x0.size(0), C = x0.size(1), H = x0.size(2), W = x0.size(3);
   const int J = static_cast<int>(scales.size());
   if (cuda::stroke_tile_path(scales.data(), J, B, C, H, W)) {  // one pass
@@ -167,8 +135,6 @@ std::tuple<Tensor, Tensor> stroke_noise_cuda(const Tensor& x0_in, const Tensor& 
 }  // namespace diffaccel
 
 TORCH_LIBRARY_IMPL(diffaccel, CUDA, m) {
-  m.impl("philox_uint32", &diffaccel::philox_uint32_cuda);
-  m.impl("noise", &diffaccel::noise_cuda);
   m.impl("stroke_blur", &diffaccel::stroke_blur_cuda);
   m.impl("stroke_blur_backward", &diffaccel::stroke_blur_backward_cuda);
   m.impl("stroke_noise", &diffaccel::stroke_noise_cuda);

@@ -1,95 +1,33 @@
-// CUDA kernels of the noise and stroke ops. All math comes from csrc/include/diffaccel, shared
-// with (and tested through) the CPU kernels; what is CUDA-only here is indexing and launch shapes.
+// CUDA kernels of the stroke ops (registration: csrc/cuda/stroke_ops_cuda.cpp). All math comes
+// from csrc/include/diffaccel/stroke.h and philox.h, shared with (and tested through) the CPU
+// kernels; what is CUDA-only here is indexing and launch shapes.
 //
-// - noise / philox: one thread per element, grid-stride, 32-bit indices when the tensor has
-//   fewer than 2^31 elements (no 64-bit division per element), 64-bit ones beyond.
-// - stroke ops, power-of-two scales <= 64 (launch_grid.h stroke_tile): one block per (plane,
-//   T x T tile). The tile of x0 (and its noise, drawn once per element) goes to shared memory;
-//   the block sums of the finest scale are taken from it and each coarser scale's from the one
-//   before, several lanes per block sum with a warp-shuffle reduction; then each element is
-//   written once from the shared tile and the weighted block means. x0 is read once.
+// - power-of-two scales <= 64 (launch_grid.h stroke_tile): one block per (plane, T x T tile).
+//   The tile of x0 (and its noise, drawn once per element) goes to shared memory; the block sums
+//   of the finest scale are taken from it and each coarser scale's from the one before, several
+//   lanes per block sum with a warp-shuffle reduction; then each element is written once from
+//   the shared tile and the weighted block means. x0 is read once.
 // - any other scale set (the general path): block means of every scale into a float32 buffer
 //   (one warp per block mean, lanes over its elements; the noise redrawn), then one thread per
 //   element gathers them.
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
-
 #include <algorithm>
-#include <limits>
 
-#include "cuda_kernels.h"
+#include "../instantiate.h"
+#include "common.cuh"
 #include "diffaccel/launch_grid.h"
 #include "diffaccel/philox.h"
 #include "diffaccel/stroke.h"
+#include "stroke_kernels.h"
 
 namespace diffaccel {
 namespace cuda {
 
 namespace {
 
-constexpr int kThreads = grid::kThreads;
-
-template <typename I>
-inline unsigned blocks_for(I n, int per_block = kThreads) {
-  const int64_t b = (static_cast<int64_t>(n) + per_block - 1) / per_block;
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(b, int64_t(1) << 30)));
-}
-
-inline bool fits32(int64_t n) { return n < (int64_t(1) << 31); }
-
-template <typename I>
-__device__ __forceinline__ I thread_index() {
-  return static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
-template <typename I>
-__device__ __forceinline__ I thread_stride() {
-  return static_cast<I>(gridDim.x) * blockDim.x;
-}
-
-// Stream position of element (b, i) of a (B, D) layout (docs/math.md Section 1).
-struct NoiseStream {
-  const int64_t* seeds;
-  bool per_sample;
-  uint64_t offset;
-  int64_t D;
-  int32_t dist;
-  template <typename I>
-  __device__ __forceinline__ float operator()(I b, I i) const {
-    const uint64_t seed = static_cast<uint64_t>(seeds[per_sample ? b : 0]);
-    const uint64_t pos = offset + (per_sample ? 0 : static_cast<uint64_t>(b) * static_cast<uint64_t>(D)) + i;
-    return draw_any(seed, pos, dist);
-  }
-};
-
 __device__ __forceinline__ float keep_weight(const float* w, int J) {
   float s = 0.0f;
   for (int j = 0; j < J; ++j) s += w[j];
   return 1.0f - s;
-}
-
-// ------------------------------------------------------------------------ noise, philox
-
-template <typename I>
-__global__ void philox_kernel(const int64_t* seeds, bool per_sample, I D, uint64_t offset, I n,
-                              int64_t* out) {
-  for (I t = thread_index<I>(); t < n; t += thread_stride<I>()) {
-    const I b = t / D, i = t - b * D;
-    const uint64_t seed = static_cast<uint64_t>(seeds[per_sample ? b : 0]);
-    uint32_t r0, r1, r2, r3;
-    philox4x32_10(seed, offset + (per_sample ? 0 : static_cast<uint64_t>(b) * D) + i, r0, r1, r2, r3);
-    out[4 * static_cast<int64_t>(t) + 0] = r0;
-    out[4 * static_cast<int64_t>(t) + 1] = r1;
-    out[4 * static_cast<int64_t>(t) + 2] = r2;
-    out[4 * static_cast<int64_t>(t) + 3] = r3;
-  }
-}
-
-template <typename T, typename I>
-__global__ void noise_kernel(NoiseStream ns, I D, I n, T* out) {
-  for (I t = thread_index<I>(); t < n; t += thread_stride<I>()) {
-    const I b = t / D;
-    out[t] = static_cast<T>(ns(b, t - b * D));
-  }
 }
 
 // --------------------------------------------------------------------------- tile path
@@ -177,7 +115,7 @@ __device__ void tile_weighted_means(const TileGrid& g, float* sums, const float*
     const int logn = g.logT - g.logk[j], local = q - g.off[j];
     const int64_t k = g.k[j];
     const int64_t I = (r0 >> g.logk[j]) + (local >> logn), Jb = (c0 >> g.logk[j]) + (local & ((1 << logn) - 1));
-    const int64_t eh = H - k * I < k ? H - k * I : k, ew = W - k * Jb < k ? W - k * Jb : k;
+    const int64_t eh = block_extent(H, k, I), ew = block_extent(W, k, Jb);
     const float n = eh > 0 && ew > 0 ? static_cast<float>(eh * ew) : 0.0f;
 #pragma unroll
     for (int f = 0; f < NF; ++f)
@@ -207,7 +145,7 @@ __global__ void __launch_bounds__(kThreads) stroke_blur_tile_kernel(
   for (uint32_t plane = blockIdx.z; plane < BC; plane += gridDim.z) {
     const uint32_t b = plane / C;
     const int64_t base = static_cast<int64_t>(plane) * H * W;
-#pragma unroll 1  // one load per element and iteration (tests/test_gpu_codegen.py counts them)
+#pragma unroll 1  // one load per element and iteration (tests/build/test_gpu_codegen.py counts them)
     for (int e = threadIdx.x; e < TT; e += kThreads) {
       const int64_t r = r0 + (e >> g.logT), c = c0 + (e & (g.T - 1));
       tile[e] = r < H && c < W ? static_cast<float>(x[base + r * W + c]) : 0.0f;
@@ -244,7 +182,7 @@ __global__ void __launch_bounds__(kThreads) stroke_noise_tile_kernel(
     const int64_t nbase = static_cast<int64_t>(plane - b * C) * HW;  // within the sample
     const uint64_t seed = static_cast<uint64_t>(ns.seeds[ns.per_sample ? b : 0]);
     const uint64_t pos0 = ns.offset + static_cast<uint64_t>(ns.per_sample ? nbase : base);
-#pragma unroll 1  // one load and one draw per element and iteration (counted by the tests)
+#pragma unroll 1  // one load and one draw per element and iteration (tests/build/test_gpu_codegen.py counts them)
     for (int e = threadIdx.x; e < TT; e += kThreads) {
       const int64_t r = r0 + (e >> g.logT), c = c0 + (e & (g.T - 1));
       const bool in = r < H && c < W;
@@ -409,34 +347,6 @@ bool stroke_tile_path(const int64_t* scales, int J, int64_t B, int64_t C, int64_
   return tile_launch(scales, J, B, C, H, W, g, grid);
 }
 
-cudaError_t philox_uint32(const int64_t* seeds, bool per_sample, int64_t B, int64_t D,
-                          uint64_t offset, int64_t* out, cudaStream_t stream) {
-  const int64_t n = B * D;
-  if (n == 0) return cudaSuccess;
-  if (fits32(n))
-    philox_kernel<uint32_t><<<blocks_for(n), kThreads, 0, stream>>>(
-        seeds, per_sample, static_cast<uint32_t>(D), offset, static_cast<uint32_t>(n), out);
-  else
-    philox_kernel<uint64_t><<<blocks_for(n), kThreads, 0, stream>>>(
-        seeds, per_sample, static_cast<uint64_t>(D), offset, static_cast<uint64_t>(n), out);
-  return cudaGetLastError();
-}
-
-template <typename T>
-cudaError_t noise(const int64_t* seeds, bool per_sample, int64_t B, int64_t D, uint64_t offset,
-                  int32_t dist, T* out, cudaStream_t stream) {
-  const int64_t n = B * D;
-  if (n == 0) return cudaSuccess;
-  const NoiseStream ns{seeds, per_sample, offset, D, dist};
-  if (fits32(n))
-    noise_kernel<T, uint32_t><<<blocks_for(n), kThreads, 0, stream>>>(
-        ns, static_cast<uint32_t>(D), static_cast<uint32_t>(n), out);
-  else
-    noise_kernel<T, uint64_t><<<blocks_for(n), kThreads, 0, stream>>>(
-        ns, static_cast<uint64_t>(D), static_cast<uint64_t>(n), out);
-  return cudaGetLastError();
-}
-
 template <typename T>
 cudaError_t stroke_means(const T* x, const ScaleGrid& grid, int64_t BC, int64_t H, int64_t W,
                          float* means, cudaStream_t stream) {
@@ -536,8 +446,6 @@ cudaError_t stroke_noise_tile(const T* x0, const float* alpha, const float* sigm
 }
 
 #define DA_INSTANTIATE(T)                                                                      \
-  template cudaError_t noise<T>(const int64_t*, bool, int64_t, int64_t, uint64_t, int32_t, T*, \
-                                cudaStream_t);                                                 \
   template cudaError_t stroke_means<T>(const T*, const ScaleGrid&, int64_t, int64_t, int64_t,  \
                                        float*, cudaStream_t);                                  \
   template cudaError_t stroke_blur<T>(const T*, const float*, const float*, const ScaleGrid&,  \
@@ -554,9 +462,7 @@ cudaError_t stroke_noise_tile(const T* x0, const float* alpha, const float* sigm
                                             const float*, const int64_t*, int, int64_t,        \
                                             int64_t, int64_t, int64_t, const int64_t*, bool,   \
                                             uint64_t, int32_t, int32_t, T*, T*, cudaStream_t);
-DA_INSTANTIATE(float)
-DA_INSTANTIATE(c10::Half)
-DA_INSTANTIATE(c10::BFloat16)
+DA_FOR_EACH_FLOAT(DA_INSTANTIATE)
 #undef DA_INSTANTIATE
 
 }  // namespace cuda
