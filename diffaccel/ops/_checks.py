@@ -1,4 +1,5 @@
-"""The Python mirror of ``csrc/checks.h``: the argument checks every op family shares.
+"""The Python mirror of ``csrc/checks.h``: the argument checks every op family shares (each
+family's own checks are in its module, beside its schemas, as in ``csrc/<family>_checks.h``).
 
 Same rules, same messages and the same exception class as the C++ side (``TORCH_CHECK`` raises
 RuntimeError), so the Triton implementations and the fake functions (torch.compile tracing)
@@ -7,7 +8,7 @@ refuse exactly what the C++ kernels refuse, naming the same argument. Only metad
 """
 import torch
 
-from ..layout import MAX_SCALES, NORMAL, RADEMACHER, TARGET_EPS, TARGET_V
+from ..layout import NORMAL, RADEMACHER
 
 FLOAT_INPUTS = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -57,32 +58,6 @@ def check_same_device(a, b, name):
     check(a.device == b.device, name, ": expected a tensor on ", a.device, ", got ", b.device)
 
 
-def check_image(x, name):
-    check(x.dim() == 4, name, ": expected a (B, C, H, W) tensor, got shape ", sizes(x))
-    check_float_input(x, name)
-
-
-def check_scales(scales):
-    check(0 < len(scales) <= MAX_SCALES, "scales: expected 1 to ", MAX_SCALES, " scales, got ",
-          len(scales))
-    for k in scales:
-        check(k >= 2, "scales: every scale must be >= 2, got ", k)
-
-
-def check_weights(w, x, scales, name):
-    check_same_device(x, w, name)
-    check(w.dtype == torch.float32, name, ": expected float32, got ", dtype_name(w.dtype))
-    check(w.dim() == 2 and w.shape[0] == x.shape[0] and w.shape[1] == len(scales),
-          name, ": expected shape (", x.shape[0], ", ", len(scales), "), got ", sizes(w))
-
-
-def check_per_sample(t, x, name):
-    check_same_device(x, t, name)
-    check(t.dtype == torch.float32 and t.dim() == 1 and t.shape[0] == x.shape[0], name,
-          ": expected a float32 tensor of shape (", x.shape[0], "), got ", dtype_name(t.dtype),
-          " ", sizes(t))
-
-
 def check_seeds(seeds, B):
     """seeds: int64, (1,) or (B,). Returns whether they are per-sample."""
     check(seeds.dtype == torch.int64 and seeds.dim() == 1 and seeds.shape[0] in (1, B),
@@ -97,17 +72,3 @@ def check_offset(offset):
 
 def check_dist(dist):
     check(NORMAL <= dist <= RADEMACHER, "dist: unknown increment law code ", dist)
-
-
-def check_target(target):
-    check(TARGET_EPS <= target <= TARGET_V, "target: unknown target code ", target)
-
-
-def batch_layout(shape):
-    """(B, D) of a noise shape: B = shape[0], D = prod(shape[1:])."""
-    check(len(shape) > 0, "shape: expected at least one dimension")
-    n = 1
-    for s in shape:
-        check(s >= 0, "shape: expected non-negative sizes, got ", list(shape))
-        n *= s
-    return shape[0], 0 if shape[0] == 0 else n // shape[0]

@@ -1,13 +1,12 @@
 """The counter-based noise ops (docs/math.md Section 1): ``philox_uint32`` and ``noise``.
 
-Schemas, fake functions, the Python mirror of their C++ argument checks (``csrc/checks.h``, used
-in ``csrc/noise_ops.cpp`` and ``csrc/cuda/noise_ops_cuda.cpp``) and the Triton implementations
-(``kernels/random.py``). Reference: ``diffaccel/reference/random.py``; public API:
+Schemas, fake functions, the Python mirror of their C++ argument checks (``csrc/noise_checks.h``
+and ``csrc/checks.h``, used in ``csrc/noise_ops.cpp`` and ``csrc/cuda/noise_ops_cuda.cpp``) and
+the Triton implementations (``kernels/random.py``). Reference: ``diffaccel/reference/random.py``; public API:
 ``diffaccel/random.py``.
 """
 from ..library import define, impl_triton, kernels, register_fake
-from ._checks import (FLOAT_INPUTS, batch_layout, check, check_dist, check_offset, check_seeds,
-                      dtype_name)
+from ._checks import FLOAT_INPUTS, check, check_dist, check_offset, check_seeds, dtype_name
 
 # [*shape, 4] int64: the four uint32 Philox outputs per element
 define("philox_uint32", "(Tensor seeds, int[] shape, int offset) -> Tensor")
@@ -16,6 +15,16 @@ define("noise", "(Tensor seeds, int[] shape, int offset, int dist, ScalarType dt
 
 
 # ------------------------------------------------------------------------------------ checks
+
+def batch_layout(shape):
+    """(B, D) of a noise shape: B = shape[0], D = prod(shape[1:])."""
+    check(len(shape) > 0, "shape: expected at least one dimension")
+    n = 1
+    for s in shape:
+        check(s >= 0, "shape: expected non-negative sizes, got ", list(shape))
+        n *= s
+    return shape[0], 0 if shape[0] == 0 else n // shape[0]
+
 
 def check_philox_uint32(seeds, shape, offset):
     """The C++ kernels' checks of philox_uint32's arguments; returns (B, D)."""

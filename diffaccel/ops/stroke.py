@@ -8,10 +8,10 @@ and the Triton implementations (``kernels/stroke.py``). Reference:
 """
 import torch
 
-from ..layout import TARGET_V, TARGET_X0
+from ..layout import MAX_SCALES, TARGET_EPS, TARGET_V, TARGET_X0
 from ..library import define, impl_triton, kernels, register_autograd, register_fake
-from ._checks import (check, check_dist, check_image, check_offset, check_per_sample,
-                      check_same_device, check_scales, check_seeds, check_target, check_weights)
+from ._checks import (check, check_dist, check_float_input, check_offset, check_same_device,
+                      check_seeds, dtype_name, sizes)
 
 # x [B, C, H, W], weights [B, J] -> A_w x
 define("stroke_blur", "(Tensor x, Tensor weights, int[] scales) -> Tensor")
@@ -25,6 +25,36 @@ define("stroke_noise",
 
 
 # ------------------------------------------------------------------------------------ checks
+
+def check_image(x, name):
+    check(x.dim() == 4, name, ": expected a (B, C, H, W) tensor, got shape ", sizes(x))
+    check_float_input(x, name)
+
+
+def check_scales(scales):
+    check(0 < len(scales) <= MAX_SCALES, "scales: expected 1 to ", MAX_SCALES, " scales, got ",
+          len(scales))
+    for k in scales:
+        check(k >= 2, "scales: every scale must be >= 2, got ", k)
+
+
+def check_weights(w, x, scales, name):
+    check_same_device(x, w, name)
+    check(w.dtype == torch.float32, name, ": expected float32, got ", dtype_name(w.dtype))
+    check(w.dim() == 2 and w.shape[0] == x.shape[0] and w.shape[1] == len(scales),
+          name, ": expected shape (", x.shape[0], ", ", len(scales), "), got ", sizes(w))
+
+
+def check_per_sample(t, x, name):
+    check_same_device(x, t, name)
+    check(t.dtype == torch.float32 and t.dim() == 1 and t.shape[0] == x.shape[0], name,
+          ": expected a float32 tensor of shape (", x.shape[0], "), got ", dtype_name(t.dtype),
+          " ", sizes(t))
+
+
+def check_target(target):
+    check(TARGET_EPS <= target <= TARGET_V, "target: unknown target code ", target)
+
 
 def check_stroke_blur(x, weights, scales):
     """The C++ kernels' checks of stroke_blur's arguments."""
