@@ -1,6 +1,7 @@
 """Who this process is among the ranks, and the in-place sum over them: the part of
-:mod:`diffaccel.distributed` that :mod:`diffaccel.vrg.moments` needs too (``ErrorStats.all_reduce``),
-below both so that neither imports the other. Public under :mod:`diffaccel.distributed`."""
+:mod:`diffaccel.distributed` that :mod:`diffaccel.vrg.moments` needs too
+(``ErrorStats.all_reduce``), below both so that neither imports the other. Public under
+:mod:`diffaccel.distributed`."""
 import os
 from typing import NamedTuple
 

@@ -25,8 +25,8 @@ import torch
 
 from .expint import DIVERGENCES, ORDERS, expint_log_likelihood
 from .priors import resolve_prior
-from .samplers import (_Noise, _check_probes, _rows_bad, denoise_with_vjps, draw_probes,
-                       finish_rows, prior_logp)
+from ._driver import (_Noise, _check_probes, _rows_bad, denoise_with_vjps, draw_probes,
+                      finish_rows, prior_logp)
 from .step import fused_step, make_coef
 
 __all__ = ["log_likelihood", "bits_per_dim", "SOLVERS"]
