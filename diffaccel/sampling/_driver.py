@@ -414,12 +414,16 @@ class _Run:
         return self.denoise(self.x, sigma, vjp=self.sde_vjp()) + (None,)
 
     def sde_begin(self, i):
-        """The start of a stochastic sampler's step i: ``(sigma, sigma', Dn, vjps, probes)``
-        (:meth:`denoise_sde`), reported to the callback."""
+        """Step i of a stochastic sampler up to its own update: Dn (:meth:`denoise_sde`),
+        reported; returns ``(sigma, sigma', Dn, vjps)``, or None after the final step to
+        sigma = 0 (:meth:`final_step`), done here."""
         sig, nxt = self.levels[i], self.levels[i + 1]
         den, w, pr = self.denoise_sde(sig, nxt == 0)
         self.report(i, den)
-        return sig, nxt, den, w, pr
+        if nxt == 0:
+            self.final_step(i, den, w, pr)
+            return None
+        return sig, nxt, den, w
 
     def final_step(self, i, den, w, pr, ax=0.0, am=(1.0,)):
         """A stochastic sampler's final step to sigma = 0, ``x' = Dn`` (``ax x + am Dn``):

@@ -135,6 +135,23 @@ def _sigma_hat(run, i, gamma):
     return s * (gamma + 1)
 
 
+def _churn_run(ns, where, model, x, sigmas, extra_args, callback, s_churn, s_tmin, s_tmax, seed,
+               dist, logp, probes, probe_dist, backend):
+    """(run, the churn's gamma per step) of Euler, Heun or DPM-2."""
+    run = open_run(ns, model, x, sigmas, extra_args, callback, where=where, seed=seed, dist=dist,
+                   logp=logp, probes=probes, probe_dist=probe_dist, backend=backend)
+    return run, _check_churn(run, s_churn, s_tmin, s_tmax)
+
+
+def _churn_begin(run, i, gammas, s_noise, vjp=True):
+    """Step i of Euler, Heun or DPM-2 up to its own update: the churn, then Dn at sigma_hat
+    (with its vjps if ``vjp``), reported; returns ``(sigma_hat, sigma', Dn, vjps)``."""
+    sh = _churn(run, i, gammas[i], s_noise)
+    den, w = run.denoise(run.x, sh, vjp=vjp)
+    run.report(i, den, _sigma_hat(run, i, gammas[i]))
+    return sh, run.levels[i + 1], den, w
+
+
 def _public(core, name):
     """The public sampler: ``core`` without its leading module argument."""
     import functools
@@ -159,14 +176,11 @@ def _euler(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, s
     """Karras et al. (2022) Algorithm 2 with Euler steps (k-diffusion's ``sample_euler``):
     ``x <- x + (sigma' - sigma_hat)(x - Dn(x, sigma_hat))/sigma_hat`` after the churn
     ``sigma_hat = sigma (1 + gamma)``. ``logp``: ``d logp = (div Dn - D) d sigma / sigma``."""
-    run = open_run(ns, model, x, sigmas, extra_args, callback, where="sample_euler", seed=seed,
-                   dist=dist, logp=logp, probes=probes, probe_dist=probe_dist, backend=backend)
-    gammas = _check_churn(run, s_churn, s_tmin, s_tmax)
+    run, gammas = _churn_run(ns, "sample_euler", model, x, sigmas, extra_args, callback, s_churn,
+                             s_tmin, s_tmax, seed, dist, logp, probes, probe_dist, backend)
     for i in _steps(run.n, disable):
-        sh = _churn(run, i, gammas[i], s_noise)
-        den, w = run.denoise(run.x, sh, vjp=True)
-        run.report(i, den, _sigma_hat(run, i, gammas[i]))
-        r = (run.levels[i + 1] - sh) / sh
+        sh, nxt, den, w = _churn_begin(run, i, gammas, s_noise)
+        r = (nxt - sh) / sh
         run.step(i, [den], 1 + r, (-r,), terms=run.ode_terms((r,)), vjps=[w])
     return run.result()
 
@@ -177,14 +191,10 @@ def _heun(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, s_
     """Karras et al. (2022) Algorithm 2 (Heun steps; an Euler step to sigma = 0). ``logp``: the
     trapezoid rule on ``d logp = (div Dn - D) d sigma / sigma``; both stages use the same
     probes."""
-    run = open_run(ns, model, x, sigmas, extra_args, callback, where="sample_heun", seed=seed,
-                   dist=dist, logp=logp, probes=probes, probe_dist=probe_dist, backend=backend)
-    gammas = _check_churn(run, s_churn, s_tmin, s_tmax)
+    run, gammas = _churn_run(ns, "sample_heun", model, x, sigmas, extra_args, callback, s_churn,
+                             s_tmin, s_tmax, seed, dist, logp, probes, probe_dist, backend)
     for i in _steps(run.n, disable):
-        sh = _churn(run, i, gammas[i], s_noise)
-        nxt = run.levels[i + 1]
-        den, w = run.denoise(run.x, sh, vjp=True)
-        run.report(i, den, _sigma_hat(run, i, gammas[i]))
+        sh, nxt, den, w = _churn_begin(run, i, gammas, s_noise)
         r = (nxt - sh) / sh
         if nxt == 0:
             run.step(i, [den], 1 + r, (-r,), terms=run.ode_terms((r,)), vjps=[w])
@@ -202,14 +212,10 @@ def _dpm_2(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, s
            probe_dist="rademacher", backend=None):
     """k-diffusion's DPM-2: an Euler half step to the geometric midpoint sigma_mid, then the full
     step with the derivative there (Euler to sigma = 0). ``logp``: the midpoint rule."""
-    run = open_run(ns, model, x, sigmas, extra_args, callback, where="sample_dpm_2", seed=seed,
-                   dist=dist, logp=logp, probes=probes, probe_dist=probe_dist, backend=backend)
-    gammas = _check_churn(run, s_churn, s_tmin, s_tmax)
+    run, gammas = _churn_run(ns, "sample_dpm_2", model, x, sigmas, extra_args, callback, s_churn,
+                             s_tmin, s_tmax, seed, dist, logp, probes, probe_dist, backend)
     for i in _steps(run.n, disable):
-        sh = _churn(run, i, gammas[i], s_noise)
-        nxt = run.levels[i + 1]
-        den, w = run.denoise(run.x, sh, vjp=nxt == 0)
-        run.report(i, den, _sigma_hat(run, i, gammas[i]))
+        sh, nxt, den, w = _churn_begin(run, i, gammas, s_noise, vjp=run.levels[i + 1] == 0)
         if nxt == 0:
             r = -1.0
             run.step(i, [den], 1 + r, (-r,), terms=run.ode_terms((r,)), vjps=[w])
@@ -323,13 +329,23 @@ def _dpmpp_2m(ns, model, x, sigmas, extra_args=None, callback=None, disable=None
 
 # ------------------------------------------------------------------- stochastic samplers
 
-def _ancestral_noise(run, noise_sampler, x):
-    """The ancestral samplers' noise sampler: None with ``seed`` (drawn in the step), else the
-    one given or the module's ``default_noise_sampler(x)``, made before the loop as
-    k-diffusion makes it."""
+def _ancestral_run(ns, where, model, x, sigmas, extra_args, callback, eta, s_noise, noise_sampler,
+                   seed, dist, logp, probes, probe_dist, backend):
+    """(run, noise sampler) of an ancestral sampler: the noise sampler is None with ``seed``
+    (drawn in the step), else the one given or the module's ``default_noise_sampler(x)``, made
+    before the loop as k-diffusion makes it."""
+    run = _sde_run(ns, where, model, x, sigmas, extra_args, callback, eta, s_noise, noise_sampler,
+                   seed, dist, logp, probes, probe_dist, backend)
     if run.seeded() or not run.B:
-        return None
-    return noise_sampler if noise_sampler is not None else run.src.default_noise_sampler(x)
+        return run, None
+    return run, (noise_sampler if noise_sampler is not None else run.src.default_noise_sampler(x))
+
+
+def _ancestral_begin(run, i, eta):
+    """Step i of an ancestral sampler up to its own update: ``(sigma, sigma', Dn, vjps,
+    sigma_down, sigma_up)``, or None after the final step to sigma = 0 (``x' = Dn``), done here."""
+    step = run.sde_begin(i)
+    return None if step is None else step + get_ancestral_step(step[0], step[1], eta)
 
 
 def _sde_run(ns, where, model, x, sigmas, extra_args, callback, eta, s_noise, noise_sampler, seed,
@@ -342,16 +358,22 @@ def _sde_run(ns, where, model, x, sigmas, extra_args, callback, eta, s_noise, no
                     div_small=eta == 1 and s_noise == 1)
 
 
-def _sde_noise(run, noise_sampler, x):
-    """The SDE samplers' noise sampler: the one given, None with ``seed`` (drawn in the step),
-    else k-diffusion's default (:func:`_brownian`)."""
+def _brownian_run(ns, where, model, x, sigmas, extra_args, callback, eta, s_noise, noise_sampler,
+                  seed, dist, logp, probes, probe_dist, backend):
+    """(run, noise sampler) of an SDE sampler: the noise sampler given, None with ``seed``
+    (drawn in the step), else k-diffusion's default (:func:`_brownian`)."""
+    run = _sde_run(ns, where, model, x, sigmas, extra_args, callback, eta, s_noise, noise_sampler,
+                   seed, dist, logp, probes, probe_dist, backend)
     if noise_sampler is None and not run.seeded():
-        return _brownian(run, x)
-    return noise_sampler
+        return run, _brownian(run, x)
+    return run, noise_sampler
 
 
-def _multistep_sde_step(run, i, sampler, eta, models, ax, am, G, terms, vjps):
-    """The step of DPM-Solver++(2M) / (3M) SDE: with the noise ``G z`` unless ``eta`` is 0."""
+def _multistep_sde_step(run, i, sampler, eta, sig, nxt, models, ax, am, e, G, w):
+    """The step of DPM-Solver++(2M) / (3M) SDE, ``x' = ax x + sum_k am_k models_k + G z`` (the
+    noise unless ``eta`` is 0; drift ``sigma^2 e s``), its log-density by Ito's formula."""
+    terms = run.sde_terms(len(models), sig, sig * sig * e, G, sig * sig - nxt * nxt)
+    vjps = None if w is None else [w] * len(models)
     if not eta:
         run.step(i, models, ax, tuple(am), terms=terms, vjps=vjps)
     else:
@@ -377,14 +399,16 @@ def _euler_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, disab
                      probes=None, probe_dist="rademacher", backend=None):
     """Ancestral sampling with Euler steps (k-diffusion's ``sample_euler_ancestral``): an Euler
     step to sigma_down, then ``s_noise sigma_up`` times the noise (none to sigma = 0)."""
-    run = _sde_run(ns, "sample_euler_ancestral", model, x, sigmas, extra_args, callback, eta,
-                   s_noise, noise_sampler, seed, dist, logp, probes, probe_dist, backend)
-    ns_ = _ancestral_noise(run, noise_sampler, x)
+    run, ns_ = _ancestral_run(ns, "sample_euler_ancestral", model, x, sigmas, extra_args, callback,
+                              eta, s_noise, noise_sampler, seed, dist, logp, probes, probe_dist,
+                              backend)
     for i in _steps(run.n, disable):
-        sig, nxt, den, w, pr = run.sde_begin(i)
+        sig, nxt = run.levels[i], run.levels[i + 1]
+        den, w, pr = run.denoise_sde(sig, nxt == 0)
+        run.report(i, den)
         down, up = get_ancestral_step(sig, nxt, eta)
         ax, am = down / sig, (1 - down / sig,)
-        if nxt == 0:
+        if nxt == 0:  # (x' = Dn, written as the sampler writes it)
             run.final_step(i, den, w, pr, ax, am)
             continue
         G = s_noise * up
@@ -399,15 +423,14 @@ def _dpm_2_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, disab
                      probes=None, probe_dist="rademacher", backend=None):
     """Ancestral sampling with DPM-2 steps (k-diffusion's ``sample_dpm_2_ancestral``): DPM-2 to
     sigma_down (Euler when sigma_down = 0, then no noise), then ``s_noise sigma_up`` noise."""
-    run = _sde_run(ns, "sample_dpm_2_ancestral", model, x, sigmas, extra_args, callback, eta,
-                   s_noise, noise_sampler, seed, dist, logp, probes, probe_dist, backend)
-    ns_ = _ancestral_noise(run, noise_sampler, x)
+    run, ns_ = _ancestral_run(ns, "sample_dpm_2_ancestral", model, x, sigmas, extra_args, callback,
+                              eta, s_noise, noise_sampler, seed, dist, logp, probes, probe_dist,
+                              backend)
     for i in _steps(run.n, disable):
-        sig, nxt, den, w, pr = run.sde_begin(i)
-        if nxt == 0:
-            run.final_step(i, den, w, pr)
+        step = _ancestral_begin(run, i, eta)
+        if step is None:
             continue
-        down, up = get_ancestral_step(sig, nxt, eta)
+        sig, nxt, den, w, down, up = step
         if down == 0:
             run.step(i, [den], 0.0, (1.0,), vjps=None if w is None else [w],
                      terms=run.sde_terms(1, sig, sig * sig, 0.0, sig * sig - nxt * nxt))
@@ -432,15 +455,14 @@ def _dpmpp_2s_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, di
     ``sample_dpmpp_2s_ancestral``): in t = -log sigma, a first-order step to the midpoint
     ``s = t + h/2`` of [t, t_down], then ``x <- (sigma_down/sigma) x + (1 - e^-h) Dn(x_2, s)``,
     then ``s_noise sigma_up`` noise unless sigma' = 0."""
-    run = _sde_run(ns, "sample_dpmpp_2s_ancestral", model, x, sigmas, extra_args, callback, eta,
-                   s_noise, noise_sampler, seed, dist, logp, probes, probe_dist, backend)
-    ns_ = _ancestral_noise(run, noise_sampler, x)
+    run, ns_ = _ancestral_run(ns, "sample_dpmpp_2s_ancestral", model, x, sigmas, extra_args,
+                              callback, eta, s_noise, noise_sampler, seed, dist, logp, probes,
+                              probe_dist, backend)
     for i in _steps(run.n, disable):
-        sig, nxt, den, w, pr = run.sde_begin(i)
-        if nxt == 0:
-            run.final_step(i, den, w, pr)
+        step = _ancestral_begin(run, i, eta)
+        if step is None:
             continue
-        down, up = get_ancestral_step(sig, nxt, eta)
+        sig, nxt, den, w, down, up = step
         G = s_noise * up
         q = sig * sig - nxt * nxt
         if down == 0:
@@ -468,15 +490,15 @@ def _dpmpp_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=Non
     ``seed`` they are drawn with that correlation."""
     if not isinstance(r, (int, float)) or isinstance(r, bool) or not 0 < r:
         raise ValueError(f"r: expected a number > 0, got {r!r}")
-    run = _sde_run(ns, "sample_dpmpp_sde", model, x, sigmas, extra_args, callback, eta, s_noise,
-                   noise_sampler, seed, dist, logp, probes, probe_dist, backend)
-    sampler = _sde_noise(run, noise_sampler, x)
+    run, sampler = _brownian_run(ns, "sample_dpmpp_sde", model, x, sigmas, extra_args, callback,
+                                 eta, s_noise, noise_sampler, seed, dist, logp, probes,
+                                 probe_dist, backend)
     tsig = isinstance(run.sigmas, torch.Tensor)
     for i in _steps(run.n, disable):
-        sig, nxt, den, w, pr = run.sde_begin(i)
-        if nxt == 0:
-            run.final_step(i, den, w, pr)
+        step = run.sde_begin(i)
+        if step is None:
             continue
+        sig, nxt, den, w = step
         t, tn = -math.log(sig), -math.log(nxt)
         h = tn - t
         s = t + h * r
@@ -518,15 +540,15 @@ def _dpmpp_2m_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=
     or 'heun'; the final step to sigma = 0 returns the denoised x."""
     if solver_type not in {'heun', 'midpoint'}:
         raise ValueError('solver_type must be \'heun\' or \'midpoint\'')
-    run = _sde_run(ns, "sample_dpmpp_2m_sde", model, x, sigmas, extra_args, callback, eta, s_noise,
-                   noise_sampler, seed, dist, logp, probes, probe_dist, backend)
-    sampler = _sde_noise(run, noise_sampler, x)
+    run, sampler = _brownian_run(ns, "sample_dpmpp_2m_sde", model, x, sigmas, extra_args, callback,
+                                 eta, s_noise, noise_sampler, seed, dist, logp, probes,
+                                 probe_dist, backend)
     old, h_last = None, None
     for i in _steps(run.n, disable):
-        sig, nxt, den, w, pr = run.sde_begin(i)
-        if nxt == 0:
-            run.final_step(i, den, w, pr)
+        step = run.sde_begin(i)
+        if step is None:
             continue
+        sig, nxt, den, w = step
         h = math.log(sig) - math.log(nxt)
         eh = eta * h
         e = -math.expm1(-h - eh)
@@ -537,9 +559,7 @@ def _dpmpp_2m_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=
             c = ((e / (-h - eh) + 1) if solver_type == 'heun' else 0.5 * e) / rr
             models, am = [den, old], [e + c, -c]
         G = nxt * math.sqrt(-math.expm1(-2 * eh)) * s_noise if eta else 0.0
-        terms = run.sde_terms(len(models), sig, sig * sig * e, G, sig * sig - nxt * nxt)
-        vj = None if w is None else [w] * len(models)
-        _multistep_sde_step(run, i, sampler, eta, models, ax, am, G, terms, vj)
+        _multistep_sde_step(run, i, sampler, eta, sig, nxt, models, ax, am, e, G, w)
         old, h_last = den, h
     return run.result()
 
@@ -549,16 +569,16 @@ def _dpmpp_3m_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=
                   probes=None, probe_dist="rademacher", backend=None):
     """DPM-Solver++(3M) SDE (k-diffusion's ``sample_dpmpp_3m_sde``); the final step to sigma = 0
     returns the denoised x."""
-    run = _sde_run(ns, "sample_dpmpp_3m_sde", model, x, sigmas, extra_args, callback, eta, s_noise,
-                   noise_sampler, seed, dist, logp, probes, probe_dist, backend)
-    sampler = _sde_noise(run, noise_sampler, x)
+    run, sampler = _brownian_run(ns, "sample_dpmpp_3m_sde", model, x, sigmas, extra_args, callback,
+                                 eta, s_noise, noise_sampler, seed, dist, logp, probes,
+                                 probe_dist, backend)
     d_1 = d_2 = None
     h_1 = h_2 = None
     for i in _steps(run.n, disable):
-        sig, nxt, den, w, pr = run.sde_begin(i)
-        if nxt == 0:
-            run.final_step(i, den, w, pr)
+        step = run.sde_begin(i)
+        if step is None:
             continue
+        sig, nxt, den, w = step
         h = math.log(sig) - math.log(nxt)
         he = h * (eta + 1)
         e = -math.expm1(-he)
@@ -577,9 +597,7 @@ def _dpmpp_3m_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=
         else:
             models, am = [den], [e]
         G = nxt * math.sqrt(-math.expm1(-2 * h * eta)) * s_noise if eta else 0.0
-        terms = run.sde_terms(len(models), sig, sig * sig * e, G, sig * sig - nxt * nxt)
-        vj = None if w is None else [w] * len(models)
-        _multistep_sde_step(run, i, sampler, eta, models, ax, am, G, terms, vj)
+        _multistep_sde_step(run, i, sampler, eta, sig, nxt, models, ax, am, e, G, w)
         d_1, d_2 = den, d_1
         h_1, h_2 = h, h_1
     return run.result()
