@@ -155,6 +155,11 @@ class _Noise:
         return PROBE_BASE + i * P * self.stride
 
 
+def _check_dist(dist):
+    if dist not in DISTS:
+        raise ValueError(f"dist: expected one of {DISTS}, got {dist!r}")
+
+
 def _check_probes(probes):
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
         raise ValueError(f"probes: expected a positive int, got {probes!r}")
@@ -452,8 +457,7 @@ def open_run(ns, model, x, sigmas, extra_args, callback, *, seed, dist, logp, pr
     if len(levels) < 2:
         raise ValueError(f"sigmas: expected at least 2 noise levels, got {len(levels)}")
     check_levels(levels, "sigmas")  # finite, >= 0, strictly decreasing
-    if dist not in DISTS:
-        raise ValueError(f"dist: expected one of {DISTS}, got {dist!r}")
+    _check_dist(dist)
     if seed is not None and noise_sampler is not None:
         raise ValueError("seed, noise_sampler: give one of them (seed draws the noise in the "
                          "fused step, noise_sampler draws it outside)")

@@ -26,9 +26,8 @@ import math
 
 import torch
 
-from ..layout import DISTS
-from ._driver import (PROBE_BASE, _check_probes, _sigmas, _steps, draw_probes,  # noqa: F401
-                      open_seeded_run, prior_logp)
+from ._driver import (PROBE_BASE, _check_dist, _check_probes, _sigmas, _steps,  # noqa: F401
+                      draw_probes, open_seeded_run, prior_logp)
 
 # PROBE_BASE, prior_logp: public here (and in diffaccel.sampling); draw_probes, _check_probes:
 # importable from here for the callers that took them from here (they live in ._driver)
@@ -37,6 +36,16 @@ __all__ = ["sample_euler_maruyama", "sample_hd", "sample_ddim", "VPEpsDenoiser",
 
 # warnings of finish_rows point at the public sampler's caller (or, via _ode_sampler, at it)
 _STACKLEVEL = 4
+
+
+def _euler_maruyama_step(run, i, den, sig, nxt, **kw):
+    """The reverse-SDE Euler-Maruyama step sigma -> sigma' (q = sigma^2 - sigma'^2):
+    ``x <- x + q s + sqrt(q) z``, with the zero-overhead log-density
+    ``logp <- logp + q |s|^2 / 2 + sqrt(q) (s . z)``."""
+    q = sig ** 2 - nxt ** 2
+    g = torch.sqrt(q)
+    run.step(i, [den], 1 - q / sig ** 2, (q / sig ** 2,), az=g, draw=True,
+             terms=dict(sx=-1 / sig ** 2, sm=(1 / sig ** 2,), c1=q / 2, c2=g), **kw)
 
 
 def _ode_sampler(model, x, sigmas, extra_args, callback, disable, logp, probes, probe_dist, seed,
@@ -50,7 +59,7 @@ def _ode_sampler(model, x, sigmas, extra_args, callback, disable, logp, probes, 
     if not run.B:
         return run.output()
     run.levels = levels = sigmas.tolist()  # one host read before the loop; none inside a step
-    B, D = run.B, run.D
+    D = run.D
     for i in _steps(run.n, disable):
         sig, nxt = sigmas[i], sigmas[i + 1]
         sde_step = sde_first and levels[i] > switch and levels[i + 1] > 0
@@ -59,13 +68,7 @@ def _ode_sampler(model, x, sigmas, extra_args, callback, disable, logp, probes, 
         h = nxt - sig
         r = h / sig
         if sde_step:
-            # reverse-SDE Euler-Maruyama step, zero-overhead log-density (no probes needed; the
-            # step draws the next step's)
-            q = sig ** 2 - nxt ** 2
-            g = torch.sqrt(q)
-            run.step(i, [den], 1 - q / sig ** 2, (q / sig ** 2,), az=g, draw=True,
-                     terms=dict(sx=-1 / sig ** 2, sm=(1 / sig ** 2,), c1=q / 2, c2=g),
-                     next_probes=True)
+            _euler_maruyama_step(run, i, den, sig, nxt, next_probes=True)  # (no probes used)
         elif mode == "hd" and levels[i] <= switch and levels[i + 1] > 0:
             # high-density ODE dx/dsigma = 2 (x - Dn)/sigma;
             # d logp/dsigma = (div Dn - D)/sigma - sigma |s|^2, s = (Dn - x)/sigma^2
@@ -90,8 +93,7 @@ def sample_hd(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
     instead of the PF-ODE, with the zero-overhead log-density there."""
     if first not in ("ode", "sde"):
         raise ValueError(f"first: expected 'ode' or 'sde', got {first!r}")
-    if dist not in DISTS:
-        raise ValueError(f"dist: expected one of {DISTS}, got {dist!r}")
+    _check_dist(dist)
     if (sigma_switch is None) == (lambda_thr is None):
         raise ValueError("sigma_switch, lambda_thr: give exactly one of them")
     switch = float(sigma_switch) if sigma_switch is not None else math.exp(-float(lambda_thr) / 2)
@@ -109,8 +111,7 @@ def sample_euler_maruyama(model, x, sigmas, extra_args=None, callback=None, disa
     ``logp <- logp + q |s|^2 / 2 + sqrt(q) (s . z)``. A final step to sigma = 0 returns the
     denoised x (no log-density is defined there: with ``logp``, sigmas must end above 0)."""
     sigmas = _sigmas(sigmas, x)
-    if dist not in DISTS:
-        raise ValueError(f"dist: expected one of {DISTS}, got {dist!r}")
+    _check_dist(dist)
     levels = sigmas.tolist()
     if logp is not None and logp is not False and levels[-1] <= 0:
         raise ValueError("sigmas: with logp, the last noise level must be above 0 "
@@ -124,10 +125,7 @@ def sample_euler_maruyama(model, x, sigmas, extra_args=None, callback=None, disa
         den, _ = run.denoise(run.x, sig)
         run.report(i, den)
         if levels[i + 1] > 0:
-            q = sig ** 2 - nxt ** 2
-            g = torch.sqrt(q)
-            run.step(i, [den], 1 - q / sig ** 2, (q / sig ** 2,), az=g, draw=True,
-                     terms=dict(sx=-1 / sig ** 2, sm=(1 / sig ** 2,), c1=q / 2, c2=g))
+            _euler_maruyama_step(run, i, den, sig, nxt)
         else:
             run.step(i, [den], 0.0, (1.0,))
     return run.result(_STACKLEVEL)
@@ -167,8 +165,7 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     if eta == 0:
         return _ode_sampler(model, x, sigmas, extra_args, callback, disable, logp, probes,
                             probe_dist, seed, backend, "euler")
-    if dist not in DISTS:
-        raise ValueError(f"dist: expected one of {DISTS}, got {dist!r}")
+    _check_dist(dist)
     sigmas = _sigmas(sigmas, x)
     run = open_seeded_run(model, x, sigmas, extra_args, callback, where="sample_ddim", seed=seed,
                           logp=logp, backend=backend, dist=dist, probes=probes,
