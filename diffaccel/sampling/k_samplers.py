@@ -369,15 +369,26 @@ def _brownian_run(ns, where, model, x, sigmas, extra_args, callback, eta, s_nois
     return run, noise_sampler
 
 
-def _multistep_sde_step(run, i, sampler, eta, sig, nxt, models, ax, am, e, G, w):
-    """The step of DPM-Solver++(2M) / (3M) SDE, ``x' = ax x + sum_k am_k models_k + G z`` (the
-    noise unless ``eta`` is 0; drift ``sigma^2 e s``), its log-density by Ito's formula."""
-    terms = run.sde_terms(len(models), sig, sig * sig * e, G, sig * sig - nxt * nxt)
-    vjps = None if w is None else [w] * len(models)
-    if not eta:
-        run.step(i, models, ax, tuple(am), terms=terms, vjps=vjps)
-    else:
-        run.noisy_step(i, sampler, models, ax, tuple(am), G, terms=terms, vjps=vjps)
+def _multistep_sde(run, sampler, disable, eta, keep, update):
+    """The loop of DPM-Solver++(2M) / (3M) SDE: step i is ``x' = ax x + sum_k am_k models_k +
+    G z`` (the noise unless ``eta`` is 0; drift ``sigma^2 e s``, its log-density by Ito's
+    formula), with ``(models, ax, am, e, G) = update(sigma, sigma', h, Dn, hist)``, h = log
+    sigma - log sigma', ``hist`` the ``(h, Dn)`` of the last ``keep`` steps, newest first."""
+    hist = []
+    for i in _steps(run.n, disable):
+        step = run.sde_begin(i)
+        if step is None:
+            continue
+        sig, nxt, den, w = step
+        h = math.log(sig) - math.log(nxt)
+        models, ax, am, e, G = update(sig, nxt, h, den, hist)
+        terms = run.sde_terms(len(models), sig, sig * sig * e, G, sig * sig - nxt * nxt)
+        vjps = None if w is None else [w] * len(models)
+        if not eta:
+            run.step(i, models, ax, tuple(am), terms=terms, vjps=vjps)
+        else:
+            run.noisy_step(i, sampler, models, ax, tuple(am), G, terms=terms, vjps=vjps)
+        hist = [(h, den)] + hist[:keep - 1]
 
 
 def _brownian(run, x):
@@ -543,24 +554,18 @@ def _dpmpp_2m_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=
     run, sampler = _brownian_run(ns, "sample_dpmpp_2m_sde", model, x, sigmas, extra_args, callback,
                                  eta, s_noise, noise_sampler, seed, dist, logp, probes,
                                  probe_dist, backend)
-    old, h_last = None, None
-    for i in _steps(run.n, disable):
-        step = run.sde_begin(i)
-        if step is None:
-            continue
-        sig, nxt, den, w = step
-        h = math.log(sig) - math.log(nxt)
+
+    def update(sig, nxt, h, den, hist):
         eh = eta * h
         e = -math.expm1(-h - eh)
-        ax = nxt / sig * math.exp(-eh)
         models, am = [den], [e]
-        if old is not None:
-            rr = h_last / h
-            c = ((e / (-h - eh) + 1) if solver_type == 'heun' else 0.5 * e) / rr
+        if hist:
+            (h_last, old), = hist
+            c = ((e / (-h - eh) + 1) if solver_type == 'heun' else 0.5 * e) / (h_last / h)
             models, am = [den, old], [e + c, -c]
         G = nxt * math.sqrt(-math.expm1(-2 * eh)) * s_noise if eta else 0.0
-        _multistep_sde_step(run, i, sampler, eta, sig, nxt, models, ax, am, e, G, w)
-        old, h_last = den, h
+        return models, nxt / sig * math.exp(-eh), am, e, G
+    _multistep_sde(run, sampler, disable, eta, 1, update)
     return run.result()
 
 
@@ -572,34 +577,28 @@ def _dpmpp_3m_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=
     run, sampler = _brownian_run(ns, "sample_dpmpp_3m_sde", model, x, sigmas, extra_args, callback,
                                  eta, s_noise, noise_sampler, seed, dist, logp, probes,
                                  probe_dist, backend)
-    d_1 = d_2 = None
-    h_1 = h_2 = None
-    for i in _steps(run.n, disable):
-        step = run.sde_begin(i)
-        if step is None:
-            continue
-        sig, nxt, den, w = step
-        h = math.log(sig) - math.log(nxt)
+
+    def update(sig, nxt, h, den, hist):
         he = h * (eta + 1)
         e = -math.expm1(-he)
-        ax = math.exp(-he)
         phi2 = math.expm1(-he) / he + 1
-        if h_2 is not None:
+        if len(hist) == 2:
+            (h_1, d_1), (h_2, d_2) = hist
             r0, r1 = h_1 / h, h_2 / h
             phi3 = phi2 / he - 0.5
             alpha = phi2 * (1 + r0 / (r0 + r1)) - phi3 / (r0 + r1)
             beta = -phi2 * r0 / (r0 + r1) + phi3 / (r0 + r1)
             models = [den, d_1, d_2]
             am = [e + alpha / r0, -alpha / r0 + beta / r1, -beta / r1]
-        elif h_1 is not None:
+        elif hist:
+            (h_1, d_1), = hist
             rr = h_1 / h
             models, am = [den, d_1], [e + phi2 / rr, -phi2 / rr]
         else:
             models, am = [den], [e]
         G = nxt * math.sqrt(-math.expm1(-2 * h * eta)) * s_noise if eta else 0.0
-        _multistep_sde_step(run, i, sampler, eta, sig, nxt, models, ax, am, e, G, w)
-        d_1, d_2 = den, d_1
-        h_1, h_2 = h, h_1
+        return models, math.exp(-he), am, e, G
+    _multistep_sde(run, sampler, disable, eta, 2, update)
     return run.result()
 
 
