@@ -12,6 +12,7 @@
 - :func:`log_likelihood` (euler, heun, rk4, dopri5, expint; priors: :class:`MatchedPrior`, :class:`EmpiricalPrior`) and
   :func:`bits_per_dim`.
 """
+from ._driver import PROBE_BASE, prior_logp
 from .interpolant import sample_interpolant
 from .likelihood import SOLVERS, bits_per_dim, log_likelihood
 from .k_samplers import (K_SAMPLERS, sample_dpm_2, sample_dpm_2_ancestral, sample_dpmpp_2m,
@@ -19,8 +20,7 @@ from .k_samplers import (K_SAMPLERS, sample_dpm_2, sample_dpm_2_ancestral, sampl
                          sample_dpmpp_sde, sample_euler, sample_euler_ancestral, sample_heun,
                          sample_lms)
 from .priors import EmpiricalPrior, MatchedPrior
-from .samplers import (PROBE_BASE, VPEpsDenoiser, ancestral_step, prior_logp, sample_ddim,
-                       sample_euler_maruyama, sample_hd)
+from .samplers import VPEpsDenoiser, ancestral_step, sample_ddim, sample_euler_maruyama, sample_hd
 from .step import coef_width, fused_step, make_coef, make_ycoef
 
 __all__ = ["fused_step", "make_coef", "make_ycoef", "coef_width", "sample_euler", "sample_heun",

@@ -44,35 +44,16 @@ Divergence estimators (``divergence=``):
 """
 import math
 
-import numpy as np
 import torch
 
-from .samplers import _Noise, denoise_with_vjps, draw_probes
+from ._driver import _Noise, denoise_with_vjps, draw_probes
+from ._quadrature import lagrange_integrals, quadrature_weights
 from .step import fused_step, make_coef
 
 __all__ = ["ORDERS", "DIVERGENCES", "expint_log_likelihood", "expint_plan", "quadrature_weights"]
 
 ORDERS = (1, 2, 3, 4)
 DIVERGENCES = ("hutchinson", "subspace")
-_GL = np.polynomial.legendre.leggauss(32)
-
-
-def _lagrange_integrals(nodes, a, b, end=None):
-    """int_a^b w(tau) l_j(tau) dtau for the Lagrange basis l_j on ``nodes`` (float64), with
-    ``w = e^{end - tau}`` (``end`` given) or 1."""
-    g, gw = _GL
-    tau = 0.5 * (b - a) * g + 0.5 * (a + b)
-    w = 0.5 * (b - a) * gw * (np.exp(end - tau) if end is not None else 1.0)
-    out = []
-    for j, sj in enumerate(nodes):
-        lj = np.ones_like(tau)
-        for m, sm in enumerate(nodes):
-            if m != j:
-                lj = lj * (tau - sm) / (sj - sm)
-        out.append(float((w * lj).sum()))
-    return out
-
-
 def expint_plan(ts, order, corrector=True):
     """The solver's constants from the grid ``ts`` (N + 1 increasing log-levels).
 
@@ -84,11 +65,11 @@ def expint_plan(ts, order, corrector=True):
     pred, corr = [], [None]
     for n in range(N):
         nodes = list(range(max(0, n - order + 1), n + 1))
-        c = _lagrange_integrals([ts[j] for j in nodes], ts[n], ts[n + 1], end=ts[n + 1])
+        c = lagrange_integrals([ts[j] for j in nodes], ts[n], ts[n + 1], end=ts[n + 1])
         pred.append({j: -cj for j, cj in zip(nodes, c)})
     for n in range(1, N + 1):
         nodes = list(range(max(0, n - order), n + 1))
-        c = _lagrange_integrals([ts[j] for j in nodes], ts[n - 1], ts[n], end=ts[n])
+        c = lagrange_integrals([ts[j] for j in nodes], ts[n - 1], ts[n], end=ts[n])
         corr.append({j: -cj for j, cj in zip(nodes, c)})
     ax, combos = [], []
     for n in range(N + 1):
@@ -109,22 +90,6 @@ def expint_plan(ts, order, corrector=True):
         ax.append(eh)
         combos.append(comb)
     return ax, combos, quadrature_weights(ts, order + 1)
-
-
-def quadrature_weights(ts, m):
-    """W[n]: node n's weight in ``int_{ts[0]}^{ts[-1]} f dt ~ sum_n W_n f(ts[n])``, each interval
-    [ts[n], ts[n+1]] integrated with the Lagrange polynomial through ``m`` consecutive nodes
-    around it (fewer when there are fewer). ``ts`` monotone (either direction), float64."""
-    ts = [float(t) for t in ts]
-    N = len(ts) - 1
-    m = min(m, N + 1)
-    W = [0.0] * (N + 1)
-    for n in range(N):
-        s = min(max(0, n - (m - 1) // 2), N + 1 - m)
-        nodes = list(range(s, s + m))
-        for j, c in zip(nodes, _lagrange_integrals([ts[j] for j in nodes], ts[n], ts[n + 1])):
-            W[j] += c
-    return W
 
 
 def _gram_schmidt(R, rank, eps):

@@ -11,7 +11,7 @@ import math
 import torch
 from tqdm.auto import trange
 
-from .samplers import _rows_bad, finish_rows
+from ._driver import _rows_bad, finish_rows
 from .step import fused_step, make_coef
 
 __all__ = ["sample_interpolant"]

@@ -55,17 +55,13 @@ a new tensor each step when a ``callback`` may keep it or a multistep sampler ne
 import math
 
 import torch
-from tqdm.auto import trange
 
-from ..library import DISTS
-from ..random import noise as _noise
+from ..layout import MAX_MODELS
+from ._driver import _Noise, _steps, open_run
 from .logp_quad import CORR_NODES, corrector, flow_weights
-from .samplers import (_check_probes, _init_logp, _Noise, _Probes, _rows_bad, check_levels,
-                       denoise_with_vjps, draw_probes, finish_rows)
-from .step import fused_step, make_coef
 
 INF = float("inf")
-MAX_LMS_ORDER = 4  # 2 * order - 1 model-sized inputs per fused step (at most 8)
+MAX_LMS_ORDER = (MAX_MODELS + 1) // 2  # 2 * order - 1 model-sized inputs per fused step
 
 __all__ = ["sample_euler", "sample_euler_ancestral", "sample_heun", "sample_dpm_2",
            "sample_dpm_2_ancestral", "sample_lms", "sample_dpmpp_2s_ancestral", "sample_dpmpp_sde",
@@ -106,247 +102,6 @@ def lms_coefficients(levels, order):
     return out
 
 
-def _steps(n, disable):
-    """The step indices, with k-diffusion's progress bar unless disabled (a traced loop needs
-    disable=True: tqdm does not trace)."""
-    return range(n) if disable else trange(n, disable=disable)
-
-
-class _Source:
-    """Where the noise comes from without ``seed``: torch, or the patched module ``ns``."""
-
-    def __init__(self, ns):
-        self.ns = ns
-
-    def _get(self, name, default=None):
-        return getattr(self.ns, name, default) if self.ns is not None else default
-
-    def randn_like(self, x):
-        return self._get("torch", torch).randn_like(x)  # looked up now: callers replace it
-
-    def default_noise_sampler(self, x):
-        f = self._get("default_noise_sampler")
-        if f is not None:
-            return f(x)
-        return lambda sigma, sigma_next: self.randn_like(x)
-
-    def brownian(self, x, sigmas):
-        """The module's BrownianTreeNoiseSampler over [min sigma > 0, max sigma], as k-diffusion
-        builds it (None when there is no module to take it from)."""
-        cls = self._get("BrownianTreeNoiseSampler")
-        if cls is None:
-            return None
-        s = sigmas if isinstance(sigmas, torch.Tensor) else torch.as_tensor(sigmas)
-        return cls(x, s[s > 0].min(), s.max())
-
-
-class _Run:
-    """The state of one sampling call: x, the noise levels as numbers, the noise source, and
-    the log-density accumulators and probes."""
-
-    def __init__(self, ns, model, x, sigmas, extra_args, callback, *, seed, dist, logp, probes,
-                 probe_dist, backend, where, noise_sampler=None, stochastic=False, div_small=False):
-        if not isinstance(x, torch.Tensor) or x.dim() < 1 or not x.is_floating_point():
-            raise TypeError(f"x: expected a floating-point (B, *S) tensor, got "
-                            f"{getattr(x, 'dtype', type(x).__name__)}")
-        if isinstance(sigmas, torch.Tensor):
-            if sigmas.dim() != 1:
-                raise ValueError(f"sigmas: expected a 1-d tensor, got shape {tuple(sigmas.shape)}")
-            levels = sigmas.detach().double().cpu().tolist()  # one host read, before the loop
-        elif isinstance(sigmas, (list, tuple)):
-            levels = [float(s) for s in sigmas]
-        else:
-            raise TypeError(f"sigmas: expected a 1-d tensor or a list of numbers, got "
-                            f"{type(sigmas).__name__}")
-        if len(levels) < 2:
-            raise ValueError(f"sigmas: expected at least 2 noise levels, got {len(levels)}")
-        check_levels(levels, "sigmas")  # finite, >= 0, strictly decreasing
-        if dist not in DISTS:
-            raise ValueError(f"dist: expected one of {DISTS}, got {dist!r}")
-        if seed is not None and noise_sampler is not None:
-            raise ValueError("seed, noise_sampler: give one of them (seed draws the noise in the "
-                             "fused step, noise_sampler draws it outside)")
-        self.model, self.sigmas, self.levels, self.where = model, sigmas, levels, where
-        self.bad = _rows_bad(x)  # non-finite input samples: NaN out, the others unaffected
-        self.B, self.D = x.shape[0], math.prod(x.shape[1:])
-        self.n = len(levels) - 1 if self.B else 0  # an empty batch: nothing to do
-        self.extra_args = {} if extra_args is None else extra_args
-        self.callback, self.backend, self.dist = callback, backend, dist
-        self.src = _Source(ns)
-        self.x = x.detach().clone(memory_format=torch.contiguous_format)
-        self.s_in = x.new_ones([self.B])
-        self.noise = None if seed is None or not self.B else _Noise(seed, x)
-        self.draws = 0
-        self.carry = 0.0  # |s|^2 weight handed to the next step (stochastic samplers)
-        self.lp = _init_logp(logp, x, levels[0])
-        self.var = self.pr = None
-        self.P = 0
-        if self.lp is not None:
-            if probes is None:
-                probes = 0 if (stochastic and div_small) else 1
-            if stochastic and isinstance(probes, int) and not isinstance(probes, bool) and probes == 0:
-                self.P = 0
-            else:
-                self.P = _check_probes(probes)
-            self.pnoise = self.noise if self.noise is not None or not self.B else _Noise(None, x)
-            self.probe_dist = probe_dist
-            if probe_dist not in ("rademacher", "normal"):
-                raise ValueError(f"probe_dist: expected 'rademacher' or 'normal', got {probe_dist!r}")
-            self.var = torch.zeros_like(self.lp)
-            if self.P and self.B:
-                self.pr = _Probes(self.P, self.x, self.pnoise, probe_dist, backend)
-
-    # -------------------------------------------------------------------- pieces of a step
-    def sig(self, i):
-        """sigmas[i] as the caller gave it (a tensor element or a number)."""
-        return self.sigmas[i]
-
-    def denoise(self, x, sigma, vjp=False, probes=None):
-        """(Dn(x, sigma), its vector-Jacobian products with the step's probes or None)."""
-        s = self.s_in * sigma
-        if vjp and self.lp is not None:
-            pr = probes if probes is not None else self.pr.cur
-            return denoise_with_vjps(self.model, x, s, self.extra_args, pr)
-        with torch.no_grad():
-            return self.model(x, s, **self.extra_args), None
-
-    def report(self, i, den, sigma_hat=None):
-        if self.callback is not None:
-            sig = self.sig(i)
-            self.callback({"x": self.x, "i": i, "sigma": sig,
-                           "sigma_hat": sig if sigma_hat is None else sigma_hat, "denoised": den})
-
-    def seeded(self):
-        return self.noise is not None
-
-    def offset(self):
-        off = self.noise.offset(self.draws)
-        self.draws += 1
-        return off
-
-    def draw(self):
-        """A noise tensor like x from the seeded stream (when it must exist outside a step)."""
-        dt = torch.float32 if self.x.dtype == torch.float64 else self.x.dtype
-        return _noise(self.x.shape, seed=self.noise.seed, offset=self.offset(), dist=self.dist,
-                      device=self.x.device, dtype=dt, backend=self.backend).to(self.x.dtype)
-
-    def final_probes(self):
-        """One probe for the final denoising step of a sampler that tracks no divergence."""
-        return draw_probes(self.x, 1, self.pnoise.seed, self.pnoise.probe_offset(self.n - 1, 1),
-                           self.probe_dist, self.backend)
-
-    def noisy_step(self, i, noise_sampler, models, ax, am, az, **kw):
-        """``step`` with the noise ``az z``: drawn inside the kernel when seeded, else
-        ``z = noise_sampler(sigma_i, sigma_{i+1})``, drawn right before the step."""
-        if self.seeded():
-            return self.step(i, models, ax, am, az=az, draw=True, **kw)
-        return self.step(i, models, ax, am, az=az, z=noise_sampler(self.sig(i), self.sig(i + 1)),
-                         **kw)
-
-    def step(self, i, models, ax, am, *, az=0.0, z=None, draw=False, terms=None, vjps=None,
-             probes=None, into=None, fresh=False):
-        """One fused launch: ``x' = ax x + sum_k am_k models_k + az z`` with z given, drawn in
-        the step (``draw``) or none; ``terms``: the log-density terms (dict of make_coef's
-        sx, sm, c0, c1, c2, cw). Writes into ``into`` (leaving x and logp) or advances x, in
-        place unless ``fresh`` (True or the buffer to write: a multistep sampler keeps the old
-        x) or a callback may keep it."""
-        K = len(models)
-        t = terms if (terms is not None and self.lp is not None and into is None) else None
-        kw = {}
-        if t is None:
-            coef = make_coef(self.B, ax=ax, az=az, am=am, device=self.x.device)
-        else:
-            coef = make_coef(self.B, ax=ax, az=az, am=am, sx=t.get("sx", 0.0),
-                             sm=t.get("sm", (0.0,) * K), c0=t.get("c0", 0.0), c1=t.get("c1", 0.0),
-                             c2=t.get("c2", 0.0), cw=t.get("cw", (0.0,) * K), device=self.x.device)
-            kw.update(logp=self.lp, logp_var=self.var)
-            if vjps is not None:
-                kw.update(vjps=vjps)
-                if probes is not None:
-                    kw.update(probes=probes)
-                else:
-                    kw.update(probes=self.pr.cur, seed=self.pnoise.seed,
-                              **self.pr.step_kwargs(i, i == self.n - 1))
-        if z is not None:
-            kw.update(z=z)
-        elif draw:  # (seeded: the probes come from the same stream)
-            kw.update(seed=self.noise.seed, offset=self.offset(), dist=self.dist)
-        if into is not None:
-            return fused_step(self.x, models, coef, out=into, backend=self.backend, **kw)
-        if fresh is not False or self.callback is not None:
-            buf = fresh if isinstance(fresh, torch.Tensor) else torch.empty_like(self.x)
-            self.x = fused_step(self.x, models, coef, out=buf, backend=self.backend, **kw)
-        else:
-            fused_step(self.x, models, coef, backend=self.backend, **kw)
-        if t is not None and vjps is not None and probes is None and i < self.n - 1:
-            self.pr.advance()
-        return self.x
-
-    def scratch(self):
-        """The stage buffer (a midpoint x): allocated once, reused every step."""
-        if getattr(self, "_scratch", None) is None:
-            self._scratch = torch.empty_like(self.x)
-        return self._scratch
-
-    def ring(self, i, size):
-        """Step i's output buffer among ``size`` reused ones (``size`` > the states a multistep
-        sampler keeps); a fresh tensor when a callback may keep x."""
-        if self.callback is not None:
-            return torch.empty_like(self.x)
-        if getattr(self, "_ring", None) is None:
-            self._ring = [self.x] + [torch.empty_like(self.x) for _ in range(size - 1)]
-        return self._ring[(i + 1) % size]
-
-    def result(self):
-        finish_rows(self.where, self.bad, self.x, self.lp)
-        return self.x if self.lp is None else (self.x, self.lp)
-
-    # ------------------------------------------------------------------ log-density terms
-    def ode_terms(self, weights, D_weight=None):
-        """Terms of ``logp += sum_k weights_k (div M_k - D)``."""
-        c0 = -self.D * (sum(weights) if D_weight is None else D_weight)
-        return dict(c0=c0, cw=tuple(weights))
-
-    def sde_terms(self, K, sigma, A, G, q):
-        """Ito's formula for a step ``x' = x + A s + G z`` (s from models[0], at sigma)."""
-        u = (G * G - q) / (2 * sigma * sigma)  # weight of div Dn - D
-        # the |s|^2 integral by the trapezoid rule: half of this step's weight now, half with
-        # the next step's score (the s . z term stays at the left point: it is Ito's)
-        c1 = self.carry + (A - q / 2) / 2
-        self.carry = (A - q / 2) / 2
-        t = dict(sx=-1 / sigma ** 2, sm=(1 / sigma ** 2,) + (0.0,) * (K - 1), c1=c1, c2=G)
-        if self.P:
-            t.update(c0=-self.D * u, cw=(u,) + (0.0,) * (K - 1))
-        return t
-
-    def final_terms(self, sigma):
-        """The final step ``x' = Dn(x)`` of a stochastic sampler: ``D - div Dn``, and the rest
-        of the previous step's |s|^2 term."""
-        t = self.ode_terms((-1.0,))
-        if self.carry:
-            t.update(sx=-1 / sigma ** 2, sm=(1 / sigma ** 2,), c1=self.carry)
-        return t
-
-    def sde_vjp(self):
-        return self.lp is not None and self.P > 0
-
-    def denoise_final(self, x, sigma):
-        """Dn at the final step of a stochastic sampler, with the vjp its log-density needs."""
-        if self.lp is None:
-            return self.denoise(x, sigma) + (None,)
-        pr = self.pr.cur if self.P else self.final_probes()
-        den, w = self.denoise(x, sigma, vjp=True, probes=pr)
-        return den, w, pr
-
-    def denoise_sde(self, sigma, final):
-        """(Dn, vjps, probes) at x for a stochastic sampler's step: the final step's (with the
-        probes its log-density needs) or an SDE step's (vjps only where its terms need them;
-        probes None: the step's own)."""
-        if final:
-            return self.denoise_final(self.x, sigma)
-        return self.denoise(self.x, sigma, vjp=self.sde_vjp()) + (None,)
-
-
 def _check_churn(run, s_churn, s_tmin, s_tmax):
     n = run.n
     if not s_churn:  # (also keeps a traced loop free of symbolic churn arithmetic)
@@ -380,6 +135,23 @@ def _sigma_hat(run, i, gamma):
     return s * (gamma + 1)
 
 
+def _churn_run(ns, where, model, x, sigmas, extra_args, callback, s_churn, s_tmin, s_tmax, seed,
+               dist, logp, probes, probe_dist, backend):
+    """(run, the churn's gamma per step) of Euler, Heun or DPM-2."""
+    run = open_run(ns, model, x, sigmas, extra_args, callback, where=where, seed=seed, dist=dist,
+                   logp=logp, probes=probes, probe_dist=probe_dist, backend=backend)
+    return run, _check_churn(run, s_churn, s_tmin, s_tmax)
+
+
+def _churn_begin(run, i, gammas, s_noise, vjp=True):
+    """Step i of Euler, Heun or DPM-2 up to its own update: the churn, then Dn at sigma_hat
+    (with its vjps if ``vjp``), reported; returns ``(sigma_hat, sigma', Dn, vjps)``."""
+    sh = _churn(run, i, gammas[i], s_noise)
+    den, w = run.denoise(run.x, sh, vjp=vjp)
+    run.report(i, den, _sigma_hat(run, i, gammas[i]))
+    return sh, run.levels[i + 1], den, w
+
+
 def _public(core, name):
     """The public sampler: ``core`` without its leading module argument."""
     import functools
@@ -404,15 +176,11 @@ def _euler(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, s
     """Karras et al. (2022) Algorithm 2 with Euler steps (k-diffusion's ``sample_euler``):
     ``x <- x + (sigma' - sigma_hat)(x - Dn(x, sigma_hat))/sigma_hat`` after the churn
     ``sigma_hat = sigma (1 + gamma)``. ``logp``: ``d logp = (div Dn - D) d sigma / sigma``."""
-    run = _Run(ns, model, x, sigmas, extra_args, callback, where="sample_euler",
-               seed=seed, dist=dist, logp=logp,
-               probes=probes, probe_dist=probe_dist, backend=backend)
-    gammas = _check_churn(run, s_churn, s_tmin, s_tmax)
+    run, gammas = _churn_run(ns, "sample_euler", model, x, sigmas, extra_args, callback, s_churn,
+                             s_tmin, s_tmax, seed, dist, logp, probes, probe_dist, backend)
     for i in _steps(run.n, disable):
-        sh = _churn(run, i, gammas[i], s_noise)
-        den, w = run.denoise(run.x, sh, vjp=True)
-        run.report(i, den, _sigma_hat(run, i, gammas[i]))
-        r = (run.levels[i + 1] - sh) / sh
+        sh, nxt, den, w = _churn_begin(run, i, gammas, s_noise)
+        r = (nxt - sh) / sh
         run.step(i, [den], 1 + r, (-r,), terms=run.ode_terms((r,)), vjps=[w])
     return run.result()
 
@@ -423,15 +191,10 @@ def _heun(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, s_
     """Karras et al. (2022) Algorithm 2 (Heun steps; an Euler step to sigma = 0). ``logp``: the
     trapezoid rule on ``d logp = (div Dn - D) d sigma / sigma``; both stages use the same
     probes."""
-    run = _Run(ns, model, x, sigmas, extra_args, callback, where="sample_heun",
-               seed=seed, dist=dist, logp=logp,
-               probes=probes, probe_dist=probe_dist, backend=backend)
-    gammas = _check_churn(run, s_churn, s_tmin, s_tmax)
+    run, gammas = _churn_run(ns, "sample_heun", model, x, sigmas, extra_args, callback, s_churn,
+                             s_tmin, s_tmax, seed, dist, logp, probes, probe_dist, backend)
     for i in _steps(run.n, disable):
-        sh = _churn(run, i, gammas[i], s_noise)
-        nxt = run.levels[i + 1]
-        den, w = run.denoise(run.x, sh, vjp=True)
-        run.report(i, den, _sigma_hat(run, i, gammas[i]))
+        sh, nxt, den, w = _churn_begin(run, i, gammas, s_noise)
         r = (nxt - sh) / sh
         if nxt == 0:
             run.step(i, [den], 1 + r, (-r,), terms=run.ode_terms((r,)), vjps=[w])
@@ -449,15 +212,10 @@ def _dpm_2(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, s
            probe_dist="rademacher", backend=None):
     """k-diffusion's DPM-2: an Euler half step to the geometric midpoint sigma_mid, then the full
     step with the derivative there (Euler to sigma = 0). ``logp``: the midpoint rule."""
-    run = _Run(ns, model, x, sigmas, extra_args, callback, where="sample_dpm_2",
-               seed=seed, dist=dist, logp=logp,
-               probes=probes, probe_dist=probe_dist, backend=backend)
-    gammas = _check_churn(run, s_churn, s_tmin, s_tmax)
+    run, gammas = _churn_run(ns, "sample_dpm_2", model, x, sigmas, extra_args, callback, s_churn,
+                             s_tmin, s_tmax, seed, dist, logp, probes, probe_dist, backend)
     for i in _steps(run.n, disable):
-        sh = _churn(run, i, gammas[i], s_noise)
-        nxt = run.levels[i + 1]
-        den, w = run.denoise(run.x, sh, vjp=nxt == 0)
-        run.report(i, den, _sigma_hat(run, i, gammas[i]))
+        sh, nxt, den, w = _churn_begin(run, i, gammas, s_noise, vjp=run.levels[i + 1] == 0)
         if nxt == 0:
             r = -1.0
             run.step(i, [den], 1 + r, (-r,), terms=run.ode_terms((r,)), vjps=[w])
@@ -483,10 +241,9 @@ def _lms(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, ord
     i's fused pass."""
     if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= MAX_LMS_ORDER:
         raise ValueError(f"order: expected an int from 1 to {MAX_LMS_ORDER} (the fused step takes "
-                         f"at most 8 model-sized inputs), got {order!r}")
-    run = _Run(ns, model, x, sigmas, extra_args, callback, where="sample_lms",
-               seed=seed, dist=dist, logp=logp,
-               probes=probes, probe_dist=probe_dist, backend=backend)
+                         f"at most {MAX_MODELS} model-sized inputs), got {order!r}")
+    run = open_run(ns, model, x, sigmas, extra_args, callback, where="sample_lms", seed=seed,
+                   dist=dist, logp=logp, probes=probes, probe_dist=probe_dist, backend=backend)
     lv = run.levels
     coeffs = lms_coefficients(lv[:run.n + 1], order)
     W = flow_weights(lv[:run.n + 1]) if run.lp is not None and run.n else None
@@ -532,9 +289,8 @@ def _dpmpp_2m(ns, model, x, sigmas, extra_args=None, callback=None, disable=None
     (first order on the first step and to sigma = 0). ``logp``: the same linear extrapolation
     of ``div Dn`` in t, ``logp += -h ((1 + 1/2r) f - f_old/2r - D)``, f = div Dn (to sigma = 0:
     ``D - f``)."""
-    run = _Run(ns, model, x, sigmas, extra_args, callback, where="sample_dpmpp_2m",
-               seed=seed, dist=dist, logp=logp,
-               probes=probes, probe_dist=probe_dist, backend=backend)
+    run = open_run(ns, model, x, sigmas, extra_args, callback, where="sample_dpmpp_2m", seed=seed,
+                   dist=dist, logp=logp, probes=probes, probe_dist=probe_dist, backend=backend)
     lv = run.levels
     # per step: (h, weight on the new output, weight on the old one) in the D-space update
     steps = []
@@ -573,13 +329,66 @@ def _dpmpp_2m(ns, model, x, sigmas, extra_args=None, callback=None, disable=None
 
 # ------------------------------------------------------------------- stochastic samplers
 
-def _ancestral_noise(run, noise_sampler, x):
-    """The ancestral samplers' noise sampler: None with ``seed`` (drawn in the step), else the
-    one given or the module's ``default_noise_sampler(x)``, made before the loop as
-    k-diffusion makes it."""
+def _ancestral_run(ns, where, model, x, sigmas, extra_args, callback, eta, s_noise, noise_sampler,
+                   seed, dist, logp, probes, probe_dist, backend):
+    """(run, noise sampler) of an ancestral sampler: the noise sampler is None with ``seed``
+    (drawn in the step), else the one given or the module's ``default_noise_sampler(x)``, made
+    before the loop as k-diffusion makes it."""
+    run = _sde_run(ns, where, model, x, sigmas, extra_args, callback, eta, s_noise, noise_sampler,
+                   seed, dist, logp, probes, probe_dist, backend)
     if run.seeded() or not run.B:
-        return None
-    return noise_sampler if noise_sampler is not None else run.src.default_noise_sampler(x)
+        return run, None
+    return run, (noise_sampler if noise_sampler is not None else run.src.default_noise_sampler(x))
+
+
+def _ancestral_begin(run, i, eta):
+    """Step i of an ancestral sampler up to its own update: ``(sigma, sigma', Dn, vjps,
+    sigma_down, sigma_up)``, or None after the final step to sigma = 0 (``x' = Dn``), done here."""
+    step = run.sde_begin(i)
+    return None if step is None else step + get_ancestral_step(step[0], step[1], eta)
+
+
+def _sde_run(ns, where, model, x, sigmas, extra_args, callback, eta, s_noise, noise_sampler, seed,
+             dist, logp, probes, probe_dist, backend):
+    """The run of a stochastic sampler: ``probes=None`` drops the divergence (0 probes) where it
+    is O(step^2) (``eta = 1``, ``s_noise = 1``), else one probe."""
+    return open_run(ns, model, x, sigmas, extra_args, callback, where=where, seed=seed, dist=dist,
+                    logp=logp, probes=probes, probe_dist=probe_dist, backend=backend,
+                    noise_sampler=noise_sampler, stochastic=True,
+                    div_small=eta == 1 and s_noise == 1)
+
+
+def _brownian_run(ns, where, model, x, sigmas, extra_args, callback, eta, s_noise, noise_sampler,
+                  seed, dist, logp, probes, probe_dist, backend):
+    """(run, noise sampler) of an SDE sampler: the noise sampler given, None with ``seed``
+    (drawn in the step), else k-diffusion's default (:func:`_brownian`)."""
+    run = _sde_run(ns, where, model, x, sigmas, extra_args, callback, eta, s_noise, noise_sampler,
+                   seed, dist, logp, probes, probe_dist, backend)
+    if noise_sampler is None and not run.seeded():
+        return run, _brownian(run, x)
+    return run, noise_sampler
+
+
+def _multistep_sde(run, sampler, disable, eta, keep, update):
+    """The loop of DPM-Solver++(2M) / (3M) SDE: step i is ``x' = ax x + sum_k am_k models_k +
+    G z`` (the noise unless ``eta`` is 0; drift ``sigma^2 e s``, its log-density by Ito's
+    formula), with ``(models, ax, am, e, G) = update(sigma, sigma', h, Dn, hist)``, h = log
+    sigma - log sigma', ``hist`` the ``(h, Dn)`` of the last ``keep`` steps, newest first."""
+    hist = []
+    for i in _steps(run.n, disable):
+        step = run.sde_begin(i)
+        if step is None:
+            continue
+        sig, nxt, den, w = step
+        h = math.log(sig) - math.log(nxt)
+        models, ax, am, e, G = update(sig, nxt, h, den, hist)
+        terms = run.sde_terms(len(models), sig, sig * sig * e, G, sig * sig - nxt * nxt)
+        vjps = None if w is None else [w] * len(models)
+        if not eta:
+            run.step(i, models, ax, tuple(am), terms=terms, vjps=vjps)
+        else:
+            run.noisy_step(i, sampler, models, ax, tuple(am), G, terms=terms, vjps=vjps)
+        hist = [(h, den)] + hist[:keep - 1]
 
 
 def _brownian(run, x):
@@ -592,16 +401,8 @@ def _brownian(run, x):
     if tree is None:
         run.noise = _Noise(int(torch.randint(0, 2 ** 63 - 1, []).item()), run.x)
         if run.lp is not None:  # the probes share the stream
-            run.pnoise = run.noise
-            if run.P:
-                run.pr = _Probes(run.P, run.x, run.noise, run.probe_dist, run.backend)
+            run.track(run.P, run.noise, run.probe_dist)
     return tree
-
-
-def _ancestral(run, i, eta):
-    sig, nxt = run.levels[i], run.levels[i + 1]
-    down, up = get_ancestral_step(sig, nxt, eta)
-    return sig, nxt, down, up
 
 
 def _euler_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.,
@@ -609,20 +410,17 @@ def _euler_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, disab
                      probes=None, probe_dist="rademacher", backend=None):
     """Ancestral sampling with Euler steps (k-diffusion's ``sample_euler_ancestral``): an Euler
     step to sigma_down, then ``s_noise sigma_up`` times the noise (none to sigma = 0)."""
-    run = _Run(ns, model, x, sigmas, extra_args, callback, where="sample_euler_ancestral",
-               seed=seed, dist=dist, logp=logp,
-               probes=probes, probe_dist=probe_dist, backend=backend, noise_sampler=noise_sampler,
-               stochastic=True, div_small=eta == 1 and s_noise == 1)
-    ns_ = _ancestral_noise(run, noise_sampler, x)
+    run, ns_ = _ancestral_run(ns, "sample_euler_ancestral", model, x, sigmas, extra_args, callback,
+                              eta, s_noise, noise_sampler, seed, dist, logp, probes, probe_dist,
+                              backend)
     for i in _steps(run.n, disable):
-        sig, nxt, down, up = _ancestral(run, i, eta)
-        final = nxt == 0
-        den, w, pr = run.denoise_sde(sig, final)
+        sig, nxt = run.levels[i], run.levels[i + 1]
+        den, w, pr = run.denoise_sde(sig, nxt == 0)
         run.report(i, den)
+        down, up = get_ancestral_step(sig, nxt, eta)
         ax, am = down / sig, (1 - down / sig,)
-        if final:
-            run.step(i, [den], ax, am, terms=run.final_terms(sig),
-                     vjps=None if w is None else [w], probes=pr)
+        if nxt == 0:  # (x' = Dn, written as the sampler writes it)
+            run.final_step(i, den, w, pr, ax, am)
             continue
         G = s_noise * up
         terms = run.sde_terms(1, sig, sig * (sig - down), G, sig * sig - nxt * nxt)
@@ -636,20 +434,17 @@ def _dpm_2_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, disab
                      probes=None, probe_dist="rademacher", backend=None):
     """Ancestral sampling with DPM-2 steps (k-diffusion's ``sample_dpm_2_ancestral``): DPM-2 to
     sigma_down (Euler when sigma_down = 0, then no noise), then ``s_noise sigma_up`` noise."""
-    run = _Run(ns, model, x, sigmas, extra_args, callback, where="sample_dpm_2_ancestral",
-               seed=seed, dist=dist, logp=logp,
-               probes=probes, probe_dist=probe_dist, backend=backend, noise_sampler=noise_sampler,
-               stochastic=True, div_small=eta == 1 and s_noise == 1)
-    ns_ = _ancestral_noise(run, noise_sampler, x)
+    run, ns_ = _ancestral_run(ns, "sample_dpm_2_ancestral", model, x, sigmas, extra_args, callback,
+                              eta, s_noise, noise_sampler, seed, dist, logp, probes, probe_dist,
+                              backend)
     for i in _steps(run.n, disable):
-        sig, nxt, down, up = _ancestral(run, i, eta)
-        final = nxt == 0
-        den, w, pr = run.denoise_sde(sig, final)
-        run.report(i, den)
+        step = _ancestral_begin(run, i, eta)
+        if step is None:
+            continue
+        sig, nxt, den, w, down, up = step
         if down == 0:
-            terms = (run.final_terms(sig) if final else
-                     run.sde_terms(1, sig, sig * sig, 0.0, sig * sig - nxt * nxt))
-            run.step(i, [den], 0.0, (1.0,), terms=terms, vjps=None if w is None else [w], probes=pr)
+            run.step(i, [den], 0.0, (1.0,), vjps=None if w is None else [w],
+                     terms=run.sde_terms(1, sig, sig * sig, 0.0, sig * sig - nxt * nxt))
             continue
         mid = math.exp(0.5 * (math.log(sig) + math.log(down)))
         b = (mid - sig) / sig
@@ -671,21 +466,19 @@ def _dpmpp_2s_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, di
     ``sample_dpmpp_2s_ancestral``): in t = -log sigma, a first-order step to the midpoint
     ``s = t + h/2`` of [t, t_down], then ``x <- (sigma_down/sigma) x + (1 - e^-h) Dn(x_2, s)``,
     then ``s_noise sigma_up`` noise unless sigma' = 0."""
-    run = _Run(ns, model, x, sigmas, extra_args, callback, where="sample_dpmpp_2s_ancestral",
-               seed=seed, dist=dist, logp=logp,
-               probes=probes, probe_dist=probe_dist, backend=backend, noise_sampler=noise_sampler,
-               stochastic=True, div_small=eta == 1 and s_noise == 1)
-    ns_ = _ancestral_noise(run, noise_sampler, x)
+    run, ns_ = _ancestral_run(ns, "sample_dpmpp_2s_ancestral", model, x, sigmas, extra_args,
+                              callback, eta, s_noise, noise_sampler, seed, dist, logp, probes,
+                              probe_dist, backend)
     for i in _steps(run.n, disable):
-        sig, nxt, down, up = _ancestral(run, i, eta)
-        final = nxt == 0
-        den, w, pr = run.denoise_sde(sig, final)
-        run.report(i, den)
-        G = 0.0 if final else s_noise * up
+        step = _ancestral_begin(run, i, eta)
+        if step is None:
+            continue
+        sig, nxt, den, w, down, up = step
+        G = s_noise * up
         q = sig * sig - nxt * nxt
         if down == 0:
             models, ax, am = [den], 0.0, (1.0,)
-            terms = (run.final_terms(sig) if final else run.sde_terms(1, sig, sig * sig, G, q))
+            terms = run.sde_terms(1, sig, sig * sig, G, q)
             vj = None if w is None else [w]
         else:
             h = math.log(sig) - math.log(down)
@@ -695,10 +488,7 @@ def _dpmpp_2s_ancestral(ns, model, x, sigmas, extra_args=None, callback=None, di
             models, ax, am = [den, den2], down / sig, (0.0, -math.expm1(-h))
             terms = run.sde_terms(2, sig, sig * (sig - down), G, q)
             vj = None if w is None else [w, w]
-        if final:
-            run.step(i, models, ax, am, terms=terms, vjps=vj, probes=pr)
-        else:
-            run.noisy_step(i, ns_, models, ax, am, G, terms=terms, vjps=vj)
+        run.noisy_step(i, ns_, models, ax, am, G, terms=terms, vjps=vj)
     return run.result()
 
 
@@ -711,23 +501,15 @@ def _dpmpp_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=Non
     ``seed`` they are drawn with that correlation."""
     if not isinstance(r, (int, float)) or isinstance(r, bool) or not 0 < r:
         raise ValueError(f"r: expected a number > 0, got {r!r}")
-    run = _Run(ns, model, x, sigmas, extra_args, callback, where="sample_dpmpp_sde",
-               seed=seed, dist=dist, logp=logp,
-               probes=probes, probe_dist=probe_dist, backend=backend, noise_sampler=noise_sampler,
-               stochastic=True, div_small=eta == 1 and s_noise == 1)
-    sampler = noise_sampler
-    if sampler is None and not run.seeded():
-        sampler = _brownian(run, x)
+    run, sampler = _brownian_run(ns, "sample_dpmpp_sde", model, x, sigmas, extra_args, callback,
+                                 eta, s_noise, noise_sampler, seed, dist, logp, probes,
+                                 probe_dist, backend)
     tsig = isinstance(run.sigmas, torch.Tensor)
     for i in _steps(run.n, disable):
-        sig, nxt = run.levels[i], run.levels[i + 1]
-        final = nxt == 0
-        den, w, pr = run.denoise_sde(sig, final)
-        run.report(i, den)
-        if final:
-            run.step(i, [den], 0.0, (1.0,), terms=run.final_terms(sig),
-                     vjps=None if w is None else [w], probes=pr)
+        step = run.sde_begin(i)
+        if step is None:
             continue
+        sig, nxt, den, w = step
         t, tn = -math.log(sig), -math.log(nxt)
         h = tn - t
         s = t + h * r
@@ -743,13 +525,11 @@ def _dpmpp_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=Non
             else:
                 a1, b1, b2 = math.exp(-t), ss, math.exp(-tn)
             z1 = sampler(a1, b1)
-            x2 = run.step(i, [den], sd / sig, (1 - sd / sig,), az=s_noise * su, z=z1,
-                          into=run.scratch())
         else:
             # W over [sigma_s, sigma] and [sigma', sigma_s]: n2 = (sqrt(d1) n1 + sqrt(d2) n')/sqrt(d1+d2)
             z1 = run.draw()
-            x2 = run.step(i, [den], sd / sig, (1 - sd / sig,), az=s_noise * su, z=z1,
-                          into=run.scratch())
+        x2 = run.step(i, [den], sd / sig, (1 - sd / sig,), az=s_noise * su, z=z1,
+                      into=run.scratch())
         den2, _ = run.denoise(x2, ss)
         if sampler is not None:
             z2 = sampler(a1, b2)
@@ -771,44 +551,21 @@ def _dpmpp_2m_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=
     or 'heun'; the final step to sigma = 0 returns the denoised x."""
     if solver_type not in {'heun', 'midpoint'}:
         raise ValueError('solver_type must be \'heun\' or \'midpoint\'')
-    run = _Run(ns, model, x, sigmas, extra_args, callback, where="sample_dpmpp_2m_sde",
-               seed=seed, dist=dist, logp=logp,
-               probes=probes, probe_dist=probe_dist, backend=backend, noise_sampler=noise_sampler,
-               stochastic=True, div_small=eta == 1 and s_noise == 1)
-    sampler = noise_sampler
-    if sampler is None and not run.seeded():
-        sampler = _brownian(run, x)
-    old, h_last = None, None
-    for i in _steps(run.n, disable):
-        sig, nxt = run.levels[i], run.levels[i + 1]
-        final = nxt == 0
-        den, w, pr = run.denoise_sde(sig, final)
-        run.report(i, den)
-        if final:
-            run.step(i, [den], 0.0, (1.0,), terms=run.final_terms(sig),
-                     vjps=None if w is None else [w], probes=pr)
-            old = den
-            continue
-        h = math.log(sig) - math.log(nxt)
+    run, sampler = _brownian_run(ns, "sample_dpmpp_2m_sde", model, x, sigmas, extra_args, callback,
+                                 eta, s_noise, noise_sampler, seed, dist, logp, probes,
+                                 probe_dist, backend)
+
+    def update(sig, nxt, h, den, hist):
         eh = eta * h
         e = -math.expm1(-h - eh)
-        ax = nxt / sig * math.exp(-eh)
         models, am = [den], [e]
-        if old is not None:
-            rr = h_last / h
-            c = ((e / (-h - eh) + 1) if solver_type == 'heun' else 0.5 * e) / rr
+        if hist:
+            (h_last, old), = hist
+            c = ((e / (-h - eh) + 1) if solver_type == 'heun' else 0.5 * e) / (h_last / h)
             models, am = [den, old], [e + c, -c]
         G = nxt * math.sqrt(-math.expm1(-2 * eh)) * s_noise if eta else 0.0
-        terms = run.sde_terms(len(models), sig, sig * sig * e, G, sig * sig - nxt * nxt)
-        vj = None if w is None else [w] * len(models)
-        if not eta:
-            run.step(i, models, ax, tuple(am), terms=terms, vjps=vj)
-        elif sampler is None:
-            run.step(i, models, ax, tuple(am), az=G, draw=True, terms=terms, vjps=vj)
-        else:
-            run.step(i, models, ax, tuple(am), az=G, z=sampler(run.sig(i), run.sig(i + 1)),
-                     terms=terms, vjps=vj)
-        old, h_last = den, h
+        return models, nxt / sig * math.exp(-eh), am, e, G
+    _multistep_sde(run, sampler, disable, eta, 1, update)
     return run.result()
 
 
@@ -817,54 +574,31 @@ def _dpmpp_3m_sde(ns, model, x, sigmas, extra_args=None, callback=None, disable=
                   probes=None, probe_dist="rademacher", backend=None):
     """DPM-Solver++(3M) SDE (k-diffusion's ``sample_dpmpp_3m_sde``); the final step to sigma = 0
     returns the denoised x."""
-    run = _Run(ns, model, x, sigmas, extra_args, callback, where="sample_dpmpp_3m_sde",
-               seed=seed, dist=dist, logp=logp,
-               probes=probes, probe_dist=probe_dist, backend=backend, noise_sampler=noise_sampler,
-               stochastic=True, div_small=eta == 1 and s_noise == 1)
-    sampler = noise_sampler
-    if sampler is None and not run.seeded():
-        sampler = _brownian(run, x)
-    d_1 = d_2 = None
-    h_1 = h_2 = None
-    for i in _steps(run.n, disable):
-        sig, nxt = run.levels[i], run.levels[i + 1]
-        final = nxt == 0
-        den, w, pr = run.denoise_sde(sig, final)
-        run.report(i, den)
-        if final:
-            run.step(i, [den], 0.0, (1.0,), terms=run.final_terms(sig),
-                     vjps=None if w is None else [w], probes=pr)
-            d_1, d_2 = den, d_1
-            continue
-        h = math.log(sig) - math.log(nxt)
+    run, sampler = _brownian_run(ns, "sample_dpmpp_3m_sde", model, x, sigmas, extra_args, callback,
+                                 eta, s_noise, noise_sampler, seed, dist, logp, probes,
+                                 probe_dist, backend)
+
+    def update(sig, nxt, h, den, hist):
         he = h * (eta + 1)
         e = -math.expm1(-he)
-        ax = math.exp(-he)
         phi2 = math.expm1(-he) / he + 1
-        if h_2 is not None:
+        if len(hist) == 2:
+            (h_1, d_1), (h_2, d_2) = hist
             r0, r1 = h_1 / h, h_2 / h
             phi3 = phi2 / he - 0.5
             alpha = phi2 * (1 + r0 / (r0 + r1)) - phi3 / (r0 + r1)
             beta = -phi2 * r0 / (r0 + r1) + phi3 / (r0 + r1)
             models = [den, d_1, d_2]
             am = [e + alpha / r0, -alpha / r0 + beta / r1, -beta / r1]
-        elif h_1 is not None:
+        elif hist:
+            (h_1, d_1), = hist
             rr = h_1 / h
             models, am = [den, d_1], [e + phi2 / rr, -phi2 / rr]
         else:
             models, am = [den], [e]
         G = nxt * math.sqrt(-math.expm1(-2 * h * eta)) * s_noise if eta else 0.0
-        terms = run.sde_terms(len(models), sig, sig * sig * e, G, sig * sig - nxt * nxt)
-        vj = None if w is None else [w] * len(models)
-        if not eta:
-            run.step(i, models, ax, tuple(am), terms=terms, vjps=vj)
-        elif sampler is None:
-            run.step(i, models, ax, tuple(am), az=G, draw=True, terms=terms, vjps=vj)
-        else:
-            run.step(i, models, ax, tuple(am), az=G, z=sampler(run.sig(i), run.sig(i + 1)),
-                     terms=terms, vjps=vj)
-        d_1, d_2 = den, d_1
-        h_1, h_2 = h, h_1
+        return models, math.exp(-he), am, e, G
+    _multistep_sde(run, sampler, disable, eta, 2, update)
     return run.result()
 
 

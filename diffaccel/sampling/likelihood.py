@@ -25,8 +25,8 @@ import torch
 
 from .expint import DIVERGENCES, ORDERS, expint_log_likelihood
 from .priors import resolve_prior
-from .samplers import (_Noise, _check_probes, _rows_bad, denoise_with_vjps, draw_probes,
-                       finish_rows, prior_logp)
+from ._driver import (_Noise, _check_probe_dist, _check_probes, _rows_bad, denoise_with_vjps,
+                      draw_probes, finish_rows, prior_logp)
 from .step import fused_step, make_coef
 
 __all__ = ["log_likelihood", "bits_per_dim", "SOLVERS"]
@@ -102,8 +102,7 @@ def _check_expint(order, divergence, cv_rank, cv_sigma, probe_dist):
     if cv_sigma is not None and (isinstance(cv_sigma, bool) or not isinstance(cv_sigma, (int, float))
                                  or not cv_sigma >= 0):
         raise ValueError(f"cv_sigma: expected a number >= 0 or None, got {cv_sigma!r}")
-    if probe_dist not in ("rademacher", "normal"):
-        raise ValueError(f"probe_dist: expected 'rademacher' or 'normal', got {probe_dist!r}")
+    _check_probe_dist(probe_dist)
 
 
 def log_likelihood(model, x, sigma_min, sigma_max, *, steps=None, solver="heun", probes=1,

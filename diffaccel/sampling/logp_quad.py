@@ -8,8 +8,8 @@ two parts, both linear in quantities every step's fused pass already has:
 
 1. the flow integral ``sum_i W_i (div Dn_i - D)`` over the evaluation nodes
    ``t_0 > t_1 > ... > t_{n-1}`` (:func:`flow_weights`): each interval by the Lagrange polynomial
-   through ``QUAD_NODES`` nodes around it (:func:`.expint.quadrature_weights`); the last interval
-   to ``sigma = 0`` (``t = -inf``) by ``(D - div Dn_{n-1}) / 2``: for a smooth density
+   through ``QUAD_NODES`` nodes around it (:func:`._quadrature.quadrature_weights`); the last
+   interval to ``sigma = 0`` (``t = -inf``) by ``(D - div Dn_{n-1}) / 2``: for a smooth density
    ``D - div Dn = -sigma^2 Lap log p_sigma`` is ``c e^{2t}`` to leading order, whose integral
    from ``-inf`` is half its value at the end (error O(sigma^4)); without a final zero the last
    interval extrapolates the polynomial through the last nodes;
@@ -25,7 +25,7 @@ two parts, both linear in quantities every step's fused pass already has:
 """
 import math
 
-from .expint import _lagrange_integrals, quadrature_weights
+from ._quadrature import lagrange_integrals, quadrature_weights
 
 __all__ = ["QUAD_NODES", "CORR_NODES", "flow_weights", "corrector"]
 
@@ -44,7 +44,7 @@ def flow_weights(levels, m=QUAD_NODES):
         W[n - 1] -= 0.5
     else:
         nodes = list(range(max(0, n - m), n))
-        for j, c in zip(nodes, _lagrange_integrals([ts[j] for j in nodes], ts[n - 1],
+        for j, c in zip(nodes, lagrange_integrals([ts[j] for j in nodes], ts[n - 1],
                                                    math.log(lv[n]))):
             W[j] += c
     return W
@@ -56,5 +56,5 @@ def corrector(levels, i, q=CORR_NODES):
     ``j = max(0, i + 1 - q) .. i``."""
     ts = {j: math.log(float(levels[j])) for j in range(max(0, i + 1 - q), i + 1)}
     nodes = sorted(ts)
-    c = _lagrange_integrals([ts[j] for j in nodes], ts[i - 1], ts[i], end=ts[i])
+    c = lagrange_integrals([ts[j] for j in nodes], ts[i - 1], ts[i], end=ts[i])
     return math.exp(ts[i] - ts[i - 1]), dict(zip(nodes, c))

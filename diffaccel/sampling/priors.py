@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from .samplers import prior_logp
+from ._driver import prior_logp
 
 __all__ = ["PRIORS", "MatchedPrior", "EmpiricalPrior", "resolve_prior"]
 

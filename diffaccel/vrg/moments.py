@@ -8,6 +8,7 @@ import numbers
 import torch
 
 from .. import _validate, backends
+from .._dist import all_reduce
 from ..library import op
 from ..reference import vrg as _ref
 from .table import MSETable
@@ -177,9 +178,7 @@ class ErrorStats:
         gets a RuntimeError instead of a silently partial table. Equal to one process's table up
         to float64 rounding (the order of the sums differs;
         :func:`diffaccel.distributed.measure_mse` gives the bit-identical table)."""
-        from .. import distributed
-
-        distributed.all_reduce(self.table, state, group)
+        all_reduce(self.table, state, group)
         return self
 
     @property
