@@ -7,15 +7,13 @@ registered for CPU tensors under TRITON_INTERPRET=1 and for CUDA tensors). Each 
 registers its fakes (:func:`register_fake`), autograd and Triton implementations
 (:func:`impl_triton`) for both names; ``import diffaccel`` imports every family.
 
-The integer codes of the schemas are in ``diffaccel/layout.py`` (``DISTS`` and ``TARGETS`` are
-re-exported here).
+The integer codes of the schemas are in ``diffaccel/layout.py``.
 """
 import importlib
 
 import torch
 
 from . import _ext
-from .layout import DISTS, TARGETS  # noqa: F401  (re-exported)
 
 TRITON_SUFFIX = "_triton"
 SCHEMAS = {}  # op name -> schema text, filled by define() as the family modules load

@@ -183,7 +183,7 @@ def model_output_and_divergence(fn, sample, *, probes=1, seed=None, probe_dist="
     model output shaped like sample (e.g. ``lambda x: unet(x, t).sample``). model_output comes
     back detached; the estimate is float32 (float64 for a float64 sample). Cost: one forward
     and P backward passes."""
-    from ..sampling.samplers import PROBE_BASE, _check_probes, draw_probes
+    from ..sampling._driver import PROBE_BASE, _check_probes, draw_probes
 
     if not callable(fn):
         raise TypeError(f"fn: expected a callable sample -> model output, got {type(fn).__name__}")

@@ -31,9 +31,8 @@ import math
 
 import torch
 
-from .random import DISTS, noise
-
-from ..layout import COEF_HEAD, COEF_PER_MODEL, Y_HEAD, coef_width, y_width
+from ..layout import COEF_HEAD, COEF_PER_MODEL, DISTS, Y_HEAD, coef_width, y_width
+from .random import noise
 
 
 def draw_probes(seeds, n, shape, offset, dist):

@@ -26,11 +26,10 @@ import math
 
 import torch
 
-from ._driver import (PROBE_BASE, _check_dist, _check_probes, _sigmas, _steps,  # noqa: F401
-                      draw_probes, open_seeded_run, prior_logp)
+from ._driver import (PROBE_BASE, _check_dist, _sigmas, _steps, open_seeded_run,  # noqa: F401
+                      prior_logp)
 
-# PROBE_BASE, prior_logp: public here (and in diffaccel.sampling); draw_probes, _check_probes:
-# importable from here for the callers that took them from here (they live in ._driver)
+# PROBE_BASE, prior_logp: public here (and in diffaccel.sampling); they live in ._driver
 __all__ = ["sample_euler_maruyama", "sample_hd", "sample_ddim", "VPEpsDenoiser", "prior_logp",
            "PROBE_BASE"]  # sample_euler, sample_heun and the other k-diffusion samplers: k_samplers.py
 

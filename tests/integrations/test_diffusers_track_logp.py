@@ -255,7 +255,7 @@ def test_model_output_and_divergence(rng):
     dims) it equals mean_p v_p^T A v_p with diffaccel's probes (float64 reference), is unbiased
     (many probes: close to tr A), reproducible with a seed, per-sample seeds give each sample's
     estimate independently of the batch; errors name the argument."""
-    from diffaccel.sampling.samplers import PROBE_BASE, draw_probes
+    from diffaccel.sampling._driver import PROBE_BASE, draw_probes
 
     B, S = 3, (2, 3, 2)
     D = 12
