@@ -225,6 +225,19 @@ class AcceleratedMixin:
     """State and helpers shared by every accelerated scheduler (mixed into a stock subclass)."""
 
     is_accelerated = True
+
+    def __new__(cls, *args, **kwargs):
+        # A pipeline records each component as (library, class name), the library read off the
+        # instance's ``__module__`` (diffusers' _fetch_class_library_tuple). Each instance reports
+        # its stock class's module, so ``save_pretrained`` writes ["diffusers", "<same name>"]
+        # and the saved pipeline loads with stock diffusers, with or without diffaccel. The class
+        # itself keeps its own ``__module__`` (repr, pickle, docs).
+        self = super().__new__(cls)
+        stock = next((c for c in cls.__mro__ if c.__module__.startswith("diffusers.")), None)
+        if stock is not None:
+            self.__dict__["__module__"] = stock.__module__
+        return self
+
     _da_seed = None
     _da_track_logp = False
     _da_logp_ready = True
