@@ -7,12 +7,15 @@ torch are present. Environment:
 - ``TORCH_CUDA_ARCH_LIST``: CUDA architectures (default "8.0;9.0+PTX": sm_80, sm_90, PTX for the newest).
 - ``DIFFACCEL_CPU_ARCH``: value for ``-march`` (default ``native``; ``none`` leaves it out), for
   portable wheels.
-- ``DIFFACCEL_BUILD_EXT=0``: skip the extension (reference and Triton paths only).
-- ``DIFFACCEL_REQUIRE_EXT=1``: fail the install if the extension does not build (used by
-  ``make test``, so a broken kernel build cannot pass CI silently).
+- ``DIFFACCEL_BUILD_EXT=1|auto|0``: ``1`` (the default): build the extension, and fail the
+  build with the compiler's error if it cannot be built; ``auto``: try, and if it fails install
+  without it (a warning is printed); ``0``: skip it. Without the extension only the reference
+  and Triton paths exist.
+- ``DIFFACCEL_REQUIRE_EXT=1``: the old switch for "fail if the extension does not build", now
+  the default; still accepted (it overrides ``DIFFACCEL_BUILD_EXT=auto``).
 
-If the compiler is missing or the build fails, the package still installs without the extension
-(a warning is printed) and works on the reference and Triton paths.
+A source build that was asked for the extension (the default) never succeeds without it: a
+missing compiler or headers stop the build with an error that says how to build without it.
 """
 import glob
 import os
@@ -44,12 +47,32 @@ def _want_cuda():
     return bool(have)
 
 
+def _build_ext_mode():
+    mode = os.environ.get("DIFFACCEL_BUILD_EXT", "1").strip().lower()
+    if mode in ("0", "false", "no", "off"):
+        return "0"
+    if mode in ("1", "true", "yes", "on", ""):
+        return "1"
+    if mode == "auto":
+        return "1" if os.environ.get("DIFFACCEL_REQUIRE_EXT", "0") == "1" else "auto"
+    sys.exit(f"DIFFACCEL_BUILD_EXT={mode!r}: expected 1 (the default), auto or 0")
+
+
+BUILD_EXT = _build_ext_mode()
+HOW_TO_SKIP = ("set DIFFACCEL_BUILD_EXT=0 to install without it (reference and Triton paths "
+               "only), or DIFFACCEL_BUILD_EXT=auto to fall back to that when it fails")
+
+
 def _extensions():
-    if os.environ.get("DIFFACCEL_BUILD_EXT", "1") == "0":
+    if BUILD_EXT == "0":
         return []
     try:
         from torch.utils import cpp_extension
     except ImportError:
+        if BUILD_EXT == "1":
+            sys.exit("diffaccel: torch is not importable at build time, so the extension "
+                     "diffaccel._C cannot be built (install torch first and build with "
+                     f"--no-build-isolation); {HOW_TO_SKIP}")
         print("diffaccel: torch is not importable at build time; building no extension", file=sys.stderr)
         return []
 
@@ -63,6 +86,9 @@ def _extensions():
     if march != "none":
         cxx.append(f"-march={march}")
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+    if not sources:
+        sys.exit(f"diffaccel: no C++ sources under {os.path.join(ROOT, 'csrc')} (an incomplete "
+                 f"source tree?), so diffaccel._C cannot be built; {HOW_TO_SKIP}")
     include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")]
     if not cuda:
         return [cpp_extension.CppExtension("diffaccel._C", sources, include_dirs=include_dirs,
@@ -79,28 +105,23 @@ def _extensions():
                                         extra_link_args=link)]
 
 
-REQUIRE_EXT = os.environ.get("DIFFACCEL_REQUIRE_EXT", "0") == "1"
-
-
 class OptionalBuildExt(build_ext):
-    """Build the extension if possible; otherwise install the pure-Python package."""
+    """Build the extension; with DIFFACCEL_BUILD_EXT=auto, install the pure-Python package if
+    that fails. Otherwise a failure stops the build (the compiler's error, then how to skip)."""
+
+    def _failed(self, what, exc):
+        if BUILD_EXT == "auto":
+            print(f"diffaccel: WARNING: {what} not built ({exc}); "
+                  "only the reference and Triton backends will be available", file=sys.stderr)
+            return
+        print(f"diffaccel: ERROR: {what} could not be built ({exc}); {HOW_TO_SKIP}", file=sys.stderr)
+        raise exc
 
     def run(self):
         try:
             super().run()
         except Exception as exc:  # no compiler, broken toolchain
-            if REQUIRE_EXT:
-                raise
-            print(f"diffaccel: WARNING: extension not built ({exc}); "
-                  "only the reference and Triton backends will be available", file=sys.stderr)
-
-    def build_extension(self, ext):
-        try:
-            super().build_extension(ext)
-        except Exception as exc:
-            if REQUIRE_EXT:
-                raise
-            print(f"diffaccel: WARNING: extension {ext.name} not built ({exc})", file=sys.stderr)
+            self._failed("the extension diffaccel._C", exc)
 
 
 def _cmdclass():
