@@ -7,11 +7,15 @@ where there is no ``kernels`` subfolder; this finder then maps that one name to 
 as an installed copy would. It comes first on ``sys.meta_path``, so another install's mapping
 of the name cannot win over the kernels beside the diffaccel actually imported, and it is lazy
 (nothing is imported until ``diffaccel.kernels`` is). It is installed only in a source checkout
-(``setup.py`` and ``kernels/__init__.py`` beside the package, no ``diffaccel/kernels``) and
+(``setup.py`` and ``kernels/step.py`` beside the package, no ``diffaccel/kernels``) and
 never makes ``kernels`` importable as a top-level module.
+
+``kernels/`` has no ``__init__.py`` (so that, from the repository root, it is at most a namespace
+portion and never hides an installed package ``kernels``, such as Hugging Face's kernel hub):
+``diffaccel.kernels`` is a namespace-style package, here and when installed.
 """
 import importlib.abc
-import importlib.util
+import importlib.machinery
 import os
 import sys
 
@@ -28,8 +32,10 @@ class KernelsFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
         if fullname != NAME:
             return None
-        return importlib.util.spec_from_file_location(
-            fullname, os.path.join(self.path, "__init__.py"), submodule_search_locations=[self.path])
+        # no loader and a search location: Python makes it a namespace package over self.path
+        spec = importlib.machinery.ModuleSpec(fullname, None, is_package=True)
+        spec.submodule_search_locations = [self.path]
+        return spec
 
 
 def install(package_dir):
@@ -38,7 +44,7 @@ def install(package_dir):
     root = os.path.dirname(os.path.abspath(package_dir))
     kernels = os.path.join(root, "kernels")
     if (os.path.exists(os.path.join(package_dir, "kernels"))
-            or not os.path.isfile(os.path.join(kernels, "__init__.py"))
+            or not os.path.isfile(os.path.join(kernels, "step.py"))
             or not os.path.isfile(os.path.join(root, "setup.py"))):
         return
     if not any(isinstance(f, KernelsFinder) for f in sys.meta_path):
