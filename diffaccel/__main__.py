@@ -8,7 +8,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, backends and compiled CUDA architectures")
     demo = sub.add_parser("demo", help="end-to-end demo on two small trained digit models: writes a report "
-                          "with figures (needs diffaccel[demo])")
+                          "with figures (needs the demo extra)")
     bench = sub.add_parser("bench", help="benchmark table: every backend beside the reference")
     from .bench import add_arguments
 

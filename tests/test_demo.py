@@ -12,7 +12,7 @@ import pytest
 import torch
 
 for _mod in ("diffusers", "sklearn", "matplotlib", "safetensors"):
-    pytest.importorskip(_mod, reason="the demo extra (pip install 'diffaccel[demo]') is not installed")
+    pytest.importorskip(_mod, reason="the demo extra (pip install --no-build-isolation '.[demo]') is not installed")
 
 import diffaccel  # noqa: E402
 from diffaccel.demo import data as D  # noqa: E402

@@ -6,7 +6,7 @@ and stroke-size noising; weights shipped in ``diffaccel/demo/weights``, retraine
 VRG trajectories sampled with DDIM, held-out bits per dimension (``log_likelihood``), the SDE
 sampler's tracked log-density, the high-density sampler, non-normal increments, high-dimension
 schedules on an exact mixture, and the microbenchmarks. It writes ``report.md`` and PNG figures
-into ``--out``. Needs the ``demo`` extra (``pip install diffaccel[demo]``). docs/demo.md
+into ``--out``. Needs the ``demo`` extra (from a clone: ``pip install --no-build-isolation ".[demo]"``). docs/demo.md
 describes each part.
 """
 import argparse
@@ -46,7 +46,9 @@ def run(args):
                if __import__("importlib").util.find_spec(m) is None]
     if missing:
         raise SystemExit(f"diffaccel demo needs the demo extra (missing: {', '.join(missing)}): "
-                         "pip install 'diffaccel[demo]'")
+                         "pip install 'diffusers>=0.42,<0.43' 'scikit-learn>=1.3' 'matplotlib>=3.7' "
+                         "'safetensors>=0.4' (or, from a clone of diffaccel: "
+                         "pip install --no-build-isolation '.[demo]'; diffaccel is not on PyPI)")
     from . import steps as _steps
 
     if args.train_steps is None:

@@ -17,7 +17,9 @@ try:
     import diffusers as diffusers_stock
 except ImportError as e:  # pragma: no cover (the test environment has it)
     raise ImportError("diffaccel.integrations.diffusers needs diffusers: "
-                      "pip install 'diffaccel[diffusers]'") from e
+                      "pip install 'diffusers>=0.42,<0.43' (the release line it is tested "
+                      "against; from a clone of diffaccel: pip install --no-build-isolation "
+                      "'.[diffusers]')") from e
 
 from .. import _validate
 from ..stroke import stroke_noise
