@@ -203,9 +203,10 @@ def _sample_step_kernel(x_ptr, out_ptr, coef_ptr, z_ptr, seeds_ptr, partial_ptr,
             i = i0 + lanes
             mask = i < D
             # in int64 before the multiply: p * D and probe_offset + p * D can pass 2^31 (p, D
-            # and probe_offset may all arrive as int32)
+            # and probe_offset may all arrive as int32); tl.cast, not D.to: the JIT passes D == 1
+            # as the constexpr 1, a Python int
             if PER_SAMPLE:
-                pos = probe_offset + p * D.to(tl.int64) + i
+                pos = probe_offset + p * tl.cast(D, tl.int64) + i
             else:
                 pos = probe_offset + (b * P_out + p) * D + i
             v = draw(seed, pos, PROBE_DIST)
