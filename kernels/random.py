@@ -7,6 +7,8 @@ import triton.language as tl
 
 from diffaccel import layout
 
+from .launch import on_tensor_device
+
 # the increment-law codes of diffaccel/layout.py (DISTS), as constexprs the kernels read
 NORMAL = tl.constexpr(layout.NORMAL)
 LAPLACE = tl.constexpr(layout.LAPLACE)
@@ -102,6 +104,7 @@ def _layout(shape):
     return B, (math.prod(shape) // B if B else 0)
 
 
+@on_tensor_device
 def philox_uint32(seeds, shape, offset):
     B, D = _layout(shape)
     out = torch.empty((*shape, 4), dtype=torch.int64, device=seeds.device)
@@ -112,6 +115,7 @@ def philox_uint32(seeds, shape, offset):
     return out
 
 
+@on_tensor_device
 def noise(seeds, shape, offset, dist, dtype):
     B, D = _layout(shape)
     out = torch.empty(shape, dtype=dtype, device=seeds.device)

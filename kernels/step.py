@@ -26,6 +26,7 @@ import triton.language as tl
 from diffaccel import layout
 from diffaccel.layout import MAX_MODELS
 
+from .launch import on_tensor_device
 from .random import draw
 
 # The coefficient and y-line columns of diffaccel/layout.py, as constexprs the kernels read
@@ -315,6 +316,7 @@ def _plan(D, block, splits):
     return triton.cdiv(D, chunk), chunk
 
 
+@on_tensor_device
 def sample_step(x, out, logp, logp_var, models, coef, z, seeds, offset, dist, probes, vjps,
                 probes_out, probe_offset, probe_dist, *, ycoef=None, y_out=None, clip=0.0,
                 _block_size=None, _num_splits=None):

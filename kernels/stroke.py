@@ -16,6 +16,7 @@ import triton.language as tl
 
 from diffaccel import layout
 
+from .launch import on_tensor_device
 from .random import _flat_index, draw, idx64, stream_position
 
 # the stroke-noise target codes of diffaccel/layout.py (TARGETS), as constexprs the kernels read
@@ -273,6 +274,7 @@ def _grid_table(scales, H, W, device):
     return _TABLES[key]
 
 
+@on_tensor_device
 def _block_means(x, rows, total, seeds=None, offset=0, dist=layout.NORMAL):
     """[B*C, total] float32 block means of x (or, with seeds, of the stroke noise)."""
     B, C, H, W = x.shape
@@ -288,6 +290,7 @@ def _block_means(x, rows, total, seeds=None, offset=0, dist=layout.NORMAL):
 
 # ------------------------------------------------------------------------------ launchers
 
+@on_tensor_device
 def stroke_blur(x, weights, scales):
     """A_w x. x: (B, C, H, W) contiguous; weights: (B, J) float32 contiguous."""
     B, C, H, W = x.shape
@@ -309,6 +312,7 @@ def stroke_blur(x, weights, scales):
     return y
 
 
+@on_tensor_device
 def stroke_noise(x0, alpha, sigma, data_weights, noise_weights, scales, seeds, offset, dist, target):
     """(x_t, target) of the fused stroke noising; all tensors contiguous, float32 per-sample."""
     B, C, H, W = x0.shape
@@ -347,6 +351,7 @@ def _block_sums(v, k):
     return vp.reshape(*v.shape[:-2], nh, k, nw, k).sum(dim=(-3, -1))
 
 
+@on_tensor_device
 def stroke_blur_backward(grad, x, weights, scales):
     """(A_w grad, grad_w): the gradients of <A_w x, grad> in x and in the weights (B, J).
 

@@ -16,6 +16,8 @@ import triton.language as tl
 
 from diffaccel import layout
 
+from .launch import on_tensor_device
+
 VRG_DPM2M = tl.constexpr(layout.VRG_DPM2M)  # solver code (layout.VRG_SOLVERS)
 
 MOMENT_BLOCK = 1024
@@ -74,6 +76,7 @@ def moments_plan(B, D, sm_count):
     return block, max(1, triton.cdiv(D, chunk)), chunk
 
 
+@on_tensor_device
 def error_moments(pred, target, bins, num_bins):
     """(num_bins, 3) float64 table of (count, sum e, sum e^2); pred, target contiguous."""
     B = pred.shape[0]
@@ -223,6 +226,7 @@ def _cumulative_error_kernel(abar_ptr, grid_ptr, mse_ptr, cpe_ptr, grad_ptr, K, 
     tl.store(cpe_ptr + rows, acc, mask=rmask)
 
 
+@on_tensor_device
 def cumulative_error(abar, grid, mse, solver, with_grad):
     """(cpe (K,), grad (K, N) or an empty tensor) for contiguous float64 abar (K, N)."""
     K, N = abar.shape
