@@ -76,3 +76,14 @@ def test_every_kernel_compiles_with_each_integer_argument_equal_to_1():
     assert any(r["kernel"] == "sample_step" and r["variant"].endswith(",D=1") for r in recs)
     bad = [f"{r['kernel']}[{r['variant']}]: {r['error'][-600:]}" for r in recs if not r["ok"]]
     assert not bad, "\n".join(bad)
+
+
+def test_no_kernel_uses_atomics(compiled):
+    """Every reduction goes through per-program slots summed in a fixed order, so the results'
+    bits do not depend on the order in which programs run (float64 atomics in the error
+    moments did)."""
+    names = {r["kernel"] for r in compiled}
+    assert {"vrg_error_moments", "vrg_moments_finish", "sample_step", "step_finish"} <= names
+    bad = [f"{r['kernel']}[{r['variant']}] sm_{r['cap']}: {r['atom']} atom." for r in compiled
+           if r["ok"] and r["atom"]]
+    assert not bad, "\n".join(bad)

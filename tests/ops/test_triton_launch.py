@@ -86,3 +86,16 @@ def test_block_means_store_offset_is_64_bit():
         pytest.skip("needs the Triton interpreter (TRITON_INTERPRET=1)")
     _offset_kernel[(1,)](out, 3, 2**30 - 1, 5, 7)
     assert int(out) == 3 * (2**30 - 1) + 5 + 7
+
+
+@pytest.mark.parametrize("sm", [1, 108, 132])
+def test_moments_grid_within_the_axis_limit(sm):
+    """The error moments' chunks (grid axis 1) stay <= 65535 at any size: MOMENT_CHUNK alone gave
+    65536 chunks at D = 2^30."""
+    from diffaccel.kernels import vrg as V
+
+    for B in (1, 3, 256):
+        for D in (1, 1000, 2**30 - 1, 2**30, 2**30 + 12345, 2**32 + 7, 2**34):
+            block, chunks, chunk = V.moments_plan(B, D, sm)
+            assert chunks <= 65535 and chunk % block == 0, (B, D, sm, chunks, chunk)
+            assert chunks * chunk >= D > (chunks - 1) * chunk, (B, D, sm, chunks, chunk)
