@@ -9,6 +9,7 @@ quietly.
 import contextlib
 import importlib.util
 import os
+import re
 import threading
 
 import torch
@@ -54,6 +55,27 @@ def requested(backend=None):
 
 def triton_interpret():
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# Triton 3.4 is the first release whose tl.randint4x splits a 64-bit offset into two 32-bit
+# Philox counter words (triton PR 6832); before it an int64 offset ran Philox4x64, another
+# stream, and every position of the fused step and the tile stroke noise is int64.
+MIN_TRITON = (3, 4)
+
+
+def triton_version_problem():
+    """None when the installed Triton draws diffaccel's stream, else why not (a sentence)."""
+    try:
+        import triton
+    except Exception as exc:  # noqa: BLE001  (a broken install: say so rather than fail later)
+        return f"triton does not import: {type(exc).__name__}: {exc}"
+    version = getattr(triton, "__version__", "") or ""
+    m = re.match(r"(\d+)\.(\d+)", version)
+    if m is None or (int(m.group(1)), int(m.group(2))) < MIN_TRITON:
+        return (f"triton {version or '(unknown version)'} is older than "
+                f"{'.'.join(map(str, MIN_TRITON))}: its tl.randn/rand/randint draw from another Philox "
+                f"stream at 64-bit offsets; install triton>={'.'.join(map(str, MIN_TRITON))}")
+    return None
 
 
 def _has_kernel(op, key):
@@ -120,6 +142,9 @@ def availability(name, device_type, op="stroke_blur"):
     if name == "triton":
         if importlib.util.find_spec("triton") is None:
             return False, "triton is not installed"
+        problem = triton_version_problem()
+        if problem:
+            return False, problem
         if device_type == "cuda":
             if not torch.cuda.is_available():
                 return False, "no CUDA device is available"

@@ -7,6 +7,8 @@ import triton.language as tl
 
 from diffaccel import layout
 
+from .launch import on_tensor_device
+
 # the increment-law codes of diffaccel/layout.py (DISTS), as constexprs the kernels read
 NORMAL = tl.constexpr(layout.NORMAL)
 LAPLACE = tl.constexpr(layout.LAPLACE)
@@ -41,7 +43,8 @@ def draw(seed, pos, DIST: tl.constexpr):
 @triton.jit
 def stream_position(seeds_ptr, b, i, D, offset, PER_SAMPLE: tl.constexpr):
     """(seed, offset) of element i of sample b: per-sample seeds use offset + i, one seed
-    uses offset + b*D + i (64-bit)."""
+    uses offset + b*D + i (64-bit). The seed load is unmasked: b must be a real sample in every
+    lane (callers point masked-off lanes at element 0)."""
     if PER_SAMPLE:
         seed = tl.load(seeds_ptr + b)
         pos = offset + i
@@ -72,8 +75,9 @@ def _philox_kernel(seeds_ptr, out_ptr, N, D, offset, PER_SAMPLE: tl.constexpr, B
     """out[n, 0:4] = tl.randint4x at element n of a (B, D) layout, as int64."""
     t = _flat_index(BLOCK, IDX64)
     mask = t < N
-    b = t // D
-    seed, pos = stream_position(seeds_ptr, b, t - b * D, D, offset, PER_SAMPLE)
+    tv = tl.where(mask, t, 0)  # tail lanes take element 0: their seed load stays inside seeds
+    b = tv // D
+    seed, pos = stream_position(seeds_ptr, b, tv - b * D, D, offset, PER_SAMPLE)
     r0, r1, r2, r3 = tl.randint4x(seed, pos)
     o = out_ptr + 4 * t.to(tl.int64)
     tl.store(o, r0.to(tl.int64), mask=mask)
@@ -88,8 +92,9 @@ def _noise_kernel(seeds_ptr, out_ptr, N, D, offset, DIST: tl.constexpr, PER_SAMP
     """out[b, i] = draw of law DIST at its stream position."""
     t = _flat_index(BLOCK, IDX64)
     mask = t < N
-    b = t // D
-    seed, pos = stream_position(seeds_ptr, b, t - b * D, D, offset, PER_SAMPLE)
+    tv = tl.where(mask, t, 0)  # tail lanes take element 0: their seed load stays inside seeds
+    b = tv // D
+    seed, pos = stream_position(seeds_ptr, b, tv - b * D, D, offset, PER_SAMPLE)
     z = draw(seed, pos, DIST)
     tl.store(out_ptr + t, z.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -99,6 +104,7 @@ def _layout(shape):
     return B, (math.prod(shape) // B if B else 0)
 
 
+@on_tensor_device
 def philox_uint32(seeds, shape, offset):
     B, D = _layout(shape)
     out = torch.empty((*shape, 4), dtype=torch.int64, device=seeds.device)
@@ -109,6 +115,7 @@ def philox_uint32(seeds, shape, offset):
     return out
 
 
+@on_tensor_device
 def noise(seeds, shape, offset, dist, dtype):
     B, D = _layout(shape)
     out = torch.empty(shape, dtype=dtype, device=seeds.device)

@@ -26,6 +26,7 @@ import triton.language as tl
 from diffaccel import layout
 from diffaccel.layout import MAX_MODELS
 
+from .launch import on_tensor_device
 from .random import draw
 
 # The coefficient and y-line columns of diffaccel/layout.py, as constexprs the kernels read
@@ -203,9 +204,10 @@ def _sample_step_kernel(x_ptr, out_ptr, coef_ptr, z_ptr, seeds_ptr, partial_ptr,
             i = i0 + lanes
             mask = i < D
             # in int64 before the multiply: p * D and probe_offset + p * D can pass 2^31 (p, D
-            # and probe_offset may all arrive as int32)
+            # and probe_offset may all arrive as int32); tl.cast, not D.to: the JIT passes D == 1
+            # as the constexpr 1, a Python int
             if PER_SAMPLE:
-                pos = probe_offset + p * D.to(tl.int64) + i
+                pos = probe_offset + p * tl.cast(D, tl.int64) + i
             else:
                 pos = probe_offset + (b * P_out + p) * D + i
             v = draw(seed, pos, PROBE_DIST)
@@ -314,6 +316,7 @@ def _plan(D, block, splits):
     return triton.cdiv(D, chunk), chunk
 
 
+@on_tensor_device
 def sample_step(x, out, logp, logp_var, models, coef, z, seeds, offset, dist, probes, vjps,
                 probes_out, probe_offset, probe_dist, *, ycoef=None, y_out=None, clip=0.0,
                 _block_size=None, _num_splits=None):

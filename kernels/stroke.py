@@ -16,6 +16,7 @@ import triton.language as tl
 
 from diffaccel import layout
 
+from .launch import on_tensor_device
 from .random import _flat_index, draw, idx64, stream_position
 
 # the stroke-noise target codes of diffaccel/layout.py (TARGETS), as constexprs the kernels read
@@ -149,6 +150,12 @@ def tile_config(scales):
 # -------------------------------------------------------------------------- general path
 
 @triton.jit
+def _means_offset(plane, total, moff, q):
+    """plane * total + moff + q in int64 (plane and total may be int32)."""
+    return plane.to(tl.int64) * total + moff + q
+
+
+@triton.jit
 def _block_means_kernel(x_ptr, seeds_ptr, means_ptr, n_items, C, H, W, K, nw, total, moff, offset,
                         FROM_NOISE: tl.constexpr, DIST: tl.constexpr, PER_SAMPLE: tl.constexpr,
                         BLOCK: tl.constexpr, IDX64: tl.constexpr = False):
@@ -156,6 +163,7 @@ def _block_means_kernel(x_ptr, seeds_ptr, means_ptr, n_items, C, H, W, K, nw, to
     Indices are 32-bit unless IDX64 (a tensor of 2^31 elements or more): no 64-bit division."""
     t = _flat_index(BLOCK, IDX64)
     live = t < n_items
+    t = tl.where(live, t, 0)  # tail lanes take block mean 0: no seed load past the batch
     nblk = ((H + K - 1) // K) * nw
     plane = t // nblk
     q = t - plane * nblk
@@ -177,7 +185,8 @@ def _block_means_kernel(x_ptr, seeds_ptr, means_ptr, n_items, C, H, W, K, nw, to
                 v = tl.load(x_ptr + plane * H * W + rc, mask=m, other=0.0).to(tl.float32)
             acc += v
     n = (tl.minimum(H - I * K, K) * tl.minimum(W - Jb * K, K)).to(tl.float32)
-    tl.store(means_ptr + plane * total + moff + q, acc / n, mask=live)
+    # in int64: B*C*total passes 2^31 before x.numel() does when the scales' 1/k^2 add up past 1
+    tl.store(means_ptr + _means_offset(plane, total, moff, q), acc / n, mask=live)
 
 
 @triton.jit
@@ -202,8 +211,9 @@ def _stroke_blur_kernel(x_ptr, w_ptr, means_ptr, grid_ptr, y_ptr, N, C, H, W, J,
     """y = A_w x per element from the block means of x."""
     t = _flat_index(BLOCK, IDX64)
     mask = t < N
-    plane = t // (H * W)
-    rc = t - plane * (H * W)
+    tv = tl.where(mask, t, 0)  # tail lanes gather element 0's means and weights (in bounds)
+    plane = tv // (H * W)
+    rc = tv - plane * (H * W)
     r = rc // W
     c = rc - r * W
     x = tl.load(x_ptr + t, mask=mask, other=0.0).to(tl.float32)
@@ -220,8 +230,9 @@ def _stroke_noise_kernel(x0_ptr, alpha_ptr, sigma_ptr, wx_ptr, we_ptr, seeds_ptr
     t = _flat_index(BLOCK, IDX64)
     mask = t < N
     HW = H * W
-    plane = t // HW
-    rc = t - plane * HW
+    tv = tl.where(mask, t, 0)  # tail lanes: element 0's seed, means and weights (in bounds)
+    plane = tv // HW
+    rc = tv - plane * HW
     r = rc // W
     c = rc - r * W
     b = plane // C
@@ -263,6 +274,7 @@ def _grid_table(scales, H, W, device):
     return _TABLES[key]
 
 
+@on_tensor_device
 def _block_means(x, rows, total, seeds=None, offset=0, dist=layout.NORMAL):
     """[B*C, total] float32 block means of x (or, with seeds, of the stroke noise)."""
     B, C, H, W = x.shape
@@ -278,6 +290,7 @@ def _block_means(x, rows, total, seeds=None, offset=0, dist=layout.NORMAL):
 
 # ------------------------------------------------------------------------------ launchers
 
+@on_tensor_device
 def stroke_blur(x, weights, scales):
     """A_w x. x: (B, C, H, W) contiguous; weights: (B, J) float32 contiguous."""
     B, C, H, W = x.shape
@@ -299,6 +312,7 @@ def stroke_blur(x, weights, scales):
     return y
 
 
+@on_tensor_device
 def stroke_noise(x0, alpha, sigma, data_weights, noise_weights, scales, seeds, offset, dist, target):
     """(x_t, target) of the fused stroke noising; all tensors contiguous, float32 per-sample."""
     B, C, H, W = x0.shape
@@ -337,6 +351,7 @@ def _block_sums(v, k):
     return vp.reshape(*v.shape[:-2], nh, k, nw, k).sum(dim=(-3, -1))
 
 
+@on_tensor_device
 def stroke_blur_backward(grad, x, weights, scales):
     """(A_w grad, grad_w): the gradients of <A_w x, grad> in x and in the weights (B, J).
 

@@ -2,8 +2,10 @@
 ``csrc/include/diffaccel/vrg.h``.
 
 - ``_error_moments_kernel``: one program per (sample, chunk of its elements) reads pred and
-  target once, sums ``e = pred - target`` (float32) and ``e^2`` in float64 lanes and adds
-  (count, sum e, sum e^2) to the sample's bin with float64 atomics.
+  target once, sums ``e = pred - target`` (float32) and ``e^2`` in float64 lanes and stores
+  (count, sum e, sum e^2) in its own row of a float64 scratch;
+  ``_moments_finish_kernel``: one program per bin adds up the rows of its samples in a fixed
+  order (no atomics: the table's bits do not depend on the programs' timing).
 - ``_cumulative_error_kernel``: one program per block of candidate trajectories, the steps in
   tiles of ``BLOCK_N``; cpe and its analytic gradient from a stencil over shifted loads of abar
   (every step weight ``W_p`` depends on ``s_{p-2} .. s_{p+1}``, ``s = sqrt((1 - abar) / abar)``).
@@ -16,12 +18,16 @@ import triton.language as tl
 
 from diffaccel import layout
 
+from .launch import on_tensor_device
+
 VRG_DPM2M = tl.constexpr(layout.VRG_DPM2M)  # solver code (layout.VRG_SOLVERS)
 
 MOMENT_BLOCK = 1024
 MOMENT_MIN_BLOCK = 512  # 4 elements per thread at 4 warps
 MOMENT_CHUNK = 16384    # chunk on CPU (the interpreter) and the most on a GPU
 PROGRAMS_PER_SM = 4
+MAX_CHUNKS = 65535      # grid axis 1 limit
+FINISH_BLOCK = 128      # samples per iteration of the per-bin finish
 CPE_BLOCK_K = 16
 # at BLOCK_N = 64 the dpm2m gradient needs 255 registers and spills KBs, at 16 it spills 80 B
 # (4 warps) or allows one program per SM (8 warps: 174 registers); at 8, 166 registers, 3 per SM
@@ -30,11 +36,9 @@ CPE_WARPS = 4
 
 
 @triton.jit
-def _error_moments_kernel(pred_ptr, target_ptr, bins_ptr, table_ptr, D, num_bins, CHUNK,
-                          BLOCK: tl.constexpr):
+def _error_moments_kernel(pred_ptr, target_ptr, partial_ptr, D, CHUNK, BLOCK: tl.constexpr):
     """Program (b, c): e_i = float(pred[b, i]) - float(target[b, i]) over i in
-    [c CHUNK, min(D, (c + 1) CHUNK)); table[bins[b]] += (count, sum e, sum e^2) (float64,
-    atomic). Bins outside [0, num_bins) are skipped (the Python API refuses them)."""
+    [c CHUNK, min(D, (c + 1) CHUNK)); partial[b, c] = (count, sum e, sum e^2) (float64)."""
     b = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1).to(tl.int64)
     start = c * CHUNK
@@ -50,12 +54,34 @@ def _error_moments_kernel(pred_ptr, target_ptr, bins_ptr, table_ptr, D, num_bins
         e = (p - t).to(tl.float64)
         s1 += e
         s2 += e * e
-    j = tl.load(bins_ptr + b)
-    ok = (j >= 0) & (j < num_bins)
-    row = table_ptr + j * 3
-    tl.atomic_add(row, (end - start).to(tl.float64), mask=ok)
-    tl.atomic_add(row + 1, tl.sum(s1, axis=0), mask=ok)
-    tl.atomic_add(row + 2, tl.sum(s2, axis=0), mask=ok)
+    row = partial_ptr + (b * tl.num_programs(1) + c) * 3
+    tl.store(row, (end - start).to(tl.float64))
+    tl.store(row + 1, tl.sum(s1, axis=0))
+    tl.store(row + 2, tl.sum(s2, axis=0))
+
+
+@triton.jit
+def _moments_finish_kernel(partial_ptr, bins_ptr, table_ptr, B, NS, BLOCK_B: tl.constexpr):
+    """Program j: table[j] = sum of partial[b, c] over the samples b with bins[b] == j and
+    their NS chunks, lane b % BLOCK_B adding its samples in order, the lanes summed by one
+    fixed tree. Bins outside [0, num_bins) match no program (the Python API refuses them)."""
+    j = tl.program_id(0).to(tl.int64)
+    a0 = tl.zeros([BLOCK_B], dtype=tl.float64)
+    a1 = tl.zeros([BLOCK_B], dtype=tl.float64)
+    a2 = tl.zeros([BLOCK_B], dtype=tl.float64)
+    for b0 in range(0, B, BLOCK_B):
+        bb = b0 + tl.arange(0, BLOCK_B).to(tl.int64)
+        live = bb < B
+        sel = live & (tl.load(bins_ptr + bb, mask=live, other=-1) == j)
+        for c in range(0, NS):
+            row = partial_ptr + (bb * NS + c) * 3
+            a0 += tl.load(row, mask=sel, other=0.0)
+            a1 += tl.load(row + 1, mask=sel, other=0.0)
+            a2 += tl.load(row + 2, mask=sel, other=0.0)
+    out = table_ptr + j * 3
+    tl.store(out, tl.sum(a0, axis=0))
+    tl.store(out + 1, tl.sum(a1, axis=0))
+    tl.store(out + 2, tl.sum(a2, axis=0))
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,21 +97,33 @@ def moments_plan(B, D, sm_count):
     if triton.cdiv(D, block) < want:
         block = min(MOMENT_BLOCK, max(MOMENT_MIN_BLOCK, triton.next_power_of_2(triton.cdiv(D, want))))
     chunk = min(MOMENT_CHUNK, max(1, triton.cdiv(D, block) // want) * block)
-    return block, max(1, triton.cdiv(D, chunk)), chunk
+    return block, *_chunks(D, chunk, block)
 
 
+def _chunks(D, chunk, block):
+    """(chunks, chunk) with chunk grown (in whole blocks) until chunks <= MAX_CHUNKS, the limit
+    of grid axis 1 (MOMENT_CHUNK alone passes it from D = 2^30 elements)."""
+    chunk = max(chunk, triton.cdiv(triton.cdiv(D, MAX_CHUNKS), block) * block)
+    return max(1, triton.cdiv(D, chunk)), chunk
+
+
+@on_tensor_device
 def error_moments(pred, target, bins, num_bins):
     """(num_bins, 3) float64 table of (count, sum e, sum e^2); pred, target contiguous."""
     B = pred.shape[0]
     D = pred.numel() // B if B else 0
     table = torch.zeros(num_bins, 3, dtype=torch.float64, device=pred.device)
-    if B == 0:
+    if B == 0 or num_bins == 0:
         return table
     if pred.device.type == "cuda":
         block, chunks, chunk = moments_plan(B, D, _sm_count(pred.device.index))
     else:
-        block, chunks, chunk = MOMENT_BLOCK, max(1, triton.cdiv(D, MOMENT_CHUNK)), MOMENT_CHUNK
-    _error_moments_kernel[(B, chunks)](pred, target, bins, table, D, num_bins, chunk, BLOCK=block)
+        block = MOMENT_BLOCK
+        chunks, chunk = _chunks(D, MOMENT_CHUNK, block)
+    # one float64 row per program, every row written, summed per bin in a fixed order
+    partial = torch.empty((B, chunks, 3), dtype=torch.float64, device=pred.device)
+    _error_moments_kernel[(B, chunks)](pred, target, partial, D, chunk, BLOCK=block)
+    _moments_finish_kernel[(num_bins,)](partial, bins, table, B, chunks, BLOCK_B=FINISH_BLOCK)
     return table
 
 
@@ -223,6 +261,7 @@ def _cumulative_error_kernel(abar_ptr, grid_ptr, mse_ptr, cpe_ptr, grad_ptr, K, 
     tl.store(cpe_ptr + rows, acc, mask=rmask)
 
 
+@on_tensor_device
 def cumulative_error(abar, grid, mse, solver, with_grad):
     """(cpe (K,), grad (K, N) or an empty tensor) for contiguous float64 abar (K, N)."""
     K, N = abar.shape

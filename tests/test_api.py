@@ -61,6 +61,33 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     assert not ok and "TRITON_INTERPRET" in why
 
 
+@pytest.mark.parametrize("version", ["3.0.0", "3.3.1", "3.3.0+git1234abcd", ""])
+def test_triton_older_than_3_4_is_unavailable(monkeypatch, version):
+    """Before Triton 3.4, tl.randint4x at a 64-bit offset ran another Philox variant: the
+    Triton noise would be another stream. The backend says so instead of drawing it."""
+    triton = pytest.importorskip("triton")
+    from diffaccel.backends import availability, clear_cache
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(triton, "__version__", version)
+    clear_cache()
+    try:
+        ok, why = availability("triton", "cpu", "noise")
+        assert not ok and "3.4" in why and "Philox" in why
+        with pytest.raises(BackendUnavailable, match="3.4"):
+            diffaccel.noise((2, 3), seed=1, backend="triton")
+        monkeypatch.setattr(triton, "__version__", "3.4.0")
+        assert availability("triton", "cpu", "noise")[0]
+    finally:
+        monkeypatch.undo()
+        clear_cache()
+
+
+def test_triton_extra_requires_3_4():
+    text = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml")).read()
+    assert 'triton = ["triton>=3.4"]' in text
+
+
 def test_context_manager_is_used(monkeypatch):
     x, w = _x(), _w()
     with diffaccel.use_backend("reference"):

@@ -254,9 +254,13 @@ def triton_configs():
     for dt in ("bf16",):
         for block in sorted({V.MOMENT_BLOCK, V.MOMENT_MIN_BLOCK}):
             out.append(("vrg_error_moments", f"{dt},BLOCK={block}", V._error_moments_kernel,
-                        {"pred_ptr": f"*{dt}", "target_ptr": f"*{dt}", "bins_ptr": "*i64",
-                         "table_ptr": "*fp64", "D": "i32", "num_bins": "i32", "CHUNK": "i32"},
+                        {"pred_ptr": f"*{dt}", "target_ptr": f"*{dt}", "partial_ptr": "*fp64",
+                         "D": "i32", "CHUNK": "i32"},
                         {"BLOCK": block}, 4))
+    out.append(("vrg_moments_finish", "", V._moments_finish_kernel,
+                {"partial_ptr": "*fp64", "bins_ptr": "*i64", "table_ptr": "*fp64", "B": "i32",
+                 "NS": "i32"},
+                {"BLOCK_B": V.FINISH_BLOCK}, 4))
     for solver in (1,):  # ddim (0) is the same stencil with fewer terms
         for grad in (False, True):
             out.append(("vrg_cumulative_error", f"solver={solver},grad={grad}", V._cumulative_error_kernel,

@@ -7,9 +7,13 @@ def cases():
     out = []
     for dt in ("fp32", "fp16", "bf16"):
         out.append(("vrg_error_moments", dt, V._error_moments_kernel,
-                    {"pred_ptr": f"*{dt}", "target_ptr": f"*{dt}", "bins_ptr": "*i64",
-                     "table_ptr": "*fp64", "D": "i64", "num_bins": "i64", "CHUNK": "i64"},
+                    {"pred_ptr": f"*{dt}", "target_ptr": f"*{dt}", "partial_ptr": "*fp64",
+                     "D": "i64", "CHUNK": "i64"},
                     {"BLOCK": V.MOMENT_BLOCK}))
+    out.append(("vrg_moments_finish", "", V._moments_finish_kernel,
+                {"partial_ptr": "*fp64", "bins_ptr": "*i64", "table_ptr": "*fp64", "B": "i32",
+                 "NS": "i32"},
+                {"BLOCK_B": V.FINISH_BLOCK}))
     for solver in (0, 1):
         for with_grad in (False, True):
             out.append(("vrg_cumulative_error", f"solver={solver},with_grad={with_grad}",

@@ -2,7 +2,11 @@
 
 Run as a script *without* TRITON_INTERPRET (the interpreter accepts programs the compiler
 rejects): ``python tests/support/triton_compile.py 80 90`` prints one JSON object per line:
-{"kernel", "variant", "cap", "ok", "error", "ld_global", "st_global"}. Other modules add kernels
+{"kernel", "variant", "cap", "ok", "error", "ld_global", "st_global", "atom"}.
+``python tests/support/triton_compile.py --ones 90`` compiles one variant of every kernel once per
+integer argument, with that argument given as the constexpr 1: at a real launch the JIT
+specializes an integer argument equal to 1 into a constexpr (a Python int in the kernel, where
+``.to(...)`` fails), which the interpreter never does. Other modules add kernels
 by appending to ``CASES`` in ``tests/support/triton_cases_*.py`` files (each defines ``cases()``).
 """
 import glob
@@ -96,11 +100,43 @@ def main(caps):
                 ptx = compile_one(fn, signature, constexprs, cap).asm["ptx"]
                 rec.update(ok=True, error="",
                            ld_global=len(re.findall(r"\bld\.global", ptx)),
-                           st_global=len(re.findall(r"\bst\.global", ptx)))
+                           st_global=len(re.findall(r"\bst\.global", ptx)),
+                           atom=len(re.findall(r"\batom\.", ptx)))
             except Exception as exc:  # report, don't stop: every kernel gets its verdict
                 rec.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:2000])
             print(json.dumps(rec), flush=True)
 
 
+def ones_cases():
+    """(kernel, variant, fn, signature, constexprs) per kernel and integer argument: one variant
+    of each kernel (the first listed, which has per-sample seeds where the kernel takes them),
+    that argument moved from the signature into the constexprs with the value 1."""
+    out, seen = [], set()
+    for kernel, variant, fn, signature, constexprs in all_cases():
+        if fn in seen:
+            continue
+        seen.add(fn)
+        for name, ty in signature.items():
+            if ty in ("i32", "i64"):
+                sig = {k: v for k, v in signature.items() if k != name}
+                out.append((kernel, f"{variant},{name}=1", fn, sig, {**constexprs, name: 1}))
+    return out
+
+
+def main_ones(caps):
+    for kernel, variant, fn, signature, constexprs in ones_cases():
+        for cap in caps:
+            rec = {"kernel": kernel, "variant": variant, "cap": cap}
+            try:
+                compile_one(fn, signature, constexprs, cap)
+                rec.update(ok=True, error="")
+            except Exception as exc:
+                rec.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:2000])
+            print(json.dumps(rec), flush=True)
+
+
 if __name__ == "__main__":
-    main([int(c) for c in sys.argv[1:]] or [80, 90])
+    if sys.argv[1:2] == ["--ones"]:
+        main_ones([int(c) for c in sys.argv[2:]] or [90])
+    else:
+        main([int(c) for c in sys.argv[1:]] or [80, 90])

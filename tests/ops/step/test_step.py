@@ -107,6 +107,17 @@ def test_step_matches_reference(backend, device, dtype, per_sample, rng):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("S", [(), (1,)], ids=["(B,)", "(B, 1)"])
+def test_step_one_element_per_sample_with_per_sample_seeds(backend, device, S, rng):
+    """D == 1 with per-sample seeds and probes (the compiled Triton step once failed to build
+    there: tests/build/test_triton_compile.py compiles it with D as the constexpr 1)."""
+    B = 5
+    inp = _inputs(rng, B, S, K=2, P=2, dtype=torch.float32, device=device)
+    seed = torch.randint(0, 2 ** 62, (B,), generator=rng)
+    _compare(backend, inp, seed=seed, dist="normal", P_out=2, probe_dist="normal")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("dist", DISTS)
 def test_step_every_increment_law(backend, device, dist, rng):
     inp = _inputs(rng, 2, (3, 11, 13), K=1, P=0, dtype=torch.float32, device=device)
