@@ -81,6 +81,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return diffaccel::grid::stroke_tile(scales.data(), static_cast<int>(scales.size()));
   }, "tile side of the one-pass stroke kernels (0: general path)", pybind11::arg("scales"));
   m.def("launch_stroke_tile_blocks", &diffaccel::grid::stroke_tile_blocks);
+  m.def("launch_stroke_means", [](int64_t BC, int64_t H, int64_t W, int64_t total) {
+    const auto p = diffaccel::grid::stroke_means_launch(BC, H, W, total);
+    return pybind11::make_tuple(p.blocks, p.idx64);
+  }, "(blocks, idx64) of the general stroke path's block-mean kernels (one warp per block mean)",
+        pybind11::arg("BC"), pybind11::arg("H"), pybind11::arg("W"), pybind11::arg("total"));
   m.attr("launch_threads") = diffaccel::grid::kThreads;
   m.attr("launch_blocks_per_sm") = diffaccel::grid::kBlocksPerSm;
 }

@@ -352,8 +352,9 @@ cudaError_t stroke_means(const T* x, const ScaleGrid& grid, int64_t BC, int64_t 
                          float* means, cudaStream_t stream) {
   const int64_t n = BC * grid.total;
   if (n == 0) return cudaSuccess;
-  const unsigned blocks = blocks_for(n, kThreads / 32);  // one warp per block mean
-  if (fits32(BC * H * W) && fits32(n))
+  const grid::WarpLaunch plan = grid::stroke_means_launch(BC, H, W, grid.total);
+  const unsigned blocks = static_cast<unsigned>(plan.blocks);  // one warp per block mean
+  if (!plan.idx64)
     means_kernel<T, uint32_t><<<blocks, kThreads, 0, stream>>>(x, grid, static_cast<uint32_t>(BC),
                                                                static_cast<uint32_t>(H), static_cast<uint32_t>(W), means);
   else
@@ -368,8 +369,9 @@ cudaError_t stroke_noise_means(const int64_t* seeds, bool per_sample, uint64_t o
   const int64_t n = B * C * grid.total;
   if (n == 0) return cudaSuccess;
   const NoiseStream ns{seeds, per_sample, offset, C * H * W, dist};
-  const unsigned blocks = blocks_for(n, kThreads / 32);
-  if (fits32(B * C * H * W) && fits32(n))
+  const grid::WarpLaunch plan = grid::stroke_means_launch(B * C, H, W, grid.total);
+  const unsigned blocks = static_cast<unsigned>(plan.blocks);  // one warp per block mean
+  if (!plan.idx64)
     noise_means_kernel<uint32_t><<<blocks, kThreads, 0, stream>>>(
         ns, grid, static_cast<uint32_t>(B), static_cast<uint32_t>(C), static_cast<uint32_t>(H),
         static_cast<uint32_t>(W), means);

@@ -67,11 +67,28 @@ std::tuple<Tensor, Tensor> stroke_blur_backward_cuda(const Tensor& grad_in, cons
   const Tensor x = x_in.contiguous(), g = grad_in.contiguous(), w = weights.contiguous();
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const auto grid = cuda::make_grid(scales.data(), static_cast<int>(scales.size()), H, W);
+  const int J = static_cast<int>(scales.size());
   const Tensor mx = block_means(x, grid), mg = block_means(g, grid);
-  Tensor gx = blur_with_means(g, w, mg, grid);
+  // grad_x is the blur of g (the operator is self-adjoint): the one-pass tile kernel where the
+  // scales allow it, as in the forward, else the block means just taken
+  Tensor gx;
+  if (cuda::stroke_tile_path(scales.data(), J, B, C, H, W)) {
+    gx = at::empty_like(g);
+    DA_DISPATCH_FLOATS(g.scalar_type(), "diffaccel::stroke_blur_backward", [&] {
+      DA_CHECK_LAUNCH(cuda::stroke_blur_tile<scalar_t>(
+          g.data_ptr<scalar_t>(), w.data_ptr<float>(), scales.data(), J, B, C, H, W,
+          gx.data_ptr<scalar_t>(), stream_of(g)));
+    });
+  } else {
+    gx = blur_with_means(g, w, mg, grid);
+  }
   // grad_w[b, j] = sum_{c, blocks of scale j} n_blk mean_x mean_g - <x, g>_b
+  // <x, g>: each product exact (in float64 for float32 inputs, in float32 for 16-bit ones, whose
+  // 11-bit significands multiply exactly), summed in float64; one converted copy and the product
+  // instead of three float64 tensors (g is converted on the fly by the multiplication).
   // explicit sizes: reshape({B, -1}) is ambiguous for an empty batch
-  const Tensor xg = (x.to(at::kDouble) * g.to(at::kDouble)).reshape({B, C * H * W}).sum(1);
+  const auto wide = x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const Tensor xg = at::sum((x.to(wide) * g).reshape({B, C * H * W}), {1}, false, at::kDouble);
   const Tensor prod = (mx.to(at::kDouble) * mg.to(at::kDouble)).reshape({B, C, grid.total});
   std::vector<Tensor> cols;
   for (int j = 0; j < grid.J; ++j) {

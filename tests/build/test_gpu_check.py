@@ -2,6 +2,7 @@
 CUDA-graph capture of a 10-step sampling loop matches eager (on CPU the same static-buffer loop
 runs as the 'replay'); the bench times every op and writes its report (tiny shapes on CPU)."""
 import os
+import re
 import subprocess
 import sys
 
@@ -98,3 +99,75 @@ def test_seed_is_filled_on_the_device():
 
     assert torch.equal(_validate.seeds(5, 3, "cpu"), torch.tensor([5]))
     assert torch.equal(_validate.seeds(2**64 - 1, 3, "cpu"), torch.tensor([-1]))
+
+
+_COLLECT_PLUGIN = '''
+import inspect, json, os, re
+import pytest
+
+ITEMS = []
+
+def pytest_configure(config):
+    from diffaccel import _ext
+    _ext.cuda_archs = lambda: os.environ["DIFFACCEL_GPU_CHECK_ARCH"]  # a faked single-arch build
+
+def pytest_collection_finish(session):
+    import triton
+    from diffaccel.kernels import step as KS
+    out = {"interpret": os.environ.get("TRITON_INTERPRET"), "kernel": type(KS._sample_step_kernel).__name__,
+           "jit": isinstance(KS._sample_step_kernel, triton.runtime.jit.JITFunction), "items": []}
+    for item in session.items:
+        try:
+            src = inspect.getsource(item.function)
+        except (OSError, TypeError, AttributeError):
+            src = ""
+        body = src.split(":", 1)[-1] if src.startswith("def ") else src
+        out["items"].append({"id": item.nodeid, "skip": any(m.name in ("skip", "skipif") and
+                             (m.name == "skip" or (m.args and m.args[0])) for m in item.iter_markers()),
+                             "src": body})
+    with open(os.environ["GPU_CHECK_COLLECT_OUT"], "w") as f:
+        json.dump(out, f)
+'''
+
+
+def test_gpu_check_selection_fits_a_single_arch_build_and_compiled_triton(tmp_path):
+    """The tests `make gpu-check` selects, collected as it runs them (its command and environment,
+    a faked build for sm_90 only): none is parametrized on, or asserts, an arch the build lacks
+    (two did, and under -x ended the run before any kernel test); Triton is compiled (the conftest
+    honours TRITON_INTERPRET=0), and no Triton case on CPU tensors is left to run."""
+    pytest.importorskip("triton")
+    (tmp_path / "gpu_check_collect.py").write_text(_COLLECT_PLUGIN)
+    out = tmp_path / "items.json"
+    env = gpu_check.gpu_check_env("9.0")
+    env["PYTHONPATH"] = str(tmp_path) + os.pathsep + env["PYTHONPATH"]
+    env["GPU_CHECK_COLLECT_OUT"] = str(out)
+    cmd = gpu_check.pytest_command(collect_only=True) + ["-p", "gpu_check_collect"]
+    assert "-x" not in cmd and "--exitfirst" not in cmd and "--maxfail" not in " ".join(cmd)
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    import json
+
+    got = json.loads(out.read_text())
+    assert got["interpret"] == "0" and got["jit"] and "Interpret" not in got["kernel"], got["kernel"]
+    items = got["items"]
+    assert len(items) > 50, [i["id"] for i in items]
+    # parametrized on cap 80, or asserting the build's archs with literals (build_archs() and
+    # build_caps() of tests/support follow the build)
+    param = re.compile(r"\[(.*[-_])?(80|sm_?80|8\.0)([-_].*)?\]")
+    body = re.compile(r"\{80, 90\}|\[80, 90\]|[\"']8\.0[\"'] in |[\"']sm_80[\"'] in ")
+    bad = [i["id"] for i in items if param.search(i["id"]) or body.search(i["src"])]
+    assert not bad, f"selected by make gpu-check but assume sm_80 on a sm_90-only build: {bad}"
+    interp = [i["id"] for i in items if "triton-cpu" in i["id"] and not i["skip"]]
+    assert not interp, f"Triton cases on CPU tensors selected without the interpreter: {interp}"
+    assert any("triton-cuda" in i["id"] for i in items)  # compiled Triton's CUDA cases are in
+
+
+def test_gpu_check_report_lists_every_verdict():
+    steps = [("build for sm_90 only", "ok", 60.0, ""), ("case stroke_means_no_hang", "FAILED", 180.0, "TIMED OUT")]
+    tests = [("tests.ops.stroke.test_x::test_a[cuda]", "passed", ""),
+             ("tests.ops.stroke.test_x::test_b[cuda]", "FAILED", "assert 1 == 2")]
+    text = gpu_check.format_check_report(steps, tests, 240.0)
+    for name, verdict, *_ in steps + tests:
+        assert name in text and verdict in text
+    assert "total 240 s" in text and set(gpu_check.CASES) >= {"stroke_means_no_hang", "triton_step_d1_seeds",
+                                                             "capture_fresh_shape", "logp_batch_invariance"}

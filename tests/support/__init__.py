@@ -26,6 +26,19 @@ ROOT = os.path.dirname(TESTS)  # the repository
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def build_archs():
+    """The GPU archs ("8.0", ...) the extension's CUDA kernels were built for: sm_80 and sm_90 by
+    default (``make test``, CI); ``make gpu-check`` builds for the present GPU's arch only and
+    names it in DIFFACCEL_GPU_CHECK_ARCH (benchmarks/gpu_check.py ``gpu_check_env``)."""
+    one = os.environ.get("DIFFACCEL_GPU_CHECK_ARCH")
+    return [one] if one else ["8.0", "9.0"]
+
+
+def build_caps():
+    """build_archs() as compute capabilities: [80, 90] by default."""
+    return [int(a.replace(".", "")) for a in build_archs()]
+
+
 def backend_params(op="stroke_blur"):
     """pytest params (backend, device) for every backend and device, skipped with the reason
     when the backend cannot run there (e.g. cuda here: no GPU; the CUDA build is still compiled)."""

@@ -1,7 +1,7 @@
 // Launch shapes of the CUDA kernels, as pure functions of the problem size and the device's SM
 // count (host only; also exposed to Python as diffaccel._C.launch_split_chunk, launch_splits,
-// launch_vec_width, launch_stroke_tile, launch_stroke_tile_blocks, launch_threads and
-// launch_blocks_per_sm, csrc/module.cpp, so tests can check them for any GPU without one).
+// launch_vec_width, launch_stroke_tile, launch_stroke_tile_blocks, launch_stroke_means,
+// launch_threads and launch_blocks_per_sm, csrc/module.cpp, so tests can check them for any GPU without one).
 //
 // Rule: a launch gets at least kBlocksPerSm blocks per SM, unless the tensor is too small for
 // that, in which case every thread gets one unit of work (one 16-byte vector for the step and the
@@ -56,6 +56,27 @@ inline int64_t stroke_tile(const int64_t* scales, int J) {
 // Blocks of the one-pass stroke kernels: one per (plane, tile).
 inline int64_t stroke_tile_blocks(int64_t BC, int64_t H, int64_t W, int64_t T) {
   return BC * cdiv(H, T) * cdiv(W, T);
+}
+
+// Launch of the general stroke path's block-mean kernels (csrc/cuda/stroke.cu), one warp per
+// block mean: n = BC * total block means over `elems` = BC * H * W elements. The 32-bit index
+// instantiation is taken only when every index the kernel computes stays below 2^31: the
+// elements, the block means and the thread index and stride (blocks * kThreads, 32 threads per
+// block mean, so it is capped at 2^31 / kThreads blocks; the grid-stride loop covers the rest).
+// Without that cap the thread index wrapped from 2^27 block means, and at a multiple of 2^27 the
+// stride was 0 and the kernel never returned.
+struct WarpLaunch {
+  int64_t blocks;
+  bool idx64;
+};
+constexpr int64_t kMaxBlocks = int64_t(1) << 30;
+inline WarpLaunch stroke_means_launch(int64_t BC, int64_t H, int64_t W, int64_t total) {
+  const int64_t n = BC * total, elems = BC * H * W, lim = int64_t(1) << 31;
+  const int64_t warps_per_block = kThreads / 32;
+  const int64_t want = std::max<int64_t>(1, cdiv(n, warps_per_block));
+  const bool idx64 = !(elems < lim && n < lim);
+  const int64_t cap = idx64 ? kMaxBlocks : lim / kThreads;
+  return {std::min(want, cap), idx64};
 }
 
 }  // namespace grid

@@ -98,7 +98,7 @@ def _compare(backend, inp, **kw):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("per_sample", [True, False])
 def test_step_matches_reference(backend, device, dtype, per_sample, rng):
-    if backend == "triton" and dtype == torch.bfloat16:
+    if backend == "triton" and dtype == torch.bfloat16 and device == "cpu":  # compiled on CUDA
         pytest.skip("the Triton interpreter computes bfloat16 arithmetic wrongly")
     B, S = 3, (2, 5, 7)  # D = 70: odd, several chunks/blocks only on larger shapes below
     inp = _inputs(rng, B, S, K=2, P=3, dtype=dtype, device=device)
